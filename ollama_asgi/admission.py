@@ -1,0 +1,252 @@
+"""Admission control: per-backend slots, a bounded fair queue with deadlines, a truthful Retry-After.
+
+Ollama queues requests for a loaded model without bound and without timeout, and its 503 says
+nothing about when to come back. So the gateway keeps at most ``parallel`` requests in flight per
+backend (Ollama then never queues internally) and holds the rest here, where waiting is cheap.
+
+Fairness is start-time fair queueing across principals: each principal has its own FIFO and a
+virtual time that advances by ``1 / weight`` per request served; the next slot goes to the waiting
+principal with the smallest virtual time, and a principal that was idle starts at the current
+virtual time, so a flood from one user cannot push a newcomer back by more than one service per
+slot. Priority classes are strict: interactive work is served before batch work.
+
+A freed slot is handed straight to the next waiter's future (no polling), and everything a
+request needs before it reaches Ollama (parse, auth, policy, placement) happens before it queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from ollama_asgi.errors import GatewayError
+
+__all__ = ["Admission", "Lease", "Pool", "PRIORITIES"]
+
+PRIORITIES = {"interactive": 0, "batch": 1}
+
+
+@dataclass(slots=True, eq=False)
+class _Waiter:
+    principal: str
+    weight: float
+    priority: int
+    deadline: float
+    future: asyncio.Future[None]
+    enqueued: float = field(default_factory=time.monotonic)
+    granted_at: float = 0.0
+
+
+class _ServiceClock:
+    """Exponentially weighted service time, the basis of every Retry-After the gateway sends."""
+
+    __slots__ = ("mean", "samples")
+
+    def __init__(self) -> None:
+        self.mean = 0.0
+        self.samples = 0
+
+    def record(self, seconds: float) -> None:
+        self.samples += 1
+        alpha = max(0.1, 1.0 / self.samples)  # plain average at first, then EWMA
+        self.mean += alpha * (seconds - self.mean)
+
+
+class Pool:
+    """The slots of one backend for one kind of work, and the fair queue in front of them."""
+
+    def __init__(self, name: str, capacity: int) -> None:
+        self.name = name
+        self.capacity = capacity
+        self.in_flight = 0
+        self.waiting = 0
+        self.clock = _ServiceClock()
+        self.started: deque[float] = deque()  # grant times of requests in flight, oldest first
+        self._classes: list[dict[str, deque[_Waiter]]] = [{} for _ in PRIORITIES]
+        self._vtime: dict[str, float] = {}
+        self._now_v = 0.0
+        self.last_release = 0.0
+        self.refill_gaps: deque[float] = deque(maxlen=1024)  # seconds from a release to the next grant
+
+    # -- queue --------------------------------------------------------------------------------
+
+    def _enqueue(self, waiter: _Waiter) -> None:
+        queues = self._classes[waiter.priority]
+        queue = queues.get(waiter.principal)
+        if queue is None:
+            queue = queues[waiter.principal] = deque()
+            # An idle principal re-enters at the current virtual time, never earlier.
+            self._vtime[waiter.principal] = max(self._vtime.get(waiter.principal, 0.0), self._now_v)
+        queue.append(waiter)
+        self.waiting += 1
+
+    def _pop_next(self) -> _Waiter | None:
+        for queues in self._classes:
+            if not queues:
+                continue
+            principal = min(queues, key=self._vtime.__getitem__)
+            queue = queues[principal]
+            waiter = queue.popleft()
+            if not queue:
+                del queues[principal]
+            self.waiting -= 1
+            start = self._vtime[principal]
+            self._now_v = max(self._now_v, start)
+            self._vtime[principal] = start + 1.0 / waiter.weight
+            return waiter
+        return None
+
+    def _remove(self, waiter: _Waiter) -> None:
+        queues = self._classes[waiter.priority]
+        queue = queues.get(waiter.principal)
+        if queue is not None and waiter in queue:
+            queue.remove(waiter)
+            self.waiting -= 1
+            if not queue:
+                del queues[waiter.principal]
+
+    def grant_now(self) -> float | None:
+        """Take a slot at once if one is free and nobody is waiting for it; return the grant time."""
+        if self.in_flight < self.capacity and not self.waiting:
+            return self._grant()
+        return None
+
+    def _grant(self) -> float:
+        now = time.monotonic()
+        self.in_flight += 1
+        self.started.append(now)
+        return now
+
+    def dispatch(self) -> None:
+        """Hand free slots to waiters, in fair order."""
+        while self.in_flight < self.capacity and self.waiting:
+            waiter = self._pop_next()
+            if waiter is None:
+                return
+            if waiter.future.done():  # cancelled while we looked
+                continue
+            waiter.granted_at = self._grant()
+            if self.last_release:
+                self.refill_gaps.append(waiter.granted_at - self.last_release)
+            waiter.future.set_result(None)
+
+    # -- estimates ------------------------------------------------------------------------------
+
+    def service_time(self) -> float:
+        """Mean seconds per request; before any finished, the age of the oldest in flight."""
+        if self.clock.samples:
+            return self.clock.mean
+        if self.started:
+            return time.monotonic() - self.started[0]
+        return 0.0
+
+    def expected_wait(self, ahead: int) -> float:
+        """Seconds until a request with ``ahead`` requests in front of it gets a slot."""
+        return (ahead + 1) * self.service_time() / self.capacity
+
+    def release(self, granted_at: float, *, record: bool) -> None:
+        self.in_flight -= 1
+        try:
+            self.started.remove(granted_at)
+        except ValueError:
+            pass
+        now = time.monotonic()
+        if record:
+            self.clock.record(now - granted_at)
+        self.last_release = now
+        self.dispatch()
+
+
+def retry_after(seconds: float) -> list[tuple[bytes, bytes]]:
+    """A ``Retry-After`` header: whole seconds, rounded up, at least 1."""
+    return [(b"retry-after", str(max(1, math.ceil(seconds))).encode())]
+
+
+class Lease:
+    """A granted slot; release it exactly once when the upstream exchange ends."""
+
+    __slots__ = ("_pool", "granted_at", "queued_for", "_released")
+
+    def __init__(self, pool: Pool, granted_at: float, queued_for: float) -> None:
+        self._pool = pool
+        self.granted_at = granted_at
+        self.queued_for = queued_for
+        self._released = False
+
+    def release(self, *, ok: bool = True) -> None:
+        if not self._released:
+            self._released = True
+            self._pool.release(self.granted_at, record=ok)
+
+
+class Admission:
+    """All pools of all backends, the per-backend queue bound, and the one entry point ``admit``."""
+
+    def __init__(self, *, parallel: int, embed_parallel: int | None, max_queue: int) -> None:
+        self.parallel = parallel
+        self.embed_parallel = embed_parallel
+        self.max_queue = max_queue
+        self.pools: dict[str, Pool] = {}
+
+    def pool(self, backend: str, kind: str) -> Pool:
+        key = backend if kind != "embed" or self.embed_parallel is None else backend + "#embed"
+        pool = self.pools.get(key)
+        if pool is None:
+            capacity = self.parallel if key == backend else self.embed_parallel or self.parallel
+            pool = self.pools[key] = Pool(key, capacity)
+        return pool
+
+    def queued(self, backend: str) -> int:
+        return sum(p.waiting for name, p in self.pools.items() if name.split("#", 1)[0] == backend)
+
+    async def admit(
+        self,
+        backend: str,
+        *,
+        kind: str,
+        principal: str,
+        weight: float = 1.0,
+        priority: int = 0,
+        wait_limit: float,
+    ) -> Lease:
+        """Wait for a slot; raise a 503 ``GatewayError`` with Retry-After when none comes in time."""
+        pool = self.pool(backend, kind)
+        now = time.monotonic()
+        granted_at = pool.grant_now()
+        if granted_at is not None:
+            return Lease(pool, granted_at, 0.0)
+        ahead = self.queued(backend)
+        if ahead >= self.max_queue:
+            raise GatewayError(
+                503,
+                f"the gateway's queue for this backend is full ({self.max_queue} waiting); try again later",
+                retry_after(pool.expected_wait(ahead)),
+            )
+        waiter = _Waiter(principal, weight, priority, now + wait_limit, asyncio.get_running_loop().create_future())
+        pool._enqueue(waiter)
+        try:
+            async with asyncio.timeout(wait_limit):
+                await waiter.future
+        except TimeoutError:
+            if not _granted(waiter):
+                pool._remove(waiter)
+                raise GatewayError(
+                    503,
+                    f"no slot became free within {wait_limit:g}s; the backend is at capacity",
+                    retry_after(pool.expected_wait(pool.waiting)),
+                ) from None
+        except asyncio.CancelledError:
+            if _granted(waiter):
+                pool.release(waiter.granted_at, record=False)
+            else:
+                pool._remove(waiter)
+                waiter.future.cancel()
+            raise
+        return Lease(pool, waiter.granted_at, waiter.granted_at - now)
+
+
+def _granted(waiter: _Waiter) -> bool:
+    return waiter.future.done() and not waiter.future.cancelled()

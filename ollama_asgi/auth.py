@@ -1,0 +1,142 @@
+"""Who is calling: the host app's user or a machine's API key, turned into one ``Principal``.
+
+The gateway never invents identity. By default it trusts what the host's own authentication put
+in ``scope["user"]`` (Starlette and Litestar convention; the Django adapter fills it from the
+session) or a configured API key, and nothing else. Keys are compared by their SHA-256 digest,
+so lookup time says nothing about how much of a guessed key was right.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any, Literal
+
+from ollama_asgi.protocol import canonical_model
+from ollama_asgi.settings import ApiKey, Settings
+from ollama_asgi.types import Scope
+
+__all__ = ["Authorizer", "DefaultAuthorizer", "Principal", "bearer_token", "model_allowed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller and what it may do.
+
+    Attributes:
+        id: Stable identifier (user id, username or API key id); used for fairness and logs.
+        display_name: For logs and the status page.
+        is_admin: May use management endpoints (pull, push, create, copy, delete, blobs).
+        models: Model name patterns (``fnmatch``, e.g. ``"llama3*"``) this caller may use; None: all.
+        weight: Share of capacity in fair queueing relative to other principals.
+        priority: ``"interactive"`` or ``"batch"``.
+        source: Where the identity came from: ``"host"``, ``"api_key"`` or ``"anonymous"``.
+    """
+
+    id: str
+    display_name: str = ""
+    is_admin: bool = False
+    models: tuple[str, ...] | None = None
+    weight: float = 1.0
+    priority: Literal["interactive", "batch"] = "interactive"
+    source: Literal["host", "api_key", "anonymous"] = "host"
+
+
+Authorizer = Callable[[Scope], "Awaitable[Principal | None] | Principal | None"]
+
+
+def model_allowed(patterns: tuple[str, ...] | None, model: str) -> bool:
+    """True when ``model`` matches one of ``patterns`` (compared in Ollama's canonical form)."""
+    if patterns is None:
+        return True
+    name = canonical_model(model)
+    bare = name.removesuffix(":latest")
+    for pattern in patterns:
+        pattern = pattern.lower()
+        if fnmatchcase(name, pattern) or fnmatchcase(bare, pattern) or fnmatchcase(name, canonical_model(pattern)):
+            return True
+    return False
+
+
+def bearer_token(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, token = bytes(value).decode("latin-1").partition(" ")
+            token = token.strip()
+            return token if scheme.lower() == "bearer" and token else None
+    return None
+
+
+def _user_attr(user: Any, *names: str) -> str | None:
+    for name in names:
+        try:
+            value = getattr(user, name, None)
+        except NotImplementedError:  # Starlette's BaseUser.identity
+            continue
+        if value not in (None, ""):
+            return str(value)
+    return None
+
+
+class DefaultAuthorizer:
+    """The policy in ``Settings.auth``: host user, API key, or (explicitly) nobody at all."""
+
+    __slots__ = ("_keys", "_settings")
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._keys: dict[str, ApiKey] = {k.sha256: k for k in (*settings.api_keys, *settings.admin_api_keys)}
+
+    def from_api_key(self, scope: Scope) -> Principal | None:
+        token = bearer_token(scope)
+        if token is None or not self._keys:
+            return None
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        key = self._keys.get(digest)
+        if key is None or not hmac.compare_digest(key.sha256, digest):
+            return None
+        return Principal(
+            id=key.id,
+            display_name=key.id,
+            is_admin=key.admin,
+            models=key.models,
+            weight=key.weight,
+            source="api_key",
+        )
+
+    def from_host_user(self, scope: Scope) -> Principal | None:
+        user = scope.get("user")
+        if user is None or not getattr(user, "is_authenticated", False):
+            return None
+        ident = _user_attr(user, "identity", "username", "pk", "id", "display_name") or str(user)
+        auth_scopes = set(getattr(scope.get("auth"), "scopes", ()) or ())
+        is_admin = bool(
+            getattr(user, "is_staff", False) or getattr(user, "is_superuser", False) or getattr(user, "is_admin", False)
+        ) or bool(auth_scopes.intersection(self._settings.admin_scopes))
+        return Principal(
+            id=ident,
+            display_name=_user_attr(user, "display_name", "username") or ident,
+            is_admin=is_admin,
+            models=getattr(user, "ollama_models", None),
+            source="host",
+        )
+
+    async def __call__(self, scope: Scope) -> Principal | None:
+        mode = self._settings.auth
+        if mode == "none":
+            return self.from_api_key(scope) or Principal(id="anonymous", source="anonymous")
+        principal = self.from_api_key(scope)
+        if principal is None and mode == "host":
+            principal = self.from_host_user(scope)
+        return principal
+
+
+async def call_authorizer(authorize: Authorizer, scope: Scope) -> Principal | None:
+    result = authorize(scope)
+    if inspect.isawaitable(result):
+        result = await result
+    return result

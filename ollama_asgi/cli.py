@@ -1,0 +1,59 @@
+"""The ``ollama-asgi`` command: ``serve`` the gateway, ``emulate`` Ollama, ``doctor`` a setup."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ollama_asgi._version import __version__
+
+__all__ = ["main"]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ollama_asgi.gateway import OllamaGateway
+    from ollama_asgi.mount import PrefixDispatcher
+    from ollama_asgi.settings import ConfigError, Settings
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    app = PrefixDispatcher(OllamaGateway(settings), args.prefix)
+    print(f"ollama-asgi {__version__}: gateway at http://{args.host}:{args.port}{app.prefix}", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=None)
+    return 0
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ollama-asgi", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ollama-asgi {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway at /llm in a minimal host (settings from OLLAMA_ASGI_*)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--prefix", default="/llm")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=_serve)
+
+    from ollama_asgi.testing.cli import add_emulate_arguments, run_emulate
+
+    emulate = commands.add_parser("emulate", help="run the Ollama emulator (for tests and demos)")
+    add_emulate_arguments(emulate)
+    emulate.set_defaults(func=run_emulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

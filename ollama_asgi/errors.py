@@ -1,0 +1,55 @@
+"""Gateway errors and their wire shapes: Ollama's ``{"error": "..."}`` and OpenAI's nested object.
+
+Ollama clients read ``error`` as a string; OpenAI clients expect an object with ``message`` and
+``type``. One exception type carries status, message and headers, and is rendered for the API
+family the request came in on, so no handler has to know which shape to write.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+__all__ = ["GatewayError", "error_body", "stream_error_line"]
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class GatewayError(Exception):
+    """An answer the gateway gives instead of the upstream's; never a bare 500."""
+
+    def __init__(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or []
+
+
+def _openai_error(status: int, message: str) -> dict[str, object]:
+    kind = _OPENAI_TYPES.get(status, "api_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def error_body(status: int, message: str, *, openai: bool) -> bytes:
+    """The JSON body of an error answered before any byte of the response was sent."""
+    if openai:
+        return orjson.dumps(_openai_error(status, message))
+    return orjson.dumps({"error": message})
+
+
+def stream_error_line(message: str, *, sse: bool) -> bytes:
+    """The terminal line that ends a stream that already started with status 200.
+
+    Ollama ends a broken NDJSON stream with one ``{"error": ...}`` line; under ``/v1`` the error is
+    an SSE event carrying an OpenAI error object, which the openai client raises as ``APIError``.
+    """
+    if sse:
+        return b"data: " + orjson.dumps(_openai_error(502, message)) + b"\n\n"
+    return orjson.dumps({"error": message}) + b"\n"

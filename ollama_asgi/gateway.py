@@ -1,0 +1,278 @@
+"""``OllamaGateway``: the ASGI app a host mounts at ``/llm``.
+
+One request flows forward through small steps: route, authenticate, read the body (size-limited),
+parse once, apply policy, pick a backend, relay. Each step either passes the request on or answers
+with a ``GatewayError``; nothing after the response started can turn into a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator
+
+import orjson
+
+from ollama_asgi.auth import Authorizer, DefaultAuthorizer, Principal, call_authorizer, model_allowed
+from ollama_asgi.errors import GatewayError
+from ollama_asgi.protocol import ParsedRequest, parse_request
+from ollama_asgi.relay import relay
+from ollama_asgi.responses import send_bytes, send_error
+from ollama_asgi.routing import Kind, Route, match_route, route_path
+from ollama_asgi.settings import Settings
+from ollama_asgi.types import Message, Receive, Scope, Send
+from ollama_asgi.upstream import Upstream, UpstreamError
+
+__all__ = ["OllamaGateway"]
+
+logger = logging.getLogger("ollama_asgi")
+
+# Only these request headers reach Ollama: the host's cookies, Authorization, Origin and Host
+# stay behind (Ollama answers a foreign Host or Origin with an empty 403 when bound to loopback).
+_FORWARD = frozenset({b"content-type", b"accept", b"user-agent"})
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body was complete."""
+
+
+class OllamaGateway:
+    """An ASGI 3 app serving Ollama's native API, the OpenAI-compatible API and ``/_gateway/*``.
+
+    Args:
+        settings: The configuration; ``Settings.from_env()`` when omitted.
+        authorize: Replaces the default policy: ``authorize(scope)`` returns the ``Principal`` (or an
+            awaitable of one) for a request, or None to answer 401.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, authorize: Authorizer | None = None) -> None:
+        self.settings = settings if settings is not None else Settings.from_env()
+        self._authorize: Authorizer = authorize or DefaultAuthorizer(self.settings)
+        self.backends = [
+            Upstream(
+                url,
+                connect_timeout=self.settings.connect_timeout,
+                read_timeout=self.settings.read_timeout,
+                name=f"backend-{i}",
+            )
+            for i, url in enumerate(self.settings.upstreams)
+        ]
+        self._retry_after = str(max(1, math.ceil(self.settings.upstream_retry_after))).encode()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """Compose into a host's lifespan (``Starlette(lifespan=gateway.lifespan)``) to close cleanly."""
+        try:
+            yield
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        for backend in self.backends:
+            await backend.aclose()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- request path ----------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = route_path(scope)
+        method: str = scope["method"]
+        openai = path.startswith("/v1/")
+        head = method == "HEAD"
+        try:
+            route = match_route(path)
+            if route is None:
+                raise GatewayError(404, "404 page not found")
+            if method not in route.methods:
+                raise GatewayError(405, "405 method not allowed")
+            if route.kind is Kind.GATEWAY:
+                await self._gateway_endpoint(route, scope, send)
+                return
+            principal = None
+            if route.kind is not Kind.PUBLIC:
+                principal = await self._authenticate(scope, route)
+            if route.streamed_body:
+                await self._forward(scope, receive, send, route, None, _stream_body(receive), head=head)
+                return
+            raw = await _read_body(scope, receive, self.settings.max_body_bytes)
+            parsed = None
+            if route.json_body:
+                parsed = parse_request(route, raw, max_num_ctx=self.settings.max_num_ctx)
+                if principal is not None:
+                    self._check_model(principal, parsed)
+            await self._forward(scope, receive, send, route, parsed, raw or None, head=head)
+        except GatewayError as exc:
+            await send_error(send, exc, openai=openai, head=head)
+        except _ClientGone:
+            return
+
+    async def _authenticate(self, scope: Scope, route: Route) -> Principal:
+        principal = await call_authorizer(self._authorize, scope)
+        if principal is None:
+            raise GatewayError(401, "authentication required", [(b"www-authenticate", b'Bearer realm="ollama"')])
+        if route.kind is Kind.MANAGE and not principal.is_admin:
+            raise GatewayError(403, f"{route.name} is restricted to administrators")
+        return principal
+
+    def _check_model(self, principal: Principal, parsed: ParsedRequest) -> None:
+        model = parsed.model
+        if model is None:
+            return
+        if not model_allowed(principal.models, model) or not model_allowed(self.settings.allowed_models, model):
+            raise GatewayError(403, f"model {model!r} is not allowed for {principal.display_name or principal.id}")
+
+    def _backend_for(self, route: Route, parsed: ParsedRequest | None) -> Upstream:
+        # Placement over several backends plugs in here.
+        return self.backends[0]
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: Route,
+        parsed: ParsedRequest | None,
+        body: object,
+        *,
+        head: bool,
+    ) -> None:
+        backend = self._backend_for(route, parsed)
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k in _FORWARD]
+        if not isinstance(body, bytes | None):  # a streamed upload owns receive() until it ends
+            await self._exchange(backend, scope, send, route, headers, body, head=head)
+            return
+        watcher = _DisconnectWatcher(receive)
+        relay_task = asyncio.ensure_future(self._exchange(backend, scope, send, route, headers, body, head=head))
+        await watcher.run_until(relay_task)
+
+    async def _exchange(
+        self,
+        backend: Upstream,
+        scope: Scope,
+        send: Send,
+        route: Route,
+        headers: list[tuple[str, str]],
+        body: object,
+        *,
+        head: bool,
+    ) -> None:
+        try:
+            resp = await backend.open(
+                scope["method"],
+                route_path(scope),
+                query=scope.get("query_string", b""),
+                headers=headers,
+                body=body,  # type: ignore[arg-type]
+            )
+        except UpstreamError as exc:
+            logger.warning("upstream %s failed before answering: %s", backend.name, exc)
+            if exc.kind == "timeout":
+                raise GatewayError(504, str(exc)) from exc
+            raise GatewayError(503, str(exc), [(b"retry-after", self._retry_after)]) from exc
+        try:
+            await relay(resp, send, head=head)
+        finally:
+            resp.close()
+
+    async def _gateway_endpoint(self, route: Route, scope: Scope, send: Send) -> None:
+        # Health is for load balancers: unauthenticated, so it names backends but not their URLs.
+        results = await asyncio.gather(*(b.probe() for b in self.backends))
+        backends = [{"name": b.name, "up": up} for b, up in zip(self.backends, results, strict=True)]
+        healthy = any(results)
+        body = orjson.dumps({"status": "ok" if healthy else "unavailable", "backends": backends})
+        headers = [] if healthy else [(b"retry-after", self._retry_after)]
+        await send_bytes(send, 200 if healthy else 503, body, headers=headers, head=scope["method"] == "HEAD")
+
+
+class _DisconnectWatcher:
+    """Cancel the exchange when the client goes away, so Ollama stops generating.
+
+    The request body has been read by the time this runs, so the next ASGI message can only be
+    ``http.disconnect``; cancelling the task closes the upstream connection within one loop turn.
+    """
+
+    __slots__ = ("_receive",)
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+
+    async def run_until(self, task: asyncio.Future[None]) -> None:
+        listener = asyncio.ensure_future(self._listen())
+        try:
+            await asyncio.wait((task, listener), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            listener.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return
+        task.result()
+
+    async def _listen(self) -> None:
+        while True:
+            message: Message = await self._receive()
+            if message["type"] == "http.disconnect":
+                return
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise GatewayError(400, "invalid Content-Length header") from None
+            if declared > limit:
+                raise GatewayError(413, f"request body is larger than the {limit} bytes allowed")
+            break
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise GatewayError(413, f"request body is larger than the {limit} bytes allowed")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+
+async def _stream_body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        if message.get("body"):
+            yield message["body"]
+        if not message.get("more_body", False):
+            return

@@ -1,0 +1,416 @@
+"""One frozen settings object, and the loaders that build it from kwargs, mappings, env and modules.
+
+Values are coerced and validated once, here, so the request path never re-checks configuration.
+Every error is a :class:`ConfigError` that names the field, so a host's settings mistake reads
+as a settings mistake and not as a traceback from deep inside the gateway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import importlib
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+from urllib.parse import urlsplit
+
+__all__ = ["ApiKey", "ConfigError", "Settings", "parse_duration"]
+
+AuthMode = Literal["host", "api_key", "none"]
+_AUTH_MODES = ("host", "api_key", "none")
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or invalid; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"ollama-asgi setting {field!r}: {message}")
+        self.field = field
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_duration(value: object, *, field: str = "duration") -> float:
+    """Seconds from ``30``, ``2.5``, ``"30s"``, ``"5m"``, ``"1h30m"`` or ``"250ms"`` (Go-style units)."""
+    if isinstance(value, bool):
+        raise ConfigError(field, f"expected a duration such as 30s or 5m, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            seconds = float(text)
+        except ValueError:
+            pos, seconds = 0, 0.0
+            for match in _DURATION_PART.finditer(text):
+                if match.start() != pos:
+                    break
+                seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+                pos = match.end()
+            if pos != len(text) or not text:
+                raise ConfigError(field, f"expected a duration such as 30s or 5m, got {value!r}") from None
+    else:
+        raise ConfigError(field, f"expected a duration such as 30s or 5m, got {type(value).__name__}")
+    if seconds != seconds or seconds < 0 or seconds == float("inf"):
+        raise ConfigError(field, f"must be a finite, non-negative duration, got {value!r}")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A machine client's key. Only its SHA-256 is kept, so settings dumps and memory hold no secret."""
+
+    id: str
+    sha256: str
+    admin: bool = False
+    models: tuple[str, ...] | None = None
+    weight: float = 1.0
+
+    @staticmethod
+    def digest(secret: str) -> str:
+        return hashlib.sha256(secret.encode()).hexdigest()
+
+    @classmethod
+    def parse(cls, spec: object, *, admin: bool = False, field: str = "api_keys") -> ApiKey:
+        """Accept ``"secret"``, ``"id=secret"``, ``"id=sha256:<hex>"`` or a mapping with the same parts."""
+        if isinstance(spec, ApiKey):
+            return spec
+        if isinstance(spec, str):
+            ident, sep, secret = spec.strip().partition("=")
+            if not sep:
+                ident, secret = "", ident
+            return cls._build(ident, secret, admin, None, 1.0, field)
+        if isinstance(spec, Mapping):
+            unknown = set(spec) - {"id", "key", "key_sha256", "admin", "models", "weight"}
+            if unknown:
+                raise ConfigError(field, f"unknown key(s) {sorted(unknown)} in an API key entry")
+            if "key_sha256" in spec:
+                secret = "sha256:" + str(spec["key_sha256"])
+            elif "key" in spec:
+                secret = str(spec["key"])
+            else:
+                raise ConfigError(field, "an API key entry needs 'key' or 'key_sha256'")
+            models = spec.get("models")
+            return cls._build(
+                str(spec.get("id", "")),
+                secret,
+                _to_bool(spec.get("admin", admin), field),
+                None if models is None else _to_str_tuple(models, field),
+                _to_float(spec.get("weight", 1.0), field, minimum=0.001),
+                field,
+            )
+        raise ConfigError(field, f"an API key must be a string or a mapping, got {type(spec).__name__}")
+
+    @classmethod
+    def _build(
+        cls, ident: str, secret: str, admin: bool, models: tuple[str, ...] | None, weight: float, field: str
+    ) -> ApiKey:
+        if secret.startswith("sha256:"):
+            digest = secret[7:].lower()
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ConfigError(field, "a sha256: key must be 64 hex digits")
+        else:
+            if len(secret) < 8:
+                raise ConfigError(field, "an API key must be at least 8 characters long")
+            digest = cls.digest(secret)
+        return cls(id=ident or f"key-{digest[:8]}", sha256=digest, admin=admin, models=models, weight=weight)
+
+
+def _to_bool(value: object, field: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+        "0",
+        "false",
+        "no",
+        "off",
+    ):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    raise ConfigError(field, f"expected true or false, got {value!r}")
+
+
+def _to_int(value: object, field: str, *, minimum: int = 0, maximum: int | None = None) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(field, f"expected an integer, got {value!r}")
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        multiplier = 1
+        for suffix, factor in (("kib", 1024), ("mib", 1024**2), ("gib", 1024**3), ("k", 1024)):
+            if text.lower().endswith(suffix):
+                text, multiplier = text[: -len(suffix)], factor
+                break
+        try:
+            value = int(text) * multiplier
+        except ValueError:
+            raise ConfigError(field, f"expected an integer, got {value!r}") from None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int):
+        raise ConfigError(field, f"expected an integer, got {type(value).__name__}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise ConfigError(field, f"must be {bound}, got {value}")
+    return value
+
+
+def _to_float(value: object, field: str, *, minimum: float = 0.0) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(field, f"expected a number, got {value!r}")
+    try:
+        number = float(cast(Any, value))
+    except (TypeError, ValueError):
+        raise ConfigError(field, f"expected a number, got {value!r}") from None
+    if number != number or number < minimum:
+        raise ConfigError(field, f"must be at least {minimum}, got {value!r}")
+    return number
+
+
+def _split(value: object) -> Iterable[object]:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, Iterable) and not isinstance(value, bytes | Mapping):
+        return list(value)
+    return [value]
+
+
+def _to_str_tuple(value: object, field: str) -> tuple[str, ...]:
+    items = _split(value)
+    if not all(isinstance(item, str) and item for item in items):
+        raise ConfigError(field, f"expected a list of non-empty strings, got {value!r}")
+    return tuple(cast(list[str], items))
+
+
+def _to_upstreams(value: object, field: str) -> tuple[str, ...]:
+    urls = _to_str_tuple(value, field)
+    if not urls:
+        raise ConfigError(field, "at least one Ollama base URL is required")
+    out = []
+    for url in urls:
+        if "://" not in url:
+            url = "http://" + url  # OLLAMA_HOST is often given as host:port
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(field, f"{url!r} is not an http(s) URL")
+        if parts.query or parts.fragment:
+            raise ConfigError(field, f"{url!r} must not carry a query or fragment")
+        out.append(url.rstrip("/"))
+    return tuple(out)
+
+
+def _to_auth(value: object, field: str) -> AuthMode:
+    if value not in _AUTH_MODES:
+        raise ConfigError(field, f"must be one of {', '.join(_AUTH_MODES)}, got {value!r}")
+    return cast(AuthMode, value)
+
+
+def _to_api_keys(value: object, field: str, *, admin: bool = False) -> tuple[ApiKey, ...]:
+    if isinstance(value, Mapping):  # {"id": "secret"} is a common, readable form
+        value = [{"id": k, "key": v} if isinstance(v, str) else {"id": k, **v} for k, v in value.items()]
+    return tuple(ApiKey.parse(item, admin=admin, field=field) for item in _split(value))
+
+
+def _to_buckets(value: object, field: str) -> tuple[int, ...]:
+    buckets = sorted({_to_int(item, field, minimum=256) for item in _split(value)})
+    if not buckets:
+        raise ConfigError(field, "needs at least one context size")
+    return tuple(buckets)
+
+
+def _optional_str(value: object, field: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(field, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _optional_models(value: object, field: str) -> tuple[str, ...] | None:
+    if value is None or value == "" or value == "*":
+        return None
+    return _to_str_tuple(value, field)
+
+
+def _pos_int(value: object, field: str) -> int:
+    return _to_int(value, field, minimum=1)
+
+
+def _non_neg_int(value: object, field: str) -> int:
+    return _to_int(value, field, minimum=0)
+
+
+def _duration(value: object, field: str) -> float:
+    return parse_duration(value, field=field)
+
+
+def _pos_duration(value: object, field: str) -> float:
+    seconds = parse_duration(value, field=field)
+    if seconds <= 0:
+        raise ConfigError(field, "must be greater than zero")
+    return seconds
+
+
+def _doc(text: str, coerce: Callable[[object, str], Any]) -> dict[str, Any]:
+    return {"doc": text, "coerce": coerce}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Settings:
+    """Everything the gateway is configured with. Build it once at start-up and share it."""
+
+    upstreams: tuple[str, ...] = field(
+        default=("http://127.0.0.1:11434",),
+        metadata=_doc("Base URLs of the Ollama servers (env: comma-separated).", _to_upstreams),
+    )
+    auth: AuthMode = field(
+        default="host",
+        metadata=_doc(
+            "host: the host app's authenticated scope['user'] or an API key; api_key: keys only; "
+            "none: everyone is an anonymous, non-admin principal (must be chosen explicitly).",
+            _to_auth,
+        ),
+    )
+    api_keys: tuple[ApiKey, ...] = field(
+        default=(),
+        metadata=_doc("Keys accepted in 'Authorization: Bearer' for machine clients.", _to_api_keys),
+    )
+    admin_api_keys: tuple[ApiKey, ...] = field(
+        default=(),
+        metadata=_doc(
+            "Keys whose holders may use management endpoints.",
+            lambda v, f: _to_api_keys(v, f, admin=True),
+        ),
+    )
+    admin_scopes: tuple[str, ...] = field(
+        default=("ollama:admin",),
+        metadata=_doc("Host auth scopes (scope['auth'].scopes) that make a user an admin.", _to_str_tuple),
+    )
+    allowed_models: tuple[str, ...] | None = field(
+        default=None,
+        metadata=_doc("Model name patterns every principal may use (None: all models).", _optional_models),
+    )
+    parallel: int = field(
+        default=1, metadata=_doc("Concurrent requests per backend, like OLLAMA_NUM_PARALLEL.", _pos_int)
+    )
+    max_queue: int = field(
+        default=64, metadata=_doc("Requests waiting per backend before answering 503.", _non_neg_int)
+    )
+    queue_timeout: float = field(
+        default=30.0, metadata=_doc("How long a request may wait for a slot before 503.", _pos_duration)
+    )
+    redis_url: str | None = field(
+        default=None, metadata=_doc("Redis for state shared by workers (None: in-memory).", _optional_str)
+    )
+    default_num_ctx: int = field(
+        default=4096, metadata=_doc("Context window used when nothing better is known.", _pos_int)
+    )
+    num_ctx_buckets: tuple[int, ...] = field(
+        default=(2048, 4096, 8192, 16384, 32768),
+        metadata=_doc("The sticky context sizes requests are rounded up to.", _to_buckets),
+    )
+    max_num_ctx: int = field(
+        default=262144,
+        metadata=_doc("Largest num_ctx a request may ask for; larger is answered 400.", _pos_int),
+    )
+    max_body_bytes: int = field(
+        default=32 * 1024 * 1024,
+        metadata=_doc("Largest request body accepted (413 above); blob uploads are exempt.", _pos_int),
+    )
+    connect_timeout: float = field(default=5.0, metadata=_doc("Time allowed to connect to an upstream.", _pos_duration))
+    read_timeout: float = field(
+        default=600.0,
+        metadata=_doc(
+            "Longest silence allowed between upstream bytes. Not a total limit: long generations live on, "
+            "but a cold model sends nothing until loaded, so keep it above the slowest load.",
+            _pos_duration,
+        ),
+    )
+    upstream_retry_after: float = field(
+        default=2.0,
+        metadata=_doc("Retry-After sent when no upstream can be reached.", _pos_duration),
+    )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            coerce = f.metadata.get("coerce")
+            if coerce is not None:
+                object.__setattr__(self, f.name, coerce(getattr(self, f.name), f.name))
+        if self.default_num_ctx > self.max_num_ctx:
+            raise ConfigError("default_num_ctx", f"must not exceed max_num_ctx ({self.max_num_ctx})")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def describe(cls) -> dict[str, str]:
+        """Each setting's one-line description, for docs and ``ollama-asgi doctor``."""
+        return {f.name: f.metadata["doc"] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, object]) -> Settings:
+        """Build from a dict such as Django's ``OLLAMA_ASGI``; keys are case-insensitive."""
+        if not isinstance(data, Mapping):
+            raise ConfigError("OLLAMA_ASGI", f"expected a mapping of settings, got {type(data).__name__}")
+        names = cls.field_names()
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            name = str(key).lower()
+            if name not in names:
+                raise ConfigError(str(key), f"unknown setting{_suggest(name, names)}")
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_env(cls, prefix: str = "OLLAMA_ASGI_", environ: Mapping[str, str] | None = None) -> Settings:
+        """Build from ``OLLAMA_ASGI_*`` variables; lists are comma-separated, durations like ``30s``.
+
+        ``OLLAMA_HOST`` (Ollama's own variable) is used for ``upstreams`` when no prefixed value is set.
+        """
+        env = os.environ if environ is None else environ
+        names = cls.field_names()
+        data: dict[str, object] = {}
+        for key, value in env.items():
+            if not key.startswith(prefix):
+                continue
+            name = key[len(prefix) :].lower()
+            if name not in names:
+                raise ConfigError(key, f"unknown setting{_suggest(name, names, prefix.upper())}")
+            data[name] = value
+        if "upstreams" not in data and env.get("OLLAMA_HOST"):
+            data["upstreams"] = env["OLLAMA_HOST"]
+        return cls.from_mapping(data)
+
+    @classmethod
+    def from_module(cls, module: str, attr: str = "OLLAMA_ASGI") -> Settings:
+        """Build from ``attr`` of an importable settings module (a mapping or a ``Settings``)."""
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(attr, f"cannot import settings module {module!r}: {exc}") from exc
+        if not hasattr(mod, attr):
+            raise ConfigError(attr, f"module {module!r} has no {attr} setting")
+        value = getattr(mod, attr)
+        return value if isinstance(value, Settings) else cls.from_mapping(value)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _suggest(name: str, names: Iterable[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
+    if close:
+        shown = prefix + close[0].upper() if prefix else close[0]
+        return f"; did you mean {shown!r}?"
+    return f"; valid settings are: {', '.join(names)}"

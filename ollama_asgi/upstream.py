@@ -1,0 +1,93 @@
+"""The one place that talks HTTP to Ollama.
+
+aiohttp's client is used on the hot path because it costs a fraction of httpx's default transport
+per request (see BENCHMARKS.md); keeping it behind this module lets the choice change without
+touching the relay. Sessions are created lazily inside the running loop, because mounted apps get
+no lifespan events from Starlette or Litestar and Django rejects them outright.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, Iterable
+
+import aiohttp
+
+__all__ = ["Upstream", "UpstreamError", "UpstreamResponse"]
+
+UpstreamResponse = aiohttp.ClientResponse
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or broke the exchange; ``kind`` says how."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind  # "connect" | "timeout" | "protocol"
+
+
+class Upstream:
+    """One Ollama backend: its base URL, connection pool and timeouts."""
+
+    def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float, name: str = "") -> None:
+        self.base_url = base_url.rstrip("/")
+        self.name = name or self.base_url
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0, ttl_dns_cache=60)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                auto_decompress=False,  # relay bytes exactly as Ollama sent them
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            )
+            self._loop = loop
+        return self._session
+
+    async def open(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: bytes = b"",
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes | AsyncIterable[bytes] | None = None,
+    ) -> UpstreamResponse:
+        """Send a request and return once the response headers arrived; the caller must close it."""
+        url = self.base_url + path
+        if query:
+            url += "?" + query.decode("latin-1")
+        try:
+            return await self._get_session().request(
+                method, url, data=body, headers=list(headers), allow_redirects=False
+            )
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError("connect", f"cannot connect to Ollama at {self.name}: {exc.os_error}") from exc
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamError("timeout", f"Ollama at {self.name} did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError("protocol", f"Ollama at {self.name} broke the connection: {exc}") from exc
+
+    async def probe(self, within: float = 2.0) -> bool:
+        """True when Ollama answers ``GET /`` with 200 within ``within`` seconds."""
+        try:
+            async with asyncio.timeout(within):
+                resp = await self.open("GET", "/")
+                async with resp:
+                    await resp.read()
+                    return resp.status == 200
+        except (UpstreamError, TimeoutError, aiohttp.ClientError):
+            return False
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            try:
+                await session.close()
+            except RuntimeError:  # the session's loop is gone (a host that ran us in another loop)
+                pass

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from ollama_asgi import OllamaGateway, Settings
+from ollama_asgi.testing import EmulatorServer
+from tests.support.hosts import starlette_host
+from tests.support.server import ServerThread
+
+API_KEY = "test-api-key-1"
+ADMIN_KEY = "test-admin-key-1"
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorServer]:
+    with EmulatorServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def host_factory(emulator: EmulatorServer) -> Iterator[Callable[..., ServerThread]]:
+    """Start the Starlette test host with the gateway at /llm; keyword arguments override settings."""
+    started: list[ServerThread] = []
+
+    def start(**overrides: Any) -> ServerThread:
+        options: dict[str, Any] = {
+            "upstreams": (emulator.url,),
+            "api_keys": (f"ci={API_KEY}",),
+            "admin_api_keys": (f"ops={ADMIN_KEY}",),
+        }
+        options.update(overrides)
+        server = ServerThread(starlette_host(OllamaGateway(Settings(**options)))).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def host(host_factory: Callable[..., ServerThread]) -> ServerThread:
+    return host_factory()
+
+
+@pytest.fixture
+def llm_url(host: ServerThread) -> str:
+    return host.url + "/llm"
+
+
+def login(base_url: str, username: str) -> httpx.Cookies:
+    response = httpx.post(base_url + "/login", json={"username": username, "password": f"{username}-password"})
+    response.raise_for_status()
+    return response.cookies
+
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}

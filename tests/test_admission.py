@@ -1,0 +1,184 @@
+"""The fair queue in front of each backend's slots, exercised with real asyncio tasks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ollama_asgi.admission import Admission, Lease
+from ollama_asgi.errors import GatewayError
+
+
+async def test_requests_within_capacity_are_admitted_at_once() -> None:
+    admission = Admission(parallel=2, embed_parallel=None, max_queue=10)
+    a = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+    b = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+    assert admission.pool("b0", "generate").in_flight == 2
+    assert a.queued_for == b.queued_for == 0.0
+    a.release()
+    b.release()
+    assert admission.pool("b0", "generate").in_flight == 0
+
+
+async def test_never_more_than_parallel_in_flight() -> None:
+    admission = Admission(parallel=2, embed_parallel=None, max_queue=100)
+    active = peak = 0
+
+    async def job() -> None:
+        nonlocal active, peak
+        lease = await admission.admit("b0", kind="generate", principal="u", wait_limit=5)
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.002)
+        active -= 1
+        lease.release()
+
+    await asyncio.gather(*(job() for _ in range(50)))
+    assert peak == 2
+    assert admission.pool("b0", "generate").in_flight == 0
+
+
+async def test_full_queue_answers_503_with_retry_after() -> None:
+    admission = Admission(parallel=1, embed_parallel=None, max_queue=2)
+    held = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+    waiting = [
+        asyncio.ensure_future(admission.admit("b0", kind="generate", principal="u", wait_limit=5)) for _ in range(2)
+    ]
+    await asyncio.sleep(0)
+    with pytest.raises(GatewayError) as info:
+        await admission.admit("b0", kind="generate", principal="u", wait_limit=5)
+    assert info.value.status == 503
+    assert int(dict(info.value.headers)[b"retry-after"]) >= 1
+    held.release()
+    for task in waiting:
+        (await task).release()
+
+
+async def test_deadline_passing_in_the_queue_answers_503_and_frees_the_place() -> None:
+    admission = Admission(parallel=1, embed_parallel=None, max_queue=5)
+    held = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+    with pytest.raises(GatewayError) as info:
+        await admission.admit("b0", kind="generate", principal="u", wait_limit=0.05)
+    assert info.value.status == 503 and "within 0.05s" in info.value.message
+    assert admission.queued("b0") == 0
+    held.release()
+    assert admission.pool("b0", "generate").in_flight == 0
+
+
+async def test_cancelled_waiters_leave_the_queue_and_leak_no_slot() -> None:
+    admission = Admission(parallel=1, embed_parallel=None, max_queue=5)
+    held = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+    task = asyncio.ensure_future(admission.admit("b0", kind="generate", principal="u", wait_limit=5))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert admission.queued("b0") == 0
+    held.release()
+    pool = admission.pool("b0", "generate")
+    assert pool.in_flight == 0
+
+
+async def test_a_flood_from_one_principal_does_not_starve_another() -> None:
+    admission = Admission(parallel=1, embed_parallel=None, max_queue=1000)
+    order: list[str] = []
+    held = await admission.admit("b0", kind="generate", principal="flood", wait_limit=1)
+
+    async def job(principal: str) -> None:
+        lease = await admission.admit("b0", kind="generate", principal=principal, wait_limit=10)
+        order.append(principal)
+        await asyncio.sleep(0)
+        lease.release()
+
+    flood = [asyncio.ensure_future(job("flood")) for _ in range(200)]
+    await asyncio.sleep(0)
+    single = asyncio.ensure_future(job("trickle"))
+    await asyncio.sleep(0)
+    held.release()
+    await asyncio.gather(single, *flood)
+    # The newcomer is served after at most one of the flooder's requests per slot.
+    assert order.index("trickle") <= 1
+
+
+async def test_weights_share_capacity_proportionally() -> None:
+    admission = Admission(parallel=1, embed_parallel=None, max_queue=1000)
+    order: list[str] = []
+    held = await admission.admit("b0", kind="generate", principal="x", wait_limit=1)
+
+    async def job(principal: str, weight: float) -> None:
+        lease = await admission.admit("b0", kind="generate", principal=principal, weight=weight, wait_limit=10)
+        order.append(principal)
+        await asyncio.sleep(0)
+        lease.release()
+
+    tasks = [asyncio.ensure_future(job("heavy", 3.0)) for _ in range(60)]
+    tasks += [asyncio.ensure_future(job("light", 1.0)) for _ in range(60)]
+    await asyncio.sleep(0)
+    held.release()
+    await asyncio.gather(*tasks)
+    first = order[:40]
+    assert first.count("heavy") == pytest.approx(30, abs=2)
+
+
+async def test_interactive_work_is_served_before_batch() -> None:
+    admission = Admission(parallel=1, embed_parallel=None, max_queue=100)
+    order: list[str] = []
+    held = await admission.admit("b0", kind="generate", principal="x", wait_limit=1)
+
+    async def job(name: str, priority: int) -> None:
+        lease = await admission.admit("b0", kind="generate", principal=name, priority=priority, wait_limit=10)
+        order.append(name)
+        lease.release()
+
+    batch = [asyncio.ensure_future(job(f"batch{i}", 1)) for i in range(5)]
+    await asyncio.sleep(0)
+    interactive = asyncio.ensure_future(job("chat", 0))
+    await asyncio.sleep(0)
+    held.release()
+    await asyncio.gather(interactive, *batch)
+    assert order[0] == "chat"
+
+
+async def test_embeddings_can_have_their_own_slots() -> None:
+    admission = Admission(parallel=1, embed_parallel=4, max_queue=10)
+    gen = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+    embeds: list[Lease] = [await admission.admit("b0", kind="embed", principal="u", wait_limit=0.05) for _ in range(4)]
+    with pytest.raises(GatewayError):
+        await admission.admit("b0", kind="generate", principal="u", wait_limit=0.05)
+    for lease in (gen, *embeds):
+        lease.release()
+
+
+async def test_retry_after_follows_the_measured_service_time() -> None:
+    admission = Admission(parallel=1, embed_parallel=None, max_queue=3)
+    for _ in range(3):
+        lease = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+        await asyncio.sleep(0.3)
+        lease.release()
+    pool = admission.pool("b0", "generate")
+    assert pool.service_time() == pytest.approx(0.3, abs=0.1)
+    held = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+    waiters = [
+        asyncio.ensure_future(admission.admit("b0", kind="generate", principal="u", wait_limit=5)) for _ in range(3)
+    ]
+    await asyncio.sleep(0)
+    with pytest.raises(GatewayError) as info:
+        await admission.admit("b0", kind="generate", principal="u", wait_limit=5)
+    # 3 ahead plus this one, 0.3 s each on one slot: 1.2 s, rounded up to 2.
+    assert dict(info.value.headers)[b"retry-after"] == b"2"
+    held.release()
+    for task in waiters:
+        (await task).release()
+
+
+async def test_a_freed_slot_is_refilled_without_delay() -> None:
+    admission = Admission(parallel=1, embed_parallel=None, max_queue=10)
+    held = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+    task = asyncio.ensure_future(admission.admit("b0", kind="generate", principal="v", wait_limit=5))
+    await asyncio.sleep(0)
+    held.release()
+    pool = admission.pool("b0", "generate")
+    assert pool.in_flight == 1 and pool.waiting == 0  # granted inside release(), before any await
+    (await task).release()
+    assert len(pool.refill_gaps) == 1

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from ollama_asgi import Settings
+from ollama_asgi.auth import DefaultAuthorizer, model_allowed
+
+
+@dataclass
+class User:
+    is_authenticated: bool = True
+    username: str = "alice"
+    is_staff: bool = False
+
+
+@dataclass
+class Auth:
+    scopes: list[str]
+
+
+def scope(user: object = None, token: str | None = None, auth: object = None) -> dict[str, object]:
+    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+    return {"type": "http", "headers": headers, "user": user, "auth": auth}
+
+
+SETTINGS = Settings(api_keys=("ci=ci-secret-key",), admin_api_keys=("ops=ops-secret-key",))  # type: ignore[arg-type]
+
+
+async def test_host_mode_accepts_the_authenticated_host_user() -> None:
+    principal = await DefaultAuthorizer(SETTINGS)(scope(User()))
+    assert principal is not None
+    assert (principal.id, principal.source, principal.is_admin) == ("alice", "host", False)
+
+
+async def test_unauthenticated_host_user_is_refused() -> None:
+    assert await DefaultAuthorizer(SETTINGS)(scope(User(is_authenticated=False))) is None
+    assert await DefaultAuthorizer(SETTINGS)(scope()) is None
+
+
+async def test_staff_users_and_admin_scopes_are_admins() -> None:
+    authorize = DefaultAuthorizer(SETTINGS)
+    assert (await authorize(scope(User(is_staff=True)))).is_admin  # type: ignore[union-attr]
+    assert (await authorize(scope(User(), auth=Auth(["ollama:admin"])))).is_admin  # type: ignore[union-attr]
+    assert not (await authorize(scope(User(), auth=Auth(["authenticated"])))).is_admin  # type: ignore[union-attr]
+
+
+async def test_api_keys_authenticate_machines() -> None:
+    authorize = DefaultAuthorizer(SETTINGS)
+    principal = await authorize(scope(token="ci-secret-key"))
+    assert principal is not None and principal.id == "ci" and not principal.is_admin
+    admin = await authorize(scope(token="ops-secret-key"))
+    assert admin is not None and admin.is_admin
+    assert await authorize(scope(token="ci-secret-kez")) is None
+
+
+async def test_api_key_only_mode_ignores_host_users() -> None:
+    authorize = DefaultAuthorizer(SETTINGS.replace(auth="api_key"))
+    assert await authorize(scope(User())) is None
+    assert await authorize(scope(token="ci-secret-key")) is not None
+
+
+async def test_auth_none_gives_an_anonymous_non_admin() -> None:
+    principal = await DefaultAuthorizer(Settings(auth="none"))(scope())
+    assert principal is not None and principal.source == "anonymous" and not principal.is_admin
+
+
+@pytest.mark.parametrize(
+    ("patterns", "model", "allowed"),
+    [
+        (None, "anything", True),
+        (("llama3.2",), "llama3.2:latest", True),
+        (("llama3.2:latest",), "LLAMA3.2", True),
+        (("llama3*",), "llama3.2:3b", True),
+        (("llama3.2",), "llama3.2:70b", False),
+        (("nomic-embed-text",), "llama3.2", False),
+        ((), "llama3.2", False),
+    ],
+)
+def test_model_patterns(patterns: tuple[str, ...] | None, model: str, allowed: bool) -> None:
+    assert model_allowed(patterns, model) is allowed

@@ -1,0 +1,167 @@
+"""Streaming relay over real sockets: framing, no buffering, disconnects, timeouts, broken upstreams."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from ollama_asgi.testing import EmulatorServer, Fault
+from tests.conftest import API_KEY, AUTH
+from tests.support.rawhttp import request, wait_until
+from tests.support.server import ServerThread
+
+CHAT = json.dumps(
+    {"model": "llama3.2", "messages": [{"role": "user", "content": "a b c d"}], "options": {"num_predict": 40}}
+).encode()
+
+
+def _assert_whole_lines(chunks: list[bytes]) -> list[dict[str, object]]:
+    lines = []
+    for chunk in chunks:
+        assert chunk.endswith(b"\n"), f"chunk cut mid-line: {chunk!r}"
+        lines.extend(orjson.loads(line) for line in chunk.splitlines())
+    return lines
+
+
+@pytest.mark.parametrize("chunking", ["split", "coalesce"])
+def test_lines_split_or_merged_upstream_reach_the_client_whole(
+    emulator: EmulatorServer, llm_url: str, chunking: str
+) -> None:
+    emulator.emulator.chunking = chunking
+    response = request(llm_url + "/api/chat", body=CHAT, headers=AUTH)
+    assert response.status == 200
+    assert response.headers["content-type"] == "application/x-ndjson"
+    assert response.headers["x-accel-buffering"] == "no"
+    lines = _assert_whole_lines(response.chunks())
+    assert len(lines) == 41 and lines[-1]["done"] is True
+    assert "".join(line["message"]["content"] for line in lines) == " ".join(["a", "b", "c", "d"] * 10)  # type: ignore[index]
+
+
+def test_gzip_in_the_host_does_not_hold_back_the_stream(emulator: EmulatorServer, llm_url: str) -> None:
+    emulator.emulator.token_interval = 0.05
+    response = request(llm_url + "/api/chat", body=CHAT, headers={**AUTH, "Accept-Encoding": "gzip"})
+    assert response.headers.get("content-encoding") in (None, "identity")
+    started = time.monotonic()
+    first = next(response.iter_chunks())
+    assert time.monotonic() - started < 1.0  # the whole answer takes 2 s
+    assert orjson.loads(first.splitlines()[0])["done"] is False
+    response.close()
+
+
+def test_ten_thousand_chunks_arrive_complete_and_in_order(llm_url: str) -> None:
+    body = json.dumps({"model": "llama3.2", "prompt": "x", "options": {"num_predict": 10000}}).encode()
+    count = 0
+    with httpx.stream("POST", llm_url + "/api/generate", content=body, headers=AUTH, timeout=60) as response:
+        for line in response.iter_lines():
+            chunk = orjson.loads(line)
+            count += 1
+    assert count == 10001
+    assert chunk["done"] is True and chunk["eval_count"] == 10000
+
+
+def test_sse_events_are_relayed_whole(emulator: EmulatorServer, llm_url: str) -> None:
+    emulator.emulator.chunking = "split"
+    body = json.dumps({"model": "llama3.2", "stream": True, "messages": [{"role": "user", "content": "p q"}]}).encode()
+    response = request(llm_url + "/v1/chat/completions", body=body, headers=AUTH)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    chunks = response.chunks()
+    for chunk in chunks:
+        assert chunk.endswith(b"\n\n"), chunk
+    events = [e for c in chunks for e in c.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]"
+
+
+def test_client_disconnect_cancels_the_upstream_generation(emulator: EmulatorServer, llm_url: str) -> None:
+    emulator.emulator.token_interval = 0.05  # 40 tokens: 2 s if nobody stops it
+    response = request(llm_url + "/api/chat", body=CHAT, headers=AUTH)
+    chunks = response.iter_chunks()
+    next(chunks)
+    assert emulator.emulator.stats.cancellations == 0
+    response.close()
+    elapsed = wait_until(lambda: emulator.emulator.stats.cancellations == 1, timeout=1.5)
+    assert elapsed < 1.0
+    assert emulator.emulator.stats.active == 0
+
+
+def test_disconnect_while_waiting_for_a_non_streamed_answer_cancels_too(emulator: EmulatorServer, llm_url: str) -> None:
+    emulator.emulator.token_interval = 0.05
+    body = json.dumps({"model": "llama3.2", "prompt": "x", "stream": False, "options": {"num_predict": 60}}).encode()
+    response = request(llm_url + "/api/generate", body=body, headers=AUTH)
+    wait_until(lambda: emulator.emulator.stats.active == 1)
+    response.sock.close()
+    wait_until(lambda: emulator.emulator.stats.cancellations == 1, timeout=1.5)
+
+
+def test_idle_timeout_ends_the_stream_with_an_error_line(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    server = host_factory(read_timeout=0.3)
+    emulator.emulator.inject(Fault(kind="stall", after_lines=2, delay=3.0))
+    response = request(server.url + "/llm/api/chat", body=CHAT, headers=AUTH)
+    lines = _assert_whole_lines(response.chunks())
+    assert len(lines) == 3
+    assert "read timeout" in str(lines[-1]["error"])
+
+
+def test_long_streams_are_not_cut_by_a_total_limit(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    server = host_factory(read_timeout=0.3)
+    emulator.emulator.token_interval = 0.1  # 20 tokens: 2 s in all, far beyond the idle limit
+    body = json.dumps({"model": "llama3.2", "prompt": "x", "options": {"num_predict": 20}}).encode()
+    lines = _assert_whole_lines(request(server.url + "/llm/api/generate", body=body, headers=AUTH).chunks())
+    assert lines[-1]["done"] is True and lines[-1]["eval_count"] == 20
+
+
+def test_upstream_dying_mid_line_ends_with_an_error_line(emulator: EmulatorServer, llm_url: str) -> None:
+    emulator.emulator.inject(Fault(kind="close_midline", after_lines=3))
+    lines = _assert_whole_lines(request(llm_url + "/api/chat", body=CHAT, headers=AUTH).chunks())
+    assert len(lines) == 4
+    assert all("message" in line for line in lines[:3])
+    assert "error" in lines[-1]
+
+
+def test_upstream_error_line_is_passed_through(emulator: EmulatorServer, llm_url: str) -> None:
+    emulator.emulator.inject(
+        Fault(kind="midstream_error", after_lines=2, message="an error was encountered while running the model")
+    )
+    lines = _assert_whole_lines(request(llm_url + "/api/chat", body=CHAT, headers=AUTH).chunks())
+    assert lines[-1] == {"error": "an error was encountered while running the model"}
+
+
+def test_openai_stream_breaking_mid_way_raises_in_the_openai_client(emulator: EmulatorServer, llm_url: str) -> None:
+    emulator.emulator.inject(Fault(kind="close_midline", after_lines=2))
+    client = openai.OpenAI(base_url=llm_url + "/v1", api_key=API_KEY)
+    stream = client.chat.completions.create(
+        model="llama3.2", messages=[{"role": "user", "content": "a b"}], stream=True
+    )
+    with pytest.raises(openai.APIError):
+        for _ in stream:
+            pass
+
+
+def test_upstream_http_errors_keep_status_and_body(emulator: EmulatorServer, llm_url: str) -> None:
+    emulator.emulator.inject(Fault(kind="busy"))
+    response = httpx.post(llm_url + "/api/chat", content=CHAT, headers=AUTH)
+    assert response.status_code == 503
+    assert response.json() == {"error": "server busy, please try again.  maximum pending requests exceeded"}
+
+
+def test_host_cookies_and_authorization_never_reach_ollama(emulator: EmulatorServer, llm_url: str) -> None:
+    httpx.post(
+        llm_url + "/api/chat",
+        content=CHAT,
+        headers={**AUTH, "Cookie": "session=secret", "Origin": "https://evil.example", "X-Forwarded-For": "1.2.3.4"},
+    )
+    recorded = emulator.emulator.requests[-1]
+    assert recorded.path == "/api/chat"
+    for header in ("cookie", "authorization", "origin", "x-forwarded-for"):
+        assert header not in recorded.headers
+    assert recorded.headers["host"] == f"127.0.0.1:{emulator.port}"
+    assert recorded.body == CHAT  # forwarded byte for byte
