@@ -19,8 +19,8 @@ __all__ = [
     "ConfigError",
     "GatewayError",
     "OllamaGateway",
-    "Principal",
     "PrefixDispatcher",
+    "Principal",
     "Settings",
     "__version__",
 ]

@@ -35,6 +35,8 @@ class Principal:
         weight: Share of capacity in fair queueing relative to other principals.
         priority: ``"interactive"`` or ``"batch"``.
         source: Where the identity came from: ``"host"``, ``"api_key"`` or ``"anonymous"``.
+        requests_per_minute: Rate limit; None falls back to ``Settings.rate_limit_rpm``.
+        tokens_per_minute: Token budget; None falls back to ``Settings.rate_limit_tpm``.
     """
 
     id: str
@@ -44,6 +46,8 @@ class Principal:
     weight: float = 1.0
     priority: Literal["interactive", "batch"] = "interactive"
     source: Literal["host", "api_key", "anonymous"] = "host"
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
 
 
 Authorizer = Callable[[Scope], "Awaitable[Principal | None] | Principal | None"]
@@ -105,7 +109,10 @@ class DefaultAuthorizer:
             is_admin=key.admin,
             models=key.models,
             weight=key.weight,
+            priority="batch" if key.priority == "batch" else "interactive",
             source="api_key",
+            requests_per_minute=key.requests_per_minute,
+            tokens_per_minute=key.tokens_per_minute,
         )
 
     def from_host_user(self, scope: Scope) -> Principal | None:

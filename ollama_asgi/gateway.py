@@ -11,19 +11,23 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
 
 import orjson
 
+from ollama_asgi.admission import PRIORITIES, Admission, Lease
 from ollama_asgi.auth import Authorizer, DefaultAuthorizer, Principal, call_authorizer, model_allowed
-from ollama_asgi.errors import GatewayError
+from ollama_asgi.errors import GatewayError, stream_error_line
 from ollama_asgi.protocol import ParsedRequest, parse_request
-from ollama_asgi.relay import relay
+from ollama_asgi.ratelimit import MemoryRateLimiter, rate_limit_headers
+from ollama_asgi.relay import relay, stream_headers
 from ollama_asgi.responses import send_bytes, send_error
 from ollama_asgi.routing import Kind, Route, match_route, route_path
-from ollama_asgi.settings import Settings
+from ollama_asgi.settings import ConfigError, Settings, parse_duration
 from ollama_asgi.types import Message, Receive, Scope, Send
 from ollama_asgi.upstream import Upstream, UpstreamError
+from ollama_asgi.usage import usage_from
 
 __all__ = ["OllamaGateway"]
 
@@ -60,6 +64,12 @@ class OllamaGateway:
             for i, url in enumerate(self.settings.upstreams)
         ]
         self._retry_after = str(max(1, math.ceil(self.settings.upstream_retry_after))).encode()
+        self.admission = Admission(
+            parallel=self.settings.parallel,
+            embed_parallel=self.settings.embed_parallel,
+            max_queue=self.settings.max_queue,
+        )
+        self.rate_limiter = MemoryRateLimiter()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -101,6 +111,7 @@ class OllamaGateway:
         method: str = scope["method"]
         openai = path.startswith("/v1/")
         head = method == "HEAD"
+        progress = _Progress()
         try:
             route = match_route(path)
             if route is None:
@@ -114,7 +125,8 @@ class OllamaGateway:
             if route.kind is not Kind.PUBLIC:
                 principal = await self._authenticate(scope, route)
             if route.streamed_body:
-                await self._forward(scope, receive, send, route, None, _stream_body(receive), head=head)
+                request = _Request(scope, route, None, principal, _stream_body(receive), head)
+                await self._exchange(request, send, progress)
                 return
             raw = await _read_body(scope, receive, self.settings.max_body_bytes)
             parsed = None
@@ -122,9 +134,14 @@ class OllamaGateway:
                 parsed = parse_request(route, raw, max_num_ctx=self.settings.max_num_ctx)
                 if principal is not None:
                     self._check_model(principal, parsed)
-            await self._forward(scope, receive, send, route, parsed, raw or None, head=head)
+            request = _Request(scope, route, parsed, principal, raw or None, head)
+            await _DisconnectWatcher(receive).run_until(asyncio.ensure_future(self._exchange(request, send, progress)))
         except GatewayError as exc:
-            await send_error(send, exc, openai=openai, head=head)
+            if progress.started:
+                tail = stream_error_line(exc.message, sse=True)
+                await send({"type": "http.response.body", "body": tail, "more_body": False})
+            else:
+                await send_error(send, exc, openai=openai, head=head)
         except _ClientGone:
             return
 
@@ -143,58 +160,87 @@ class OllamaGateway:
         if not model_allowed(principal.models, model) or not model_allowed(self.settings.allowed_models, model):
             raise GatewayError(403, f"model {model!r} is not allowed for {principal.display_name or principal.id}")
 
-    def _backend_for(self, route: Route, parsed: ParsedRequest | None) -> Upstream:
+    def _backend_for(self, request: _Request) -> Upstream:
         # Placement over several backends plugs in here.
         return self.backends[0]
 
-    async def _forward(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        route: Route,
-        parsed: ParsedRequest | None,
-        body: object,
-        *,
-        head: bool,
-    ) -> None:
-        backend = self._backend_for(route, parsed)
+    async def _exchange(self, request: _Request, send: Send, progress: _Progress) -> None:
+        backend = self._backend_for(request)
+        scope = request.scope
+        principal = request.principal
+        lease = None
+        if request.route.kind is Kind.INFERENCE and principal is not None:
+            await self._check_rate(principal)
+            lease = await self._admit(backend, request, send, progress)
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k in _FORWARD]
-        if not isinstance(body, bytes | None):  # a streamed upload owns receive() until it ends
-            await self._exchange(backend, scope, send, route, headers, body, head=head)
-            return
-        watcher = _DisconnectWatcher(receive)
-        relay_task = asyncio.ensure_future(self._exchange(backend, scope, send, route, headers, body, head=head))
-        await watcher.run_until(relay_task)
-
-    async def _exchange(
-        self,
-        backend: Upstream,
-        scope: Scope,
-        send: Send,
-        route: Route,
-        headers: list[tuple[str, str]],
-        body: object,
-        *,
-        head: bool,
-    ) -> None:
+        ok = False
         try:
-            resp = await backend.open(
-                scope["method"],
-                route_path(scope),
-                query=scope.get("query_string", b""),
-                headers=headers,
-                body=body,  # type: ignore[arg-type]
-            )
-        except UpstreamError as exc:
-            logger.warning("upstream %s failed before answering: %s", backend.name, exc)
-            if exc.kind == "timeout":
-                raise GatewayError(504, str(exc)) from exc
-            raise GatewayError(503, str(exc), [(b"retry-after", self._retry_after)]) from exc
-        try:
-            await relay(resp, send, head=head)
+            try:
+                resp = await backend.open(
+                    scope["method"],
+                    route_path(scope),
+                    query=scope.get("query_string", b""),
+                    headers=headers,
+                    body=request.body,
+                )
+            except UpstreamError as exc:
+                logger.warning("upstream %s failed before answering: %s", backend.name, exc)
+                if exc.kind == "timeout":
+                    raise GatewayError(504, str(exc)) from exc
+                raise GatewayError(503, str(exc), [(b"retry-after", self._retry_after)]) from exc
+            try:
+                result = await relay(resp, send, head=request.head, started=progress.started)
+            finally:
+                resp.close()
+            ok = result.error is None and result.status < 500
         finally:
-            resp.close()
+            if lease is not None:
+                lease.release(ok=ok)
+        if principal is not None and request.route.kind is Kind.INFERENCE:
+            tpm = principal.tokens_per_minute or self.settings.rate_limit_tpm
+            if tpm:
+                await self.rate_limiter.charge_tokens(principal.id, tpm, usage_from(result.final).total)
+
+    async def _check_rate(self, principal: Principal) -> None:
+        rpm = principal.requests_per_minute or self.settings.rate_limit_rpm
+        tpm = principal.tokens_per_minute or self.settings.rate_limit_tpm
+        if not rpm and not tpm:
+            return
+        decision = await self.rate_limiter.check(principal.id, rpm, tpm)
+        if decision is not None and not decision.allowed:
+            raise GatewayError(
+                429,
+                f"rate limit exceeded: {decision.limit} {decision.kind} per minute for {principal.id}",
+                rate_limit_headers(decision),
+            )
+
+    async def _admit(self, backend: Upstream, request: _Request, send: Send, progress: _Progress) -> Lease:
+        principal = request.principal
+        assert principal is not None
+        kind = "embed" if request.route.name in _EMBED_ROUTES else "generate"
+        priority = PRIORITIES[principal.priority]
+        wait_limit = self.settings.queue_timeout
+        for name, value in request.scope["headers"]:
+            if name == b"x-request-timeout":
+                wait_limit = _header_seconds(value, self.settings.queue_timeout_max)
+            elif name == b"x-request-priority":
+                if value.strip().lower() == b"batch":
+                    priority = PRIORITIES["batch"]  # anyone may step down; nobody may step up
+                elif value.strip().lower() != b"interactive":
+                    raise GatewayError(400, "X-Request-Priority must be 'interactive' or 'batch'")
+        admit = self.admission.admit(
+            backend.name,
+            kind=kind,
+            principal=principal.id,
+            weight=principal.weight,
+            priority=priority,
+            wait_limit=wait_limit,
+        )
+        interval = self.settings.sse_keepalive
+        parsed = request.parsed
+        if not (interval and request.route.openai and parsed is not None and parsed.stream):
+            return await admit
+        return await _with_sse_keepalive(admit, send, progress, interval)
 
     async def _gateway_endpoint(self, route: Route, scope: Scope, send: Send) -> None:
         # Health is for load balancers: unauthenticated, so it names backends but not their URLs.
@@ -204,6 +250,66 @@ class OllamaGateway:
         body = orjson.dumps({"status": "ok" if healthy else "unavailable", "backends": backends})
         headers = [] if healthy else [(b"retry-after", self._retry_after)]
         await send_bytes(send, 200 if healthy else 503, body, headers=headers, head=scope["method"] == "HEAD")
+
+
+@dataclass(slots=True)
+class _Request:
+    """Everything known about a request once it is parsed and authenticated; passed forward only."""
+
+    scope: Scope
+    route: Route
+    parsed: ParsedRequest | None
+    principal: Principal | None
+    body: bytes | AsyncIterator[bytes] | None
+    head: bool
+
+
+@dataclass(slots=True)
+class _Progress:
+    started: bool = False  # the response head went out (SSE keep-alive while queued)
+
+
+_EMBED_ROUTES = frozenset({"embed", "embeddings", "openai_embeddings"})
+_KEEPALIVE = b": waiting for a free slot\n\n"
+
+
+async def _with_sse_keepalive(
+    admit: Coroutine[None, None, Lease], send: Send, progress: _Progress, interval: float
+) -> Lease:
+    """Wait for admission, keeping an SSE client's connection alive with comment lines meanwhile.
+
+    The response starts only once the wait exceeds ``interval``, so short waits still get a real
+    status code; after that, errors are sent as SSE error events.
+    """
+    task = asyncio.ensure_future(admit)
+    try:
+        while True:
+            done, _ = await asyncio.wait((task,), timeout=interval)
+            if done:
+                return task.result()
+            if not progress.started:
+                progress.started = True
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": stream_headers(b"text/event-stream"),
+                    }
+                )
+            await send({"type": "http.response.body", "body": _KEEPALIVE, "more_body": True})
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+
+
+def _header_seconds(value: bytes, cap: float) -> float:
+    try:
+        seconds = parse_duration(value.decode("latin-1"), field="X-Request-Timeout")
+    except (ConfigError, UnicodeDecodeError):
+        raise GatewayError(400, "X-Request-Timeout must be a number of seconds or a duration like 30s") from None
+    if seconds <= 0:
+        raise GatewayError(400, "X-Request-Timeout must be greater than zero")
+    return min(seconds, cap)
 
 
 class _DisconnectWatcher:

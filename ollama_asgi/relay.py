@@ -4,17 +4,23 @@ NDJSON is forwarded up to the last complete line of what has arrived, SSE up to 
 event, each as soon as it arrives, so a client never sees half a JSON object and never waits for
 a buffer to fill. A stream that breaks after it started ends with one terminal error line or event,
 as Ollama does, instead of a silent cut.
+
+The final chunk (``"done":true`` in NDJSON, the ``usage`` event in SSE) is kept aside by a byte
+search, not a JSON parse, so accounting costs nothing per token.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import aiohttp
+import orjson
 
 from ollama_asgi.errors import GatewayError, stream_error_line
 from ollama_asgi.types import Send
 from ollama_asgi.upstream import UpstreamResponse
 
-__all__ = ["relay"]
+__all__ = ["RelayResult", "relay", "stream_headers"]
 
 # Hop-by-hop and per-connection headers never cross the proxy; the server sets its own Date/Server.
 _DROP = frozenset(
@@ -34,8 +40,28 @@ _DROP = frozenset(
         b"set-cookie",
     }
 )
-_STREAM_HEADERS = [(b"x-accel-buffering", b"no"), (b"cache-control", b"no-cache")]
 _MAX_PENDING = 64 * 1024 * 1024  # one line longer than this is not Ollama talking
+_KEEP_FINAL = 1024 * 1024  # non-streamed bodies up to this size are kept for token accounting
+
+
+@dataclass(slots=True)
+class RelayResult:
+    status: int
+    sent: int  # body bytes sent to the client
+    final: bytes | None  # the final chunk or whole small body, for token accounting
+    error: str | None = None  # set when a started stream had to be ended with an error
+
+
+def stream_headers(content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> list[tuple[bytes, bytes]]:
+    """Headers for a streamed answer: nothing between here and the client may buffer or compress it."""
+    headers = [(b"content-type", content_type), *(extra or [])]
+    headers.append((b"x-accel-buffering", b"no"))
+    headers.append((b"cache-control", b"no-cache"))
+    if not any(k == b"content-encoding" for k, _ in headers):
+        # Host compression (Starlette's GZipMiddleware) holds back NDJSON; an explicit encoding
+        # makes it step aside.
+        headers.append((b"content-encoding", b"identity"))
+    return headers
 
 
 def _response_headers(resp: UpstreamResponse) -> list[tuple[bytes, bytes]]:
@@ -51,22 +77,26 @@ def _framing(resp: UpstreamResponse) -> bytes | None:
     return None
 
 
-async def relay(resp: UpstreamResponse, send: Send, *, head: bool = False) -> int:
-    """Send ``resp`` to the client; return the number of body bytes sent."""
+async def relay(resp: UpstreamResponse, send: Send, *, head: bool = False, started: bool = False) -> RelayResult:
+    """Send ``resp`` to the client.
+
+    ``started`` means the gateway already sent SSE headers (keep-alive comments while queued): the
+    upstream's status can no longer be sent, so a failure becomes an SSE error event.
+    """
     separator = _framing(resp)
+    if started:
+        if separator != b"\n\n" or resp.status != 200:
+            return await _error_into_started_stream(resp, send)
+        return await _relay_frames(resp, send, separator)
     if separator is None or head:
         return await _relay_whole(resp, send, head=head)
-    headers = _response_headers(resp)
-    headers.extend(_STREAM_HEADERS)
-    if not any(k == b"content-encoding" for k, _ in headers):
-        # Host compression (Starlette's GZipMiddleware) holds back NDJSON; an explicit encoding
-        # makes it step aside.
-        headers.append((b"content-encoding", b"identity"))
-    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    headers = [(k, v) for k, v in _response_headers(resp) if k != b"content-type"]
+    ctype = resp.headers.get("Content-Type", "").encode("latin-1")
+    await send({"type": "http.response.start", "status": resp.status, "headers": stream_headers(ctype, headers)})
     return await _relay_frames(resp, send, separator)
 
 
-async def _relay_whole(resp: UpstreamResponse, send: Send, *, head: bool) -> int:
+async def _relay_whole(resp: UpstreamResponse, send: Send, *, head: bool) -> RelayResult:
     # Ollama writes non-streamed answers in one go at the end, so holding the body costs no latency
     # and lets a broken upstream still be answered with a proper status.
     try:
@@ -82,12 +112,27 @@ async def _relay_whole(resp: UpstreamResponse, send: Send, *, head: bool) -> int
         headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else body})
-    return len(body)
+    return RelayResult(resp.status, len(body), body if len(body) <= _KEEP_FINAL else None)
 
 
-async def _relay_frames(resp: UpstreamResponse, send: Send, separator: bytes) -> int:
+async def _error_into_started_stream(resp: UpstreamResponse, send: Send) -> RelayResult:
+    try:
+        body = await resp.read()
+        message = str(orjson.loads(body).get("error", "")) or f"Ollama answered {resp.status}"
+    except Exception:
+        message = f"Ollama answered {resp.status}"
+    if isinstance(message, dict):
+        message = str(message.get("message", message))
+    tail = stream_error_line(message, sse=True)
+    await send({"type": "http.response.body", "body": tail, "more_body": False})
+    return RelayResult(resp.status, len(tail), None, message)
+
+
+async def _relay_frames(resp: UpstreamResponse, send: Send, separator: bytes) -> RelayResult:
     sse = separator == b"\n\n"
+    marker = b'"usage"' if sse else b'"done":true'
     pending = b""
+    final: bytes | None = None
     sent = 0
     error: str | None = None
     try:
@@ -103,8 +148,11 @@ async def _relay_frames(resp: UpstreamResponse, send: Send, separator: bytes) ->
                 continue
             cut += len(separator)
             pending = chunk[cut:]
-            await send({"type": "http.response.body", "body": chunk[:cut], "more_body": True})
+            body = chunk[:cut]
+            await send({"type": "http.response.body", "body": body, "more_body": True})
             sent += cut
+            if marker in body:
+                final = _last_frame_with(body, marker, separator)
         else:
             if pending.strip():
                 error = "Ollama ended the stream in the middle of a line"
@@ -114,4 +162,11 @@ async def _relay_frames(resp: UpstreamResponse, send: Send, separator: bytes) ->
         error = f"the connection to Ollama broke mid-stream: {exc.__class__.__name__}"
     tail = stream_error_line(error, sse=sse) if error else b""
     await send({"type": "http.response.body", "body": tail, "more_body": False})
-    return sent + len(tail)
+    return RelayResult(resp.status, sent + len(tail), final, error)
+
+
+def _last_frame_with(body: bytes, marker: bytes, separator: bytes) -> bytes:
+    at = body.rfind(marker)
+    start = body.rfind(separator, 0, at) + len(separator) if body.rfind(separator, 0, at) >= 0 else 0
+    end = body.find(separator, at)
+    return body[start : end if end >= 0 else len(body)]

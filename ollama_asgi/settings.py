@@ -71,6 +71,9 @@ class ApiKey:
     admin: bool = False
     models: tuple[str, ...] | None = None
     weight: float = 1.0
+    priority: str = "interactive"
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
 
     @staticmethod
     def digest(secret: str) -> str:
@@ -87,7 +90,17 @@ class ApiKey:
                 ident, secret = "", ident
             return cls._build(ident, secret, admin, None, 1.0, field)
         if isinstance(spec, Mapping):
-            unknown = set(spec) - {"id", "key", "key_sha256", "admin", "models", "weight"}
+            unknown = set(spec) - {
+                "id",
+                "key",
+                "key_sha256",
+                "admin",
+                "models",
+                "weight",
+                "priority",
+                "requests_per_minute",
+                "tokens_per_minute",
+            }
             if unknown:
                 raise ConfigError(field, f"unknown key(s) {sorted(unknown)} in an API key entry")
             if "key_sha256" in spec:
@@ -97,13 +110,22 @@ class ApiKey:
             else:
                 raise ConfigError(field, "an API key entry needs 'key' or 'key_sha256'")
             models = spec.get("models")
-            return cls._build(
+            priority = spec.get("priority", "interactive")
+            if priority not in ("interactive", "batch"):
+                raise ConfigError(field, f"priority must be 'interactive' or 'batch', got {priority!r}")
+            key = cls._build(
                 str(spec.get("id", "")),
                 secret,
                 _to_bool(spec.get("admin", admin), field),
                 None if models is None else _to_str_tuple(models, field),
                 _to_float(spec.get("weight", 1.0), field, minimum=0.001),
                 field,
+            )
+            return dataclasses.replace(
+                key,
+                priority=str(priority),
+                requests_per_minute=_optional_pos_int(spec.get("requests_per_minute"), field),
+                tokens_per_minute=_optional_pos_int(spec.get("tokens_per_minute"), field),
             )
         raise ConfigError(field, f"an API key must be a string or a mapping, got {type(spec).__name__}")
 
@@ -250,6 +272,12 @@ def _non_neg_int(value: object, field: str) -> int:
     return _to_int(value, field, minimum=0)
 
 
+def _optional_pos_int(value: object, field: str) -> int | None:
+    if value is None or value == "":
+        return None
+    return _to_int(value, field, minimum=1)
+
+
 def _duration(value: object, field: str) -> float:
     return parse_duration(value, field=field)
 
@@ -303,11 +331,39 @@ class Settings:
     parallel: int = field(
         default=1, metadata=_doc("Concurrent requests per backend, like OLLAMA_NUM_PARALLEL.", _pos_int)
     )
+    embed_parallel: int | None = field(
+        default=None,
+        metadata=_doc(
+            "Separate concurrency for embeddings per backend (None: they share `parallel`).", _optional_pos_int
+        ),
+    )
     max_queue: int = field(
         default=64, metadata=_doc("Requests waiting per backend before answering 503.", _non_neg_int)
     )
     queue_timeout: float = field(
         default=30.0, metadata=_doc("How long a request may wait for a slot before 503.", _pos_duration)
+    )
+    queue_timeout_max: float = field(
+        default=300.0,
+        metadata=_doc("Upper bound for a client's own X-Request-Timeout header.", _pos_duration),
+    )
+    rate_limit_rpm: int | None = field(
+        default=None,
+        metadata=_doc(
+            "Requests per minute per principal unless the principal says otherwise (None: no limit).", _optional_pos_int
+        ),
+    )
+    rate_limit_tpm: int | None = field(
+        default=None,
+        metadata=_doc("Tokens (prompt + generated) per minute per principal (None: no limit).", _optional_pos_int),
+    )
+    sse_keepalive: float = field(
+        default=5.0,
+        metadata=_doc(
+            "While a streaming /v1 request waits, send an SSE comment this often (0: never); "
+            "NDJSON streams never get anything but Ollama chunks.",
+            _duration,
+        ),
     )
     redis_url: str | None = field(
         default=None, metadata=_doc("Redis for state shared by workers (None: in-memory).", _optional_str)
