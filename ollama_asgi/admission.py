@@ -17,12 +17,17 @@ request needs before it reaches Ollama (parse, auth, policy, placement) happens 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 
 from ollama_asgi.errors import GatewayError
+from ollama_asgi.state import SharedSlots, StateUnavailable
+
+logger = logging.getLogger("ollama_asgi.admission")
 
 __all__ = ["Admission", "Lease", "Pool", "PRIORITIES"]
 
@@ -38,6 +43,7 @@ class _Waiter:
     future: asyncio.Future[None]
     enqueued: float = field(default_factory=time.monotonic)
     granted_at: float = 0.0
+    holder: str = ""  # the shared lease granted to this waiter, when state is shared
 
 
 class _ServiceClock:
@@ -70,6 +76,9 @@ class Pool:
         self._now_v = 0.0
         self.last_release = 0.0
         self.refill_gaps: deque[float] = deque(maxlen=1024)  # seconds from a release to the next grant
+        self.shared = False  # grants need a shared lease too; a dispatcher task hands them out
+        self.released = asyncio.Event()
+        self.dispatcher: asyncio.Task[None] | None = None
 
     # -- queue --------------------------------------------------------------------------------
 
@@ -122,6 +131,9 @@ class Pool:
 
     def dispatch(self) -> None:
         """Hand free slots to waiters, in fair order."""
+        if self.shared:
+            self.released.set()  # the shared dispatcher needs a lease first
+            return
         while self.in_flight < self.capacity and self.waiting:
             waiter = self._pop_next()
             if waiter is None:
@@ -165,31 +177,52 @@ def retry_after(seconds: float) -> list[tuple[bytes, bytes]]:
     return [(b"retry-after", str(max(1, math.ceil(seconds))).encode())]
 
 
+def _granted(waiter: _Waiter) -> bool:
+    return waiter.future.done() and not waiter.future.cancelled()
+
+
 class Lease:
     """A granted slot; release it exactly once when the upstream exchange ends."""
 
-    __slots__ = ("_pool", "granted_at", "queued_for", "_released")
+    __slots__ = ("_admission", "_pool", "_released", "granted_at", "holder", "queued_for")
 
-    def __init__(self, pool: Pool, granted_at: float, queued_for: float) -> None:
+    def __init__(
+        self, pool: Pool, granted_at: float, queued_for: float, holder: str = "", admission: Admission | None = None
+    ) -> None:
         self._pool = pool
+        self._admission = admission
         self.granted_at = granted_at
         self.queued_for = queued_for
+        self.holder = holder
         self._released = False
 
     def release(self, *, ok: bool = True) -> None:
         if not self._released:
             self._released = True
+            if self.holder and self._admission is not None:
+                self._admission.release_shared(self._pool, self.holder)
             self._pool.release(self.granted_at, record=ok)
 
 
 class Admission:
     """All pools of all backends, the per-backend queue bound, and the one entry point ``admit``."""
 
-    def __init__(self, *, parallel: int, embed_parallel: int | None, max_queue: int) -> None:
+    def __init__(
+        self,
+        *,
+        parallel: int,
+        embed_parallel: int | None,
+        max_queue: int,
+        shared: SharedSlots | None = None,
+        fail_open: bool = True,
+    ) -> None:
         self.parallel = parallel
         self.embed_parallel = embed_parallel
         self.max_queue = max_queue
         self.pools: dict[str, Pool] = {}
+        self.shared = shared
+        self.fail_open = fail_open
+        self._background: set[asyncio.Task[None]] = set()
 
     def pool(self, backend: str, kind: str) -> Pool:
         key = backend if kind != "embed" or self.embed_parallel is None else backend + "#embed"
@@ -197,6 +230,7 @@ class Admission:
         if pool is None:
             capacity = self.parallel if key == backend else self.embed_parallel or self.parallel
             pool = self.pools[key] = Pool(key, capacity)
+            pool.shared = self.shared is not None
         return pool
 
     def queued(self, backend: str) -> int:
@@ -214,6 +248,8 @@ class Admission:
     ) -> Lease:
         """Wait for a slot; raise a 503 ``GatewayError`` with Retry-After when none comes in time."""
         pool = self.pool(backend, kind)
+        if self.shared is not None:
+            return await self._admit_shared(pool, backend, principal, weight, priority, wait_limit)
         now = time.monotonic()
         granted_at = pool.grant_now()
         if granted_at is not None:
@@ -247,6 +283,110 @@ class Admission:
             raise
         return Lease(pool, waiter.granted_at, waiter.granted_at - now)
 
+    # -- shared (Redis) mode -------------------------------------------------------------------------
+    #
+    # Each worker keeps its own fair queue and never exceeds the capacity locally; a grant also
+    # needs one of the backend's shared leases. A dispatcher task per pool takes a lease whenever a
+    # local slot is free and hands it to the next waiter in fair order. Fairness therefore holds
+    # exactly within a worker and approximately across workers (a freed lease goes to whichever
+    # worker asks first; uvicorn spreads connections evenly, so shares stay close to equal).
 
-def _granted(waiter: _Waiter) -> bool:
-    return waiter.future.done() and not waiter.future.cancelled()
+    async def _shared_lease(self, pool: Pool, holder: str) -> bool:
+        assert self.shared is not None
+        try:
+            return await self.shared.acquire(pool.name, pool.capacity, holder)
+        except StateUnavailable as exc:
+            if self.fail_open:
+                return True  # local limits only until the shared store is back
+            raise GatewayError(503, f"shared state is unavailable: {exc}", retry_after(1.0)) from exc
+
+    def release_shared(self, pool: Pool, holder: str) -> None:
+        assert self.shared is not None
+        task = asyncio.ensure_future(self.shared.release(pool.name, holder))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _admit_shared(
+        self, pool: Pool, backend: str, principal: str, weight: float, priority: int, wait_limit: float
+    ) -> Lease:
+        assert self.shared is not None
+        now = time.monotonic()
+        if pool.in_flight < pool.capacity and not pool.waiting:
+            holder = uuid.uuid4().hex
+            if await self._shared_lease(pool, holder):
+                if pool.in_flight < pool.capacity:
+                    return Lease(pool, pool._grant(), 0.0, holder, self)
+                self.release_shared(pool, holder)
+        ahead = self.queued(backend)
+        waiter_id = uuid.uuid4().hex
+        full = ahead >= self.max_queue
+        if not full:
+            try:
+                full = not await self.shared.enter_queue(backend, waiter_id, self.max_queue, now + wait_limit)
+            except StateUnavailable:
+                if not self.fail_open:
+                    raise GatewayError(503, "shared state is unavailable", retry_after(1.0)) from None
+        if full:
+            raise GatewayError(
+                503,
+                f"the gateway's queue for this backend is full ({self.max_queue} waiting); try again later",
+                retry_after(pool.expected_wait(ahead)),
+            )
+        waiter = _Waiter(principal, weight, priority, now + wait_limit, asyncio.get_running_loop().create_future())
+        pool._enqueue(waiter)
+        if pool.dispatcher is None or pool.dispatcher.done():
+            pool.dispatcher = asyncio.ensure_future(self._dispatch_shared(pool))
+        try:
+            async with asyncio.timeout(wait_limit):
+                await waiter.future
+        except TimeoutError:
+            if not _granted(waiter):
+                pool._remove(waiter)
+                raise GatewayError(
+                    503,
+                    f"no slot became free within {wait_limit:g}s; the backend is at capacity",
+                    retry_after(pool.expected_wait(pool.waiting)),
+                ) from None
+        except asyncio.CancelledError:
+            if _granted(waiter):
+                Lease(pool, waiter.granted_at, 0.0, waiter.holder, self).release(ok=False)
+            else:
+                pool._remove(waiter)
+                waiter.future.cancel()
+            raise
+        finally:
+            try:
+                await asyncio.shield(self.shared.leave_queue(backend, waiter_id))
+            except (StateUnavailable, asyncio.CancelledError):
+                pass
+        return Lease(pool, waiter.granted_at, waiter.granted_at - now, waiter.holder, self)
+
+    async def _dispatch_shared(self, pool: Pool) -> None:
+        assert self.shared is not None
+        while pool.waiting:
+            if pool.in_flight >= pool.capacity:
+                pool.released.clear()
+                await pool.released.wait()
+                continue
+            holder = uuid.uuid4().hex
+            try:
+                leased = await self._shared_lease(pool, holder)
+            except GatewayError:
+                leased = False
+            if not leased:
+                await self.shared.wait_release(pool.name, 0.05)
+                continue
+            waiter = pool._pop_next()
+            while waiter is not None and waiter.future.done():
+                waiter = pool._pop_next()
+            if waiter is None or pool.in_flight >= pool.capacity:
+                if waiter is not None:  # put it back at the front of its queue
+                    pool._classes[waiter.priority].setdefault(waiter.principal, deque()).appendleft(waiter)
+                    pool.waiting += 1
+                self.release_shared(pool, holder)
+                continue
+            waiter.holder = holder
+            waiter.granted_at = pool._grant()
+            if pool.last_release:
+                pool.refill_gaps.append(waiter.granted_at - pool.last_release)
+            waiter.future.set_result(None)

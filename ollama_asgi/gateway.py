@@ -13,6 +13,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -27,6 +28,9 @@ from ollama_asgi.routing import Kind, Route, match_route, route_path
 from ollama_asgi.settings import ConfigError, Settings, parse_duration
 from ollama_asgi.types import Message, Receive, Scope, Send
 from ollama_asgi.upstream import Upstream, UpstreamError
+
+if TYPE_CHECKING:
+    from ollama_asgi.state.redis import RedisRateLimiter, RedisState
 from ollama_asgi.usage import usage_from
 
 __all__ = ["OllamaGateway"]
@@ -64,12 +68,22 @@ class OllamaGateway:
             for i, url in enumerate(self.settings.upstreams)
         ]
         self._retry_after = str(max(1, math.ceil(self.settings.upstream_retry_after))).encode()
+        self.shared_state: RedisState | None = None
+        self.rate_limiter: MemoryRateLimiter | RedisRateLimiter = MemoryRateLimiter()
+        if self.settings.redis_url:
+            from ollama_asgi.state.redis import RedisRateLimiter, RedisState
+
+            self.shared_state = RedisState(
+                self.settings.redis_url, prefix=self.settings.redis_prefix, lease_ttl=self.settings.lease_ttl
+            )
+            self.rate_limiter = RedisRateLimiter(self.shared_state, fallback=self.rate_limiter)
         self.admission = Admission(
             parallel=self.settings.parallel,
             embed_parallel=self.settings.embed_parallel,
             max_queue=self.settings.max_queue,
+            shared=self.shared_state,
+            fail_open=self.settings.redis_fail_open,
         )
-        self.rate_limiter = MemoryRateLimiter()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -84,6 +98,8 @@ class OllamaGateway:
     async def aclose(self) -> None:
         for backend in self.backends:
             await backend.aclose()
+        if self.shared_state is not None:
+            await self.shared_state.aclose()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -247,7 +263,13 @@ class OllamaGateway:
         results = await asyncio.gather(*(b.probe() for b in self.backends))
         backends = [{"name": b.name, "up": up} for b, up in zip(self.backends, results, strict=True)]
         healthy = any(results)
-        body = orjson.dumps({"status": "ok" if healthy else "unavailable", "backends": backends})
+        report: dict[str, object] = {"status": "ok" if healthy else "unavailable", "backends": backends}
+        if self.shared_state is not None:
+            report["redis"] = "up" if self.shared_state.healthy else "down"
+            if not self.shared_state.healthy and not self.settings.redis_fail_open:
+                healthy = False
+                report["status"] = "unavailable"
+        body = orjson.dumps(report)
         headers = [] if healthy else [(b"retry-after", self._retry_after)]
         await send_bytes(send, 200 if healthy else 503, body, headers=headers, head=scope["method"] == "HEAD")
 

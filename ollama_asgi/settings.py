@@ -272,6 +272,12 @@ def _non_neg_int(value: object, field: str) -> int:
     return _to_int(value, field, minimum=0)
 
 
+def _to_str(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(field, f"expected a non-empty string, got {value!r}")
+    return value
+
+
 def _optional_pos_int(value: object, field: str) -> int | None:
     if value is None or value == "":
         return None
@@ -367,6 +373,20 @@ class Settings:
     )
     redis_url: str | None = field(
         default=None, metadata=_doc("Redis for state shared by workers (None: in-memory).", _optional_str)
+    )
+    redis_prefix: str = field(
+        default="ollama-asgi",
+        metadata=_doc("Key prefix in Redis, so several gateways can share one server.", _to_str),
+    )
+    redis_fail_open: bool = field(
+        default=True,
+        metadata=_doc(
+            "When Redis is unreachable, keep serving on per-worker limits (true) or answer 503 (false).", _to_bool
+        ),
+    )
+    lease_ttl: float = field(
+        default=10.0,
+        metadata=_doc("How long a crashed worker's slots stay taken in Redis before they expire.", _pos_duration),
     )
     default_num_ctx: int = field(
         default=4096, metadata=_doc("Context window used when nothing better is known.", _pos_int)
