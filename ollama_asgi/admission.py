@@ -260,6 +260,7 @@ class Admission:
                 503,
                 f"the gateway's queue for this backend is full ({self.max_queue} waiting); try again later",
                 retry_after(pool.expected_wait(ahead)),
+                reason="queue_full",
             )
         waiter = _Waiter(principal, weight, priority, now + wait_limit, asyncio.get_running_loop().create_future())
         pool._enqueue(waiter)
@@ -273,6 +274,7 @@ class Admission:
                     503,
                     f"no slot became free within {wait_limit:g}s; the backend is at capacity",
                     retry_after(pool.expected_wait(pool.waiting)),
+                    reason="deadline",
                 ) from None
         except asyncio.CancelledError:
             if _granted(waiter):
@@ -298,7 +300,9 @@ class Admission:
         except StateUnavailable as exc:
             if self.fail_open:
                 return True  # local limits only until the shared store is back
-            raise GatewayError(503, f"shared state is unavailable: {exc}", retry_after(1.0)) from exc
+            raise GatewayError(
+                503, f"shared state is unavailable: {exc}", retry_after(1.0), reason="state_unavailable"
+            ) from exc
 
     def release_shared(self, pool: Pool, holder: str) -> None:
         assert self.shared is not None
@@ -325,12 +329,15 @@ class Admission:
                 full = not await self.shared.enter_queue(backend, waiter_id, self.max_queue, now + wait_limit)
             except StateUnavailable:
                 if not self.fail_open:
-                    raise GatewayError(503, "shared state is unavailable", retry_after(1.0)) from None
+                    raise GatewayError(
+                        503, "shared state is unavailable", retry_after(1.0), reason="state_unavailable"
+                    ) from None
         if full:
             raise GatewayError(
                 503,
                 f"the gateway's queue for this backend is full ({self.max_queue} waiting); try again later",
                 retry_after(pool.expected_wait(ahead)),
+                reason="queue_full",
             )
         waiter = _Waiter(principal, weight, priority, now + wait_limit, asyncio.get_running_loop().create_future())
         pool._enqueue(waiter)
@@ -346,6 +353,7 @@ class Admission:
                     503,
                     f"no slot became free within {wait_limit:g}s; the backend is at capacity",
                     retry_after(pool.expected_wait(pool.waiting)),
+                    reason="deadline",
                 ) from None
         except asyncio.CancelledError:
             if _granted(waiter):

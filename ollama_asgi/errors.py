@@ -23,13 +23,20 @@ _OPENAI_TYPES = {
 
 
 class GatewayError(Exception):
-    """An answer the gateway gives instead of the upstream's; never a bare 500."""
+    """An answer the gateway gives instead of the upstream's; never a bare 500.
 
-    def __init__(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    ``reason`` names the cause for metrics and logs where the status alone is ambiguous (a 503 may
+    mean a full queue, a missed deadline or an unreachable backend); empty means "the status says it".
+    """
+
+    def __init__(
+        self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None, *, reason: str = ""
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or []
+        self.reason = reason
 
 
 def _openai_error(status: int, message: str) -> dict[str, object]:

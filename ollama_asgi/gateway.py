@@ -20,12 +20,15 @@ import orjson
 from ollama_asgi.admission import PRIORITIES, Admission, Lease
 from ollama_asgi.auth import Authorizer, DefaultAuthorizer, Principal, call_authorizer, model_allowed
 from ollama_asgi.errors import GatewayError, stream_error_line
+from ollama_asgi.inference import ModelLifecycle, Prepared
+from ollama_asgi.openai_relay import relay_openai
 from ollama_asgi.protocol import ParsedRequest, parse_request
 from ollama_asgi.ratelimit import MemoryRateLimiter, rate_limit_headers
 from ollama_asgi.relay import relay, stream_headers
 from ollama_asgi.responses import send_bytes, send_error
 from ollama_asgi.routing import Kind, Route, match_route, route_path
 from ollama_asgi.settings import ConfigError, Settings, parse_duration
+from ollama_asgi.telemetry import RequestRecord, Telemetry
 from ollama_asgi.types import Message, Receive, Scope, Send
 from ollama_asgi.upstream import Upstream, UpstreamError
 
@@ -77,6 +80,14 @@ class OllamaGateway:
                 self.settings.redis_url, prefix=self.settings.redis_prefix, lease_ttl=self.settings.lease_ttl
             )
             self.rate_limiter = RedisRateLimiter(self.shared_state, fallback=self.rate_limiter)
+        self.lifecycle: ModelLifecycle | None = None
+        if self.settings.lifecycle:
+            lock = None
+            if self.shared_state is not None:
+                from ollama_asgi.state.redis import RedisLoadLock
+
+                lock = RedisLoadLock(self.shared_state)
+            self.lifecycle = ModelLifecycle(self.settings, self.backends, lock=lock)
         self.admission = Admission(
             parallel=self.settings.parallel,
             embed_parallel=self.settings.embed_parallel,
@@ -84,6 +95,7 @@ class OllamaGateway:
             shared=self.shared_state,
             fail_open=self.settings.redis_fail_open,
         )
+        self.telemetry = Telemetry(self)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -96,10 +108,13 @@ class OllamaGateway:
             await self.aclose()
 
     async def aclose(self) -> None:
+        if self.lifecycle is not None:
+            await self.lifecycle.aclose()
         for backend in self.backends:
             await backend.aclose()
         if self.shared_state is not None:
             await self.shared_state.aclose()
+        await self.telemetry.aclose()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -184,38 +199,102 @@ class OllamaGateway:
         backend = self._backend_for(request)
         scope = request.scope
         principal = request.principal
-        lease = None
-        if request.route.kind is Kind.INFERENCE and principal is not None:
-            await self._check_rate(principal)
-            lease = await self._admit(backend, request, send, progress)
+        path: str = route_path(scope)
+        body = request.body
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k in _FORWARD]
+        extra: list[tuple[bytes, bytes]] = []
+        lease = prepared = None
+        try:
+            lease, prepared, path, body, headers = await self._before_upstream(
+                request, backend, send, progress, path, body, headers, extra
+            )
+        except UpstreamError as exc:
+            raise self._upstream_failure(backend, exc) from exc
+        if prepared is not None and self.lifecycle is not None:
+            self.lifecycle.begin(prepared)
         ok = False
         try:
             try:
                 resp = await backend.open(
                     scope["method"],
-                    route_path(scope),
+                    path,
                     query=scope.get("query_string", b""),
                     headers=headers,
-                    body=request.body,
+                    body=body,
                 )
             except UpstreamError as exc:
-                logger.warning("upstream %s failed before answering: %s", backend.name, exc)
-                if exc.kind == "timeout":
-                    raise GatewayError(504, str(exc)) from exc
-                raise GatewayError(503, str(exc), [(b"retry-after", self._retry_after)]) from exc
+                raise self._upstream_failure(backend, exc) from exc
             try:
-                result = await relay(resp, send, head=request.head, started=progress.started)
+                if prepared is not None and prepared.openai_route is not None:
+                    result = await relay_openai(resp, send, prepared, started=progress.started, extra_headers=extra)
+                else:
+                    result = await relay(resp, send, head=request.head, started=progress.started, extra_headers=extra)
             finally:
                 resp.close()
             ok = result.error is None and result.status < 500
         finally:
             if lease is not None:
                 lease.release(ok=ok)
+            if prepared is not None and self.lifecycle is not None:
+                self.lifecycle.end(prepared)
         if principal is not None and request.route.kind is Kind.INFERENCE:
             tpm = principal.tokens_per_minute or self.settings.rate_limit_tpm
             if tpm:
                 await self.rate_limiter.charge_tokens(principal.id, tpm, usage_from(result.final).total)
+
+    def _upstream_failure(self, backend: Upstream, exc: UpstreamError) -> GatewayError:
+        logger.warning("upstream %s failed before answering: %s", backend.name, exc)
+        if exc.kind == "timeout":
+            return GatewayError(504, str(exc))
+        return GatewayError(503, str(exc), [(b"retry-after", self._retry_after)])
+
+    async def _before_upstream(
+        self,
+        request: _Request,
+        backend: Upstream,
+        send: Send,
+        progress: _Progress,
+        path: str,
+        body: bytes | AsyncIterator[bytes] | None,
+        headers: list[tuple[str, str]],
+        extra: list[tuple[bytes, bytes]],
+    ) -> tuple[Lease | None, Prepared | None, str, bytes | AsyncIterator[bytes] | None, list[tuple[str, str]]]:
+        """Rate limit, size the context, load the model and take a slot: everything before Ollama."""
+        principal = request.principal
+        lease = prepared = None
+        if request.route.kind is Kind.INFERENCE and principal is not None:
+            await self._check_rate(principal)
+            parsed = request.parsed
+            if self.lifecycle is not None and parsed is not None and parsed.model is not None:
+                prepared = await self.lifecycle.prepare(request.route, parsed, principal, backend)
+                path, body = prepared.path, prepared.body
+                headers = [(k, v) for k, v in headers if k != "content-type"] + [("Content-Type", "application/json")]
+                if prepared.truncated:
+                    extra.append((b"x-context-truncated", str(prepared.truncated).encode()))
+            lease = await self._admit(backend, request, send, progress, prepared)
+        return lease, prepared, path, body, headers
+
+    async def _load_then_admit(
+        self,
+        backend: Upstream,
+        prepared: Prepared | None,
+        kind: str,
+        principal: Principal,
+        priority: int,
+        wait_limit: float,
+    ) -> Lease:
+        # The model is loaded (once, whoever else waits for it) before the request takes a slot, so
+        # slots are only ever held by requests Ollama can start at once.
+        if prepared is not None and self.lifecycle is not None and not prepared.load_only:
+            await self.lifecycle.ensure_loaded(prepared, wait_limit=self.settings.load_wait_timeout)
+        return await self.admission.admit(
+            backend.name,
+            kind=kind,
+            principal=principal.id,
+            weight=principal.weight,
+            priority=priority,
+            wait_limit=wait_limit,
+        )
 
     async def _check_rate(self, principal: Principal) -> None:
         rpm = principal.requests_per_minute or self.settings.rate_limit_rpm
@@ -230,7 +309,9 @@ class OllamaGateway:
                 rate_limit_headers(decision),
             )
 
-    async def _admit(self, backend: Upstream, request: _Request, send: Send, progress: _Progress) -> Lease:
+    async def _admit(
+        self, backend: Upstream, request: _Request, send: Send, progress: _Progress, prepared: Prepared | None
+    ) -> Lease:
         principal = request.principal
         assert principal is not None
         kind = "embed" if request.route.name in _EMBED_ROUTES else "generate"
@@ -244,14 +325,7 @@ class OllamaGateway:
                     priority = PRIORITIES["batch"]  # anyone may step down; nobody may step up
                 elif value.strip().lower() != b"interactive":
                     raise GatewayError(400, "X-Request-Priority must be 'interactive' or 'batch'")
-        admit = self.admission.admit(
-            backend.name,
-            kind=kind,
-            principal=principal.id,
-            weight=principal.weight,
-            priority=priority,
-            wait_limit=wait_limit,
-        )
+        admit = self._load_then_admit(backend, prepared, kind, principal, priority, wait_limit)
         interval = self.settings.sse_keepalive
         parsed = request.parsed
         if not (interval and request.route.openai and parsed is not None and parsed.stream):

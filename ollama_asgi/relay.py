@@ -77,7 +77,14 @@ def _framing(resp: UpstreamResponse) -> bytes | None:
     return None
 
 
-async def relay(resp: UpstreamResponse, send: Send, *, head: bool = False, started: bool = False) -> RelayResult:
+async def relay(
+    resp: UpstreamResponse,
+    send: Send,
+    *,
+    head: bool = False,
+    started: bool = False,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> RelayResult:
     """Send ``resp`` to the client.
 
     ``started`` means the gateway already sent SSE headers (keep-alive comments while queued): the
@@ -89,14 +96,18 @@ async def relay(resp: UpstreamResponse, send: Send, *, head: bool = False, start
             return await _error_into_started_stream(resp, send)
         return await _relay_frames(resp, send, separator)
     if separator is None or head:
-        return await _relay_whole(resp, send, head=head)
+        return await _relay_whole(resp, send, head=head, extra_headers=extra_headers)
     headers = [(k, v) for k, v in _response_headers(resp) if k != b"content-type"]
+    if extra_headers:
+        headers.extend(extra_headers)
     ctype = resp.headers.get("Content-Type", "").encode("latin-1")
     await send({"type": "http.response.start", "status": resp.status, "headers": stream_headers(ctype, headers)})
     return await _relay_frames(resp, send, separator)
 
 
-async def _relay_whole(resp: UpstreamResponse, send: Send, *, head: bool) -> RelayResult:
+async def _relay_whole(
+    resp: UpstreamResponse, send: Send, *, head: bool, extra_headers: list[tuple[bytes, bytes]] | None
+) -> RelayResult:
     # Ollama writes non-streamed answers in one go at the end, so holding the body costs no latency
     # and lets a broken upstream still be answered with a proper status.
     try:
@@ -104,6 +115,8 @@ async def _relay_whole(resp: UpstreamResponse, send: Send, *, head: bool) -> Rel
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise GatewayError(502, f"Ollama closed the connection before the answer was complete: {exc}") from exc
     headers = _response_headers(resp)
+    if extra_headers:
+        headers.extend(extra_headers)
     if head:
         length = resp.headers.get("Content-Length")
         if length is not None:

@@ -169,7 +169,7 @@ def _to_int(value: object, field: str, *, minimum: int = 0, maximum: int | None 
     if isinstance(value, str):
         text = value.strip().replace("_", "")
         multiplier = 1
-        for suffix, factor in (("kib", 1024), ("mib", 1024**2), ("gib", 1024**3), ("k", 1024)):
+        for suffix, factor in (("kib", 1024), ("mib", 1024**2), ("gib", 1024**3), ("tib", 1024**4), ("k", 1024)):
             if text.lower().endswith(suffix):
                 text, multiplier = text[: -len(suffix)], factor
                 break
@@ -270,6 +270,46 @@ def _pos_int(value: object, field: str) -> int:
 
 def _non_neg_int(value: object, field: str) -> int:
     return _to_int(value, field, minimum=0)
+
+
+def _choice(value: object, field: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(field, f"must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
+def _go_duration(value: object, field: str) -> str:
+    """A keep_alive as Ollama reads it; numbers become seconds, negative means forever."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value}s" if value >= 0 else "-1s"
+    if isinstance(value, str):
+        text = value.strip()
+        parse_duration(text.lstrip("-"), field=field)
+        return text if not text.replace(".", "").lstrip("-").isdigit() else f"{text}s"
+    raise ConfigError(field, f"expected a duration such as 30m, got {value!r}")
+
+
+def _optional_bytes(value: object, field: str) -> int | None:
+    if value is None or value == "":
+        return None
+    return _to_int(value, field, minimum=1)
+
+
+def _to_model_caps(value: object, field: str) -> tuple[tuple[str, int], ...]:
+    if isinstance(value, Mapping):
+        items: list[object] = [f"{k}={v}" for k, v in value.items()]
+    else:
+        items = list(_split(value))
+    caps = []
+    for item in items:
+        if isinstance(item, tuple | list) and len(item) == 2:
+            pattern, size = item
+        elif isinstance(item, str) and "=" in item:
+            pattern, _, size = item.partition("=")
+        else:
+            raise ConfigError(field, f"expected pattern=tokens, got {item!r}")
+        caps.append((str(pattern).strip(), _to_int(size, field, minimum=256)))
+    return tuple(caps)
 
 
 def _to_str(value: object, field: str) -> str:
@@ -399,6 +439,80 @@ class Settings:
         default=262144,
         metadata=_doc("Largest num_ctx a request may ask for; larger is answered 400.", _pos_int),
     )
+    lifecycle: bool = field(
+        default=True,
+        metadata=_doc(
+            "Let the gateway own model loads, num_ctx and keep_alive (and serve /v1 through the native API); "
+            "false relays requests untouched.",
+            _to_bool,
+        ),
+    )
+    keep_alive: str = field(
+        default="30m",
+        metadata=_doc(
+            "keep_alive the gateway sends with loads and requests (admins may send their own).", _go_duration
+        ),
+    )
+    load_timeout: float = field(
+        default=600.0, metadata=_doc("Longest time a model load may take before it is given up.", _pos_duration)
+    )
+    load_wait_timeout: float = field(
+        default=120.0,
+        metadata=_doc("How long a request waits for its model to load before 503 with Retry-After.", _pos_duration),
+    )
+    num_predict_reserve: int = field(
+        default=1024,
+        metadata=_doc("Tokens of room kept for the answer when a request sets no num_predict.", _pos_int),
+    )
+    model_max_num_ctx: tuple[tuple[str, int], ...] = field(
+        default=(),
+        metadata=_doc("Per-model context caps as pattern=tokens pairs, e.g. llama3*=16384.", _to_model_caps),
+    )
+    context_overflow: str = field(
+        default="reject",
+        metadata=_doc(
+            "When a prompt cannot fit the model's context: reject (400) or truncate (drop the oldest "
+            "non-system chat messages and say so in X-Context-Truncated).",
+            lambda v, f: _choice(v, f, ("reject", "truncate")),
+        ),
+    )
+    honour_client_num_ctx: bool = field(
+        default=True,
+        metadata=_doc("Use a client's own options.num_ctx (up to the cap) instead of the buckets.", _to_bool),
+    )
+    ps_interval: float = field(default=5.0, metadata=_doc("How often each backend's /api/ps is polled.", _pos_duration))
+    vram_budget: int | None = field(
+        default=None,
+        metadata=_doc(
+            "Memory for models per backend when NVML is not available (e.g. 24GiB; None: no guard).", _optional_bytes
+        ),
+    )
+    vram_margin: float = field(
+        default=0.10, metadata=_doc("Extra room kept free above a model's expected size.", lambda v, f: _to_float(v, f))
+    )
+    vram_reserved: int = field(
+        default=512 * 1024 * 1024,
+        metadata=_doc("GPU memory no model accounts for (CUDA context); not counted as fragmentation.", _non_neg_int),
+    )
+    nvml: bool = field(
+        default=True, metadata=_doc("Read GPU memory with NVML when nvidia-ml-py and a GPU are present.", _to_bool)
+    )
+    gpu_devices: tuple[int, ...] | None = field(
+        default=None,
+        metadata=_doc(
+            "GPU indices the backend uses (None: all).",
+            lambda v, f: None if v in (None, "") else tuple(_to_int(i, f) for i in _split(v)),
+        ),
+    )
+    prewarm: bool = field(
+        default=True, metadata=_doc("Load the predicted next model ahead of time when memory allows.", _to_bool)
+    )
+    prewarm_threshold: float = field(
+        default=0.6,
+        metadata=_doc(
+            "Confidence (share of observed transitions) needed before pre-warming.", lambda v, f: _to_float(v, f)
+        ),
+    )
     max_body_bytes: int = field(
         default=32 * 1024 * 1024,
         metadata=_doc("Largest request body accepted (413 above); blob uploads are exempt.", _pos_int),
@@ -415,6 +529,33 @@ class Settings:
     upstream_retry_after: float = field(
         default=2.0,
         metadata=_doc("Retry-After sent when no upstream can be reached.", _pos_duration),
+    )
+    metrics_access: Literal["admin", "public", "off"] = field(
+        default="admin",
+        metadata=_doc(
+            "Who may read /_gateway/metrics: admin (administrators), public (anyone who can reach it) or off.",
+            lambda v, f: _choice(v, f, ("admin", "public", "off")),
+        ),
+    )
+    metrics_port: int | None = field(
+        default=None,
+        metadata=_doc(
+            "Also serve the metrics, unauthenticated, on this port (None: only at /_gateway/metrics).",
+            lambda v, f: None if v in (None, "") else _to_int(v, f, minimum=1, maximum=65535),
+        ),
+    )
+    metrics_host: str = field(default="127.0.0.1", metadata=_doc("Address the metrics port listens on.", _to_str))
+    metrics_registry: Literal["gateway", "global"] = field(
+        default="gateway",
+        metadata=_doc(
+            "gateway: a registry per gateway; global: prometheus-client's default registry, served by the host's "
+            "own /metrics. PROMETHEUS_MULTIPROC_DIR switches to multiprocess mode either way.",
+            lambda v, f: _choice(v, f, ("gateway", "global")),
+        ),
+    )
+    log_prompts: bool = field(
+        default=False,
+        metadata=_doc("Put prompts and messages in the access log (they often hold personal data).", _to_bool),
     )
 
     def __post_init__(self) -> None:

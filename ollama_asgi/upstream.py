@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterable, Iterable
 
 import aiohttp
+import orjson
 
 __all__ = ["Upstream", "UpstreamError", "UpstreamResponse"]
 
@@ -72,6 +73,26 @@ class Upstream:
             raise UpstreamError("timeout", f"Ollama at {self.name} did not answer in time") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError("protocol", f"Ollama at {self.name} broke the connection: {exc}") from exc
+
+    async def call_json(
+        self, method: str, path: str, body: object = None, *, within: float = 30.0
+    ) -> tuple[int, object]:
+        """A small JSON exchange of the gateway's own (model info, loads); returns status and parsed body."""
+        payload = None if body is None else orjson.dumps(body)
+        headers = [("Content-Type", "application/json")] if payload is not None else []
+        try:
+            async with asyncio.timeout(within):
+                resp = await self.open(method, path, headers=headers, body=payload)
+                async with resp:
+                    raw = await resp.read()
+        except TimeoutError as exc:
+            raise UpstreamError("timeout", f"Ollama at {self.name} did not answer {path} within {within:g}s") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError("protocol", f"Ollama at {self.name} broke the connection: {exc}") from exc
+        try:
+            return resp.status, orjson.loads(raw) if raw.strip() else None
+        except orjson.JSONDecodeError:
+            return resp.status, None
 
     async def probe(self, within: float = 2.0) -> bool:
         """True when Ollama answers ``GET /`` with 200 within ``within`` seconds."""

@@ -94,7 +94,7 @@ def test_disconnect_while_waiting_for_a_non_streamed_answer_cancels_too(emulator
     body = json.dumps({"model": "llama3.2", "prompt": "x", "stream": False, "options": {"num_predict": 60}}).encode()
     response = request(llm_url + "/api/generate", body=body, headers=AUTH)
     wait_until(lambda: emulator.emulator.stats.active == 1)
-    response.sock.close()
+    response.close()
     wait_until(lambda: emulator.emulator.stats.cancellations == 1, timeout=1.5)
 
 
@@ -102,7 +102,7 @@ def test_idle_timeout_ends_the_stream_with_an_error_line(
     emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
 ) -> None:
     server = host_factory(read_timeout=0.3)
-    emulator.emulator.inject(Fault(kind="stall", after_lines=2, delay=3.0))
+    emulator.emulator.inject(Fault(path="/api/chat", kind="stall", after_lines=2, delay=3.0))
     response = request(server.url + "/llm/api/chat", body=CHAT, headers=AUTH)
     lines = _assert_whole_lines(response.chunks())
     assert len(lines) == 3
@@ -120,7 +120,7 @@ def test_long_streams_are_not_cut_by_a_total_limit(
 
 
 def test_upstream_dying_mid_line_ends_with_an_error_line(emulator: EmulatorServer, llm_url: str) -> None:
-    emulator.emulator.inject(Fault(kind="close_midline", after_lines=3))
+    emulator.emulator.inject(Fault(path="/api/chat", kind="close_midline", after_lines=3))
     lines = _assert_whole_lines(request(llm_url + "/api/chat", body=CHAT, headers=AUTH).chunks())
     assert len(lines) == 4
     assert all("message" in line for line in lines[:3])
@@ -129,14 +129,19 @@ def test_upstream_dying_mid_line_ends_with_an_error_line(emulator: EmulatorServe
 
 def test_upstream_error_line_is_passed_through(emulator: EmulatorServer, llm_url: str) -> None:
     emulator.emulator.inject(
-        Fault(kind="midstream_error", after_lines=2, message="an error was encountered while running the model")
+        Fault(
+            path="/api/chat",
+            kind="midstream_error",
+            after_lines=2,
+            message="an error was encountered while running the model",
+        )
     )
     lines = _assert_whole_lines(request(llm_url + "/api/chat", body=CHAT, headers=AUTH).chunks())
     assert lines[-1] == {"error": "an error was encountered while running the model"}
 
 
 def test_openai_stream_breaking_mid_way_raises_in_the_openai_client(emulator: EmulatorServer, llm_url: str) -> None:
-    emulator.emulator.inject(Fault(kind="close_midline", after_lines=2))
+    emulator.emulator.inject(Fault(path="/api/chat", kind="close_midline", after_lines=2))
     client = openai.OpenAI(base_url=llm_url + "/v1", api_key=API_KEY)
     stream = client.chat.completions.create(
         model="llama3.2", messages=[{"role": "user", "content": "a b"}], stream=True
@@ -147,7 +152,7 @@ def test_openai_stream_breaking_mid_way_raises_in_the_openai_client(emulator: Em
 
 
 def test_upstream_http_errors_keep_status_and_body(emulator: EmulatorServer, llm_url: str) -> None:
-    emulator.emulator.inject(Fault(kind="busy"))
+    emulator.emulator.inject(Fault(path="/api/chat", kind="busy"))
     response = httpx.post(llm_url + "/api/chat", content=CHAT, headers=AUTH)
     assert response.status_code == 503
     assert response.json() == {"error": "server busy, please try again.  maximum pending requests exceeded"}
@@ -164,4 +169,18 @@ def test_host_cookies_and_authorization_never_reach_ollama(emulator: EmulatorSer
     for header in ("cookie", "authorization", "origin", "x-forwarded-for"):
         assert header not in recorded.headers
     assert recorded.headers["host"] == f"127.0.0.1:{emulator.port}"
-    assert recorded.body == CHAT  # forwarded byte for byte
+    sent = orjson.loads(CHAT)
+    assert recorded.json is not None
+    assert recorded.json["messages"] == sent["messages"]
+    assert recorded.json["options"]["num_predict"] == 40
+    assert recorded.json["options"]["num_ctx"] >= 2048  # always explicit, never Ollama's default
+
+
+def test_without_lifecycle_requests_are_forwarded_byte_for_byte(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    server = host_factory(lifecycle=False)
+    response = httpx.post(server.url + "/llm/api/chat", content=CHAT, headers=AUTH)
+    assert response.status_code == 200
+    recorded = emulator.emulator.requests[-1]
+    assert recorded.path == "/api/chat" and recorded.body == CHAT

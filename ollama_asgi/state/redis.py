@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any
 
+from ollama_asgi.lifecycle import LoadLock
 from ollama_asgi.ratelimit import Decision
 from ollama_asgi.state import StateUnavailable
 
@@ -25,7 +27,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("Redis support needs the redis extra: pip install 'ollama-asgi[redis]'") from exc
 
-__all__ = ["RedisRateLimiter", "RedisState"]
+__all__ = ["RedisLoadLock", "RedisRateLimiter", "RedisState"]
 
 logger = logging.getLogger("ollama_asgi.state")
 
@@ -293,3 +295,36 @@ class RedisRateLimiter:
             await self.state.bucket(f"{key}:tokens", tpm, tokens, "charge")
         except StateUnavailable:
             await self.fallback.charge_tokens(key, tpm, tokens)
+
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisLoadLock(LoadLock):
+    """Single-flight model loads across workers: ``SET NX`` with a lease, released by its owner only."""
+
+    def __init__(self, state: RedisState) -> None:
+        self.state = state
+
+    async def acquire(self, key: str, ttl: float) -> str | None:
+        token = uuid.uuid4().hex
+        client = self.state._ensure()
+        if not self.state.healthy:
+            raise StateUnavailable(self.state.last_error or "redis unavailable")
+        try:
+            ok = await client.set(self.state._key(key), token, nx=True, px=max(1000, int(ttl * 1000)))
+        except (RedisError, OSError) as exc:
+            self.state._mark_down(exc)
+            raise StateUnavailable(str(exc)) from exc
+        return token if ok else None
+
+    async def release(self, key: str, token: str) -> None:
+        client = self.state._ensure()
+        try:
+            await client.eval(_UNLOCK, 1, self.state._key(key), token)
+        except (RedisError, OSError) as exc:
+            self.state._mark_down(exc)
+            raise StateUnavailable(str(exc)) from exc

@@ -4,80 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import math
-import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 import orjson
 
-from ollama_asgi.testing import management, native, openai_compat
-from ollama_asgi.testing.faults import (
-    RUNNER_STOPPED,
-    EmulatorStats,
-    Fault,
-    FaultQueue,
-    LoadedModelInfo,
-    RecordedRequest,
-)
+from ollama_asgi.testing import guards, openai_compat, routes
+from ollama_asgi.testing.faults import RUNNER_STOPPED, Fault, FaultQueue
 from ollama_asgi.testing.generation import ReplyFunction
 from ollama_asgi.testing.models import DEFAULT_MODELS, EmulatedModel, ModelStore
-from ollama_asgi.testing.responses import JSON, JSON_PLAIN, NDJSON, Chunking, Exchange, Responder
+from ollama_asgi.testing.records import EmulatorStats, LoadedModelInfo, RecordedRequest
+from ollama_asgi.testing.responses import JSON, JSON_PLAIN, NDJSON, Chunking, Exchange, Responder, ndjson_error_line
+from ollama_asgi.testing.routes import Route
 from ollama_asgi.testing.scheduler import Scheduler, SchedulerConfig
 from ollama_asgi.testing.wire import BUSY_MESSAGE, ApiError, Options, resolve_options
 from ollama_asgi.types import Message, Receive, Scope, Send
-
-Handler = Callable[["OllamaEmulator", Exchange], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Route:
-    handler: Handler
-    openai: bool = False
-    inference: bool = False
-
-
-_INFER = {"inference": True}
-ROUTES: dict[str, dict[str, Route]] = {
-    "/": {"GET": Route(management.root), "HEAD": Route(management.root)},
-    "/api/version": {"GET": Route(management.version), "HEAD": Route(management.version)},
-    "/api/tags": {"GET": Route(management.tags), "HEAD": Route(management.tags)},
-    "/api/ps": {"GET": Route(management.ps)},
-    "/api/generate": {"POST": Route(native.generate, **_INFER)},
-    "/api/chat": {"POST": Route(native.chat, **_INFER)},
-    "/api/embed": {"POST": Route(native.embed, **_INFER)},
-    "/api/embeddings": {"POST": Route(native.embeddings, **_INFER)},
-    "/api/show": {"POST": Route(management.show)},
-    "/api/copy": {"POST": Route(management.copy)},
-    "/api/delete": {"DELETE": Route(management.delete)},
-    "/api/pull": {"POST": Route(management.pull)},
-    "/api/push": {"POST": Route(management.push)},
-    "/api/create": {"POST": Route(management.create)},
-    "/v1/chat/completions": {"POST": Route(openai_compat.chat_completions, openai=True, inference=True)},
-    "/v1/completions": {"POST": Route(openai_compat.completions, openai=True, inference=True)},
-    "/v1/embeddings": {"POST": Route(openai_compat.embeddings, openai=True, inference=True)},
-    "/v1/models": {"GET": Route(openai_compat.models, openai=True)},
-}
-PARAM_ROUTES: tuple[tuple[str, str, dict[str, Route]], ...] = (
-    ("/api/blobs/", "digest", {"HEAD": Route(management.head_blob), "POST": Route(management.create_blob)}),
-    ("/v1/models/", "model", {"GET": Route(openai_compat.model, openai=True)}),
-)
-
-DEFAULT_ORIGINS = tuple(
-    f"{scheme}://{host}{port}"
-    for host in ("localhost", "127.0.0.1", "0.0.0.0")
-    for port in ("", ":*")
-    for scheme in ("http", "https")
-) + ("app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*")
-CORS_ALLOW_HEADERS = (
-    "Authorization,Content-Type,User-Agent,Accept,X-Requested-With,OpenAI-Beta,x-stainless-arch,"
-    "x-stainless-async,x-stainless-custom-poll-interval,x-stainless-helper-method,x-stainless-lang,"
-    "x-stainless-os,x-stainless-package-version,x-stainless-poll-helper,x-stainless-retry-count,"
-    "x-stainless-runtime,x-stainless-runtime-version,x-stainless-timeout"
-)
 
 T = TypeVar("T")
 
@@ -96,23 +39,23 @@ class _Config(Generic[T]):
         setattr(obj.scheduler.config, self.name, value)
 
 
-def _match(path: str) -> tuple[dict[str, Route], dict[str, str]] | None:
-    if path in ROUTES:
-        return ROUTES[path], {}
-    for prefix, param, methods in PARAM_ROUTES:
-        rest = path[len(prefix) :]
-        if path.startswith(prefix) and rest and "/" not in rest:
-            return methods, {param: rest}
-    return None
-
-
 class OllamaEmulator:
     """A faithful fake of the Ollama HTTP server, as an ASGI 3 app (``http`` and ``lifespan``).
 
     Replies are deterministic: the prompt's words repeated to ``num_predict`` (or
-    ``default_reply_tokens``) tokens, unless ``reply`` is set. The constructor arguments mirror
-    Ollama's environment (``parallel`` is ``OLLAMA_NUM_PARALLEL`` and so on); load time is
-    ``load_base_seconds + size / load_bytes_per_second``.
+    ``default_reply_tokens``) tokens, unless ``reply`` is set. Most settings mirror Ollama's
+    environment and can be changed while running:
+
+    - ``models``: the local store (``/api/tags``); ``registry``: what ``/api/pull`` can fetch.
+    - ``parallel`` (``OLLAMA_NUM_PARALLEL``), ``max_queue`` (``OLLAMA_MAX_QUEUE``),
+      ``max_loaded_models`` (``OLLAMA_MAX_LOADED_MODELS``, 0 = 3), ``default_num_ctx``
+      (``OLLAMA_CONTEXT_LENGTH``, 0 = by memory), ``default_keep_alive`` (``OLLAMA_KEEP_ALIVE``,
+      seconds, negative = forever).
+    - ``vram_bytes``: the memory loaded models must fit in (see ``EmulatedModel.memory_bytes``).
+    - Load time is ``load_base_seconds + size / load_bytes_per_second``; ``token_interval`` is
+      the pause before each streamed token.
+    - ``check_host`` / ``check_origin``: Ollama's Host and CORS 403s (``allowed_origins`` adds
+      to the defaults, like ``OLLAMA_ORIGINS``); ``chunking``: how lines map to body messages.
     """
 
     parallel = _Config[int]()
@@ -272,19 +215,22 @@ class OllamaEmulator:
         self.requests.append(RecordedRequest(method, path, query, headers, body, parsed, time.monotonic()))
         responder = Responder(send, chunking=self.chunking)
 
-        verdict = self._origin_gate(method, headers, responder)
-        if verdict != "ok":
-            await responder.send(204 if verdict == "preflight" else 403)
-            return
-        if self.check_host and _loopback_bind(scope) and not _host_allowed(headers.get("host", "")):
-            await responder.send(403)
-            return
-        if method == "OPTIONS" and self.check_host and _loopback_bind(scope):
-            await responder.send(204)
-            return
-        found = _match(path)
+        if self.check_origin:
+            verdict, cors_headers = guards.cors(method, headers, self.allowed_origins)
+            responder.extra_headers += cors_headers
+            if verdict != "ok":
+                await responder.send(204 if verdict == "preflight" else 403)
+                return
+        if self.check_host and guards.loopback_bind(scope):
+            if not guards.host_allowed(headers.get("host", "")):
+                await responder.send(403)
+                return
+            if method == "OPTIONS":
+                await responder.send(204)
+                return
+        found = routes.match(path)
         if found is None or method not in found[0]:
-            await self._no_route(method, path, found, responder)
+            await routes.no_route(method, path, found, responder)
             return
         route = found[0][method]
         fault = self._faults.take(method, path)
@@ -300,48 +246,6 @@ class OllamaEmulator:
             started_ns=time.perf_counter_ns(),
         )
         await self._exchange(ex, route, receive)
-
-    def _origin_gate(self, method: str, headers: dict[str, str], responder: Responder) -> str:
-        """gin-contrib/cors: "deny" (403), "preflight" (204) or "ok"; adds the CORS headers."""
-        origin = headers.get("origin")
-        if not origin or not self.check_origin:
-            return "ok"
-        host = headers.get("host", "")
-        if origin in (f"http://{host}", f"https://{host}"):
-            return "ok"
-        if not _origin_allowed(origin, DEFAULT_ORIGINS + self.allowed_origins):
-            return "deny"
-        responder.extra_headers.append(("access-control-allow-origin", origin))
-        if method == "OPTIONS":
-            responder.extra_headers += [
-                ("access-control-allow-methods", "GET,POST,PUT,PATCH,DELETE,HEAD,OPTIONS"),
-                ("access-control-allow-headers", CORS_ALLOW_HEADERS),
-                ("access-control-max-age", "43200"),
-                ("vary", "Origin"),
-                ("vary", "Access-Control-Request-Method"),
-                ("vary", "Access-Control-Request-Headers"),
-            ]
-            return "preflight"
-        responder.extra_headers.append(("vary", "Origin"))
-        return "ok"
-
-    async def _no_route(
-        self, method: str, path: str, found: tuple[dict[str, Route], dict[str, str]] | None, responder: Responder
-    ) -> None:
-        """gin: trailing-slash redirect, then 405 with Allow, then 404 (plain-text bodies)."""
-        other = path[:-1] if path.endswith("/") and len(path) > 1 else path + "/"
-        alternative = _match(other)
-        if alternative is not None and method in alternative[0]:
-            status = 301 if method == "GET" else 307
-            text = "Moved Permanently" if status == 301 else "Temporary Redirect"
-            body = f'<a href="{other}">{text}</a>.\n\n'.encode() if method == "GET" else b""
-            ctype = "text/html; charset=utf-8" if body else None
-            await responder.send(status, body, ctype, headers=[("location", other)])
-        elif found is not None:
-            allow = ", ".join(sorted(found[0]))
-            await responder.send(405, b"405 method not allowed", "text/plain", headers=[("allow", allow)])
-        else:
-            await responder.send(404, b"404 page not found", "text/plain")
 
     async def _exchange(self, ex: Exchange, route: Route, receive: Receive) -> None:
         """Run the route in a task that a client disconnect cancels at once."""
@@ -390,9 +294,8 @@ class OllamaEmulator:
 
     async def _send_error(self, ex: Exchange, route: Route, exc: ApiError) -> None:
         responder = ex.responder
-        if responder.started:  # cannot change the status any more: an in-stream error line
-            if not responder.completed:
-                await responder.finish()
+        if responder.started:  # too late for a status: an in-stream error line, as streamResponse does
+            await responder.finish(b"" if route.openai else ndjson_error_line(exc.message))
             return
         if route.openai:
             body = openai_compat.error_body(exc.status, exc.message)
@@ -413,43 +316,3 @@ async def _wait_for_disconnect(receive: Receive) -> Message:
         message = await receive()
         if message["type"] == "http.disconnect":
             return message
-
-
-def _loopback_bind(scope: Scope) -> bool:
-    """Ollama guards the Host header only when it listens on a loopback address."""
-    server = scope.get("server")
-    if not server or not server[0]:
-        return True
-    try:
-        return ipaddress.ip_address(str(server[0]).strip("[]")).is_loopback
-    except ValueError:
-        return True  # not an address (an in-process test transport): behave as the default bind
-
-
-def _host_allowed(host_header: str) -> bool:
-    host = host_header.strip()
-    if host.startswith("["):
-        host = host[1:].split("]", 1)[0]
-    elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    else:
-        return address.is_loopback or address.is_private or address.is_unspecified
-    host = host.lower()
-    if host in ("", "localhost", socket.gethostname().lower()):
-        return True
-    return host.endswith((".localhost", ".local", ".internal"))
-
-
-def _origin_allowed(origin: str, allowed: Iterable[str]) -> bool:
-    for pattern in allowed:
-        if pattern == "*" or pattern == origin:
-            return True
-        if "*" in pattern:
-            prefix, _, suffix = pattern.partition("*")
-            if origin.startswith(prefix) and origin.endswith(suffix) and len(origin) >= len(pattern) - 1:
-                return True
-    return False

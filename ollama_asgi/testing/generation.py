@@ -14,8 +14,8 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ollama_asgi.testing.faults import EmulatorStats
 from ollama_asgi.testing.models import EmulatedModel
+from ollama_asgi.testing.records import EmulatorStats
 from ollama_asgi.testing.scheduler import Lease
 
 ReplyFunction = Callable[[str, str], Sequence[str]]
@@ -24,6 +24,8 @@ ReplyFunction = Callable[[str, str], Sequence[str]]
 TEMPLATE_OVERHEAD = 10
 """Tokens a chat template adds around the prompt; counted in ``prompt_eval_count``."""
 THINKING_TOKENS = ("Let ", "me ", "think.")
+"""What a thinking model (``think`` on, its default) streams as ``thinking`` before the reply;
+counted in ``eval_count`` but not against ``num_predict``."""
 
 Piece = tuple[str, Any]
 """``("thinking" | "content", text)`` or ``("tool_calls", [call, ...])``."""
@@ -195,6 +197,9 @@ class Run:
         finally:
             self.stats.leave()
             slots.release()
+        # Done before the final chunk goes out, so a client that has it sees the model idle.
+        self.stats.completed += 1
+        self.release()
 
     def metrics(self) -> dict[str, int]:
         now = time.perf_counter_ns()

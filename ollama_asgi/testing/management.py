@@ -8,10 +8,10 @@ import re
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
+from ollama_asgi.testing.gojson import decode_request
 from ollama_asgi.testing.models import EmulatedModel, parse_name
-from ollama_asgi.testing.native import go_quote
 from ollama_asgi.testing.responses import JSON, JSON_PLAIN, NDJSON, TEXT, Exchange, ndjson_error_line
-from ollama_asgi.testing.wire import ApiError, decode_request, dumps, rfc3339
+from ollama_asgi.testing.wire import ApiError, dumps, go_quote, rfc3339
 
 if TYPE_CHECKING:
     from ollama_asgi.testing.emulator import OllamaEmulator

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 from ollama_asgi.testing.generation import TEMPLATE_OVERHEAD, Run, embedding, normalise, plan_reply, words
 from ollama_asgi.testing.generation import context_ids as make_context_ids
+from ollama_asgi.testing.gojson import decode_request
 from ollama_asgi.testing.models import EmulatedModel, parse_name
 from ollama_asgi.testing.responses import NDJSON, Exchange, ndjson_error_line
-from ollama_asgi.testing.wire import ApiError, decode_request, dumps, rfc3339
+from ollama_asgi.testing.wire import ApiError, dumps, go_quote, rfc3339
 
 if TYPE_CHECKING:
     from ollama_asgi.testing.emulator import OllamaEmulator
-
-
-def go_quote(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
 
 
 def _think(model: EmulatedModel, think: Any, name: str) -> bool:
@@ -221,7 +217,6 @@ async def generate(emu: OllamaEmulator, ex: Exchange) -> None:
             await ex.responder.json(200, dumps(_generate_final(outcome, content, thinking)))
     finally:
         outcome.release()
-    emu.stats.completed += 1
 
 
 # ----------------------------------------------------------------------------- /api/chat
@@ -270,7 +265,6 @@ async def chat(emu: OllamaEmulator, ex: Exchange) -> None:
             await ex.responder.json(200, dumps(_chat_final(outcome, _message(content, thinking, calls))))
     finally:
         outcome.release()
-    emu.stats.completed += 1
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -336,8 +330,8 @@ async def run_embed(emu: OllamaEmulator, ex: Exchange, req: dict[str, Any]) -> d
 
 async def embed(emu: OllamaEmulator, ex: Exchange) -> None:
     response = await run_embed(emu, ex, decode_request(ex.body, "EmbedRequest"))
-    await ex.responder.json(200, dumps(response))
     emu.stats.completed += 1
+    await ex.responder.json(200, dumps(response))
 
 
 async def embeddings(emu: OllamaEmulator, ex: Exchange) -> None:
@@ -367,5 +361,5 @@ async def embeddings(emu: OllamaEmulator, ex: Exchange) -> None:
                 slots.release()
     finally:
         lease.release()
-    await ex.responder.json(200, dumps({"embedding": vector}))
     emu.stats.completed += 1
+    await ex.responder.json(200, dumps({"embedding": vector}))

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ollama_asgi.testing.generation import Run
+from ollama_asgi.testing.gojson import check_struct, decode_json
 from ollama_asgi.testing.management import show_body
 from ollama_asgi.testing.native import collect, prepare_chat, prepare_generate, run_embed
 from ollama_asgi.testing.responses import JSON_PLAIN, SSE, Exchange
-from ollama_asgi.testing.wire import ApiError, EmptyBody, check_struct, decode_json, go_type_name
+from ollama_asgi.testing.wire import ApiError, EmptyBody, go_type_name
 
 if TYPE_CHECKING:
     from ollama_asgi.testing.emulator import OllamaEmulator
@@ -192,7 +193,6 @@ async def chat_completions(emu: OllamaEmulator, ex: Exchange) -> None:
             await ex.responder.json(200, _encode(body), JSON_PLAIN)
     finally:
         run.release()
-    emu.stats.completed += 1
 
 
 async def _chat_events(run: Run, head: dict[str, Any], include_usage: bool) -> AsyncGenerator[bytes, None]:
@@ -269,7 +269,6 @@ async def completions(emu: OllamaEmulator, ex: Exchange) -> None:
             await ex.responder.json(200, _encode(chunk(content, run.plan.done_reason, _usage(run))), JSON_PLAIN)
     finally:
         run.release()
-    emu.stats.completed += 1
 
 
 # ----------------------------------------------------------------------------- embeddings and models
@@ -297,8 +296,8 @@ async def embeddings(emu: OllamaEmulator, ex: Exchange) -> None:
         data.append({"object": "embedding", "embedding": encoded, "index": index})
     count = response.get("prompt_eval_count", 0)
     body = {"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": count, "total_tokens": count}}
-    await ex.responder.json(200, _encode(body), JSON_PLAIN)
     emu.stats.completed += 1
+    await ex.responder.json(200, _encode(body), JSON_PLAIN)
 
 
 def _model_entry(name: str, modified_ns: int) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import orjson
@@ -53,9 +54,11 @@ class Responder:
             self.completed = True
         await self._send({"type": "http.response.body", "body": data, "more_body": more})
 
-    async def finish(self) -> None:
-        """End a started body (used when an error arrives after the first byte)."""
+    async def finish(self, tail: bytes = b"") -> None:
+        """End a started body, after ``tail`` (an error that arrived after the first byte)."""
         if self.started and not self.completed:
+            if tail:
+                await self._body(tail, True)
             await self._body(b"", False)
 
     async def send(
@@ -86,7 +89,7 @@ class Responder:
         async def one() -> AsyncGenerator[bytes, None]:
             yield body
 
-        await self.stream(one(), content_type, lambda message: _error_line(message), status=status)
+        await self.stream(one(), content_type, ndjson_error_line, status=status)
 
     async def stream(
         self,
@@ -151,35 +154,21 @@ class Responder:
         await self._body(data, True)
 
 
-def _error_line(message: str) -> bytes:
+def ndjson_error_line(message: str) -> bytes:
+    """The in-stream error Ollama writes once the status is already 200."""
     return orjson.dumps({"error": message}) + b"\n"
 
 
-def ndjson_error_line(message: str) -> bytes:
-    """The in-stream error Ollama writes once the status is already 200."""
-    return _error_line(message)
-
-
+@dataclass
 class Exchange:
     """One request being answered: what was received, and the responder to answer with."""
 
-    def __init__(
-        self,
-        *,
-        method: str,
-        path: str,
-        params: dict[str, str],
-        headers: dict[str, str],
-        body: bytes,
-        responder: Responder,
-        fault: Fault | None,
-        started_ns: int,
-    ) -> None:
-        self.method = method
-        self.path = path
-        self.params = params
-        self.headers = headers
-        self.body = body
-        self.responder = responder
-        self.fault = fault
-        self.started_ns = started_ns
+    method: str
+    path: str
+    params: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    responder: Responder
+    fault: Fault | None
+    started_ns: int
+    """``time.perf_counter_ns()`` when the body had been read: the start of ``total_duration``."""

@@ -8,8 +8,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from ollama_asgi.testing.faults import EmulatorStats, LoadedModelInfo
 from ollama_asgi.testing.models import EmulatedModel
+from ollama_asgi.testing.records import EmulatorStats, LoadedModelInfo
 from ollama_asgi.testing.wire import BUSY_MESSAGE, FOREVER_NS, ApiError, RunnerOptions, human_bytes, rfc3339
 
 

@@ -1,4 +1,4 @@
-"""Ollama's wire conventions: Go-style JSON decoding errors, durations, keep_alive, options, times."""
+"""Ollama's wire conventions: errors, timestamps, durations and keep_alive, request options."""
 
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0
 _DURATION_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)([^0-9.]*)")
 
 
-def _go_quote(text: str) -> str:
+def go_quote(text: str) -> str:
+    """Go's ``%q`` for the strings Ollama quotes in messages."""
     return json.dumps(text, ensure_ascii=False)
 
 
@@ -75,17 +76,17 @@ def parse_go_duration(text: str) -> float:
     if rest == "0":
         return 0.0
     if not rest:
-        raise ValueError(f"time: invalid duration {_go_quote(orig)}")
+        raise ValueError(f"time: invalid duration {go_quote(orig)}")
     total = 0.0
     while rest:
         match = _DURATION_PART.match(rest)
         number, unit = (match.group(1), match.group(2)) if match else ("", "")
         if number in ("", "."):
-            raise ValueError(f"time: invalid duration {_go_quote(orig)}")
+            raise ValueError(f"time: invalid duration {go_quote(orig)}")
         if not unit:
-            raise ValueError(f"time: missing unit in duration {_go_quote(orig)}")
+            raise ValueError(f"time: missing unit in duration {go_quote(orig)}")
         if unit not in _UNITS:
-            raise ValueError(f"time: unknown unit {_go_quote(unit)} in duration {_go_quote(orig)}")
+            raise ValueError(f"time: unknown unit {go_quote(unit)} in duration {go_quote(orig)}")
         total += float(number) * _UNITS[unit]
         rest = rest[len(number) + len(unit) :]
     return sign * total
@@ -115,7 +116,7 @@ def parse_env_keep_alive(text: str) -> float:
     return math.inf if seconds < 0 else seconds
 
 
-# ----------------------------------------------------------------------------- JSON decoding
+# ----------------------------------------------------------------------------- JSON kinds
 
 
 def json_type_name(value: Any) -> str:
@@ -142,251 +143,6 @@ def go_type_name(value: Any) -> str:
         "array": "[]interface {}",
         "object": "map[string]interface {}",
     }.get(json_type_name(value), "<nil>")
-
-
-def _open_container(doc: str, pos: int) -> str:
-    stack: list[str] = []
-    in_string = escaped = False
-    for char in doc[:pos]:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "{[":
-            stack.append(char)
-        elif char in "}]" and stack:
-            stack.pop()
-    return stack[-1] if stack else ""
-
-
-def _go_syntax_error(doc: str, err: json.JSONDecodeError) -> str:
-    pos = err.pos
-    if pos >= len(doc.rstrip()) or err.msg.startswith("Unterminated string"):
-        return "unexpected EOF"
-    char = doc[pos]
-    shown = "'\\''" if char == "'" else f"'{char}'"
-    if err.msg.startswith("Expecting property name"):
-        where = "looking for beginning of object key string"
-    elif err.msg.startswith("Expecting ':'"):
-        where = "after object key"
-    elif err.msg.startswith("Expecting ','"):
-        where = "after object key:value pair" if _open_container(doc, pos) == "{" else "after array element"
-    elif err.msg.startswith("Invalid control character"):
-        where = "in string literal"
-    elif err.msg.startswith("Invalid \\"):
-        where = "in string escape code"
-    else:
-        where = "looking for beginning of value"
-    return f"invalid character {shown} {where}"
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(name)
-
-
-def decode_json(body: bytes) -> Any:
-    """Decode like Go's ``json.Decoder``: first value only, Go's error texts, ``EmptyBody`` if blank."""
-    if not body.strip():
-        raise EmptyBody()
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
-    doc = body.decode("utf-8", errors="replace")
-    start = len(doc) - len(doc.lstrip())
-    decoder = json.JSONDecoder(parse_constant=_reject_constant)
-    try:
-        value, _ = decoder.raw_decode(doc, start)
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, _go_syntax_error(doc, exc)) from None
-    except ValueError:
-        raise ApiError(400, "invalid character 'N' looking for beginning of value") from None
-    return value
-
-
-def _type_error(value: Any, path: str, gotype: str) -> ApiError:
-    kind = json_type_name(value)
-    if kind == "number" and gotype == "int" and isinstance(value, float):
-        kind = f"number {value:g}"
-    return ApiError(400, f"json: cannot unmarshal {kind} into Go struct field {path} of type {gotype}")
-
-
-def _check(value: Any, kind: str, path: str) -> Any:
-    """Check one decoded field against a Go type; ``kind`` is a small type language."""
-    if value is None or kind == "any":
-        return value
-    if kind == "string":
-        if not isinstance(value, str):
-            raise _type_error(value, path, "string")
-    elif kind == "bool":
-        if not isinstance(value, bool):
-            raise _type_error(value, path, "bool")
-    elif kind == "int":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-            raise _type_error(value, path, "int")
-        return int(value)
-    elif kind == "map":
-        if not isinstance(value, dict):
-            raise _type_error(value, path, "map[string]interface {}")
-    elif kind == "duration":
-        return parse_keep_alive(value)
-    elif kind == "think":
-        if isinstance(value, str) and value not in ("high", "medium", "low"):
-            raise ApiError(
-                400,
-                f'invalid think value: {_go_quote(value)} (must be "high", "medium", "low", true, or false)',
-            )
-        if not isinstance(value, (bool, str)):
-            raise ApiError(400, 'think must be a boolean or string ("high", "medium", "low", true, or false)')
-    elif kind.startswith("[]"):
-        inner = kind[2:]
-        if not isinstance(value, list):
-            raise _type_error(value, path, "[]" + _GO_ELEMENT_NAMES.get(inner, inner))
-        return [_check(item, inner, path) for item in value]
-    elif kind in STRUCTS:
-        if not isinstance(value, dict):
-            raise _type_error(value, path, "api." + kind)
-        return check_struct(value, kind, path)
-    return value
-
-
-_GO_ELEMENT_NAMES = {"Message": "api.Message", "Tool": "api.Tool", "ToolCall": "api.ToolCall"}
-
-STRUCTS: dict[str, dict[str, str]] = {
-    "Message": {
-        "role": "string",
-        "content": "string",
-        "thinking": "string",
-        "images": "[]string",
-        "tool_calls": "[]ToolCall",
-        "tool_name": "string",
-    },
-    "ToolCall": {"function": "map"},
-    "Tool": {"type": "string", "function": "map"},
-    "GenerateRequest": {
-        "model": "string",
-        "prompt": "string",
-        "suffix": "string",
-        "system": "string",
-        "template": "string",
-        "context": "[]int",
-        "stream": "bool",
-        "raw": "bool",
-        "format": "any",
-        "keep_alive": "duration",
-        "images": "[]string",
-        "options": "map",
-        "think": "think",
-        "truncate": "bool",
-        "shift": "bool",
-    },
-    "ChatRequest": {
-        "model": "string",
-        "messages": "[]Message",
-        "stream": "bool",
-        "format": "any",
-        "keep_alive": "duration",
-        "tools": "[]Tool",
-        "options": "map",
-        "think": "think",
-        "truncate": "bool",
-        "shift": "bool",
-    },
-    "EmbedRequest": {
-        "model": "string",
-        "input": "any",
-        "keep_alive": "duration",
-        "truncate": "bool",
-        "dimensions": "int",
-        "options": "map",
-    },
-    "EmbeddingRequest": {"model": "string", "prompt": "string", "keep_alive": "duration", "options": "map"},
-    "PullRequest": {"model": "string", "name": "string", "insecure": "bool", "stream": "bool"},
-    "PushRequest": {"model": "string", "name": "string", "insecure": "bool", "stream": "bool"},
-    "CreateRequest": {
-        "model": "string",
-        "name": "string",
-        "stream": "bool",
-        "quantize": "string",
-        "from": "string",
-        "files": "map",
-        "adapters": "map",
-        "template": "string",
-        "license": "any",
-        "system": "string",
-        "parameters": "map",
-        "messages": "[]Message",
-    },
-    "CopyRequest": {"source": "string", "destination": "string"},
-    "DeleteRequest": {"model": "string", "name": "string"},
-    "ShowRequest": {"model": "string", "name": "string", "system": "string", "verbose": "bool", "options": "map"},
-    "ChatCompletionRequest": {
-        "model": "string",
-        "messages": "any",
-        "stream": "bool",
-        "stream_options": "map",
-        "max_tokens": "int",
-        "seed": "int",
-        "stop": "any",
-        "temperature": "any",
-        "frequency_penalty": "any",
-        "presence_penalty": "any",
-        "top_p": "any",
-        "response_format": "map",
-        "tools": "any",
-        "reasoning": "map",
-        "reasoning_effort": "string",
-    },
-    "CompletionRequest": {
-        "model": "string",
-        "prompt": "string",
-        "max_tokens": "int",
-        "seed": "int",
-        "stop": "any",
-        "stream": "bool",
-        "stream_options": "map",
-        "temperature": "any",
-        "top_p": "any",
-        "frequency_penalty": "any",
-        "presence_penalty": "any",
-        "suffix": "string",
-    },
-    "OpenAIEmbedRequest": {"model": "string", "input": "any", "dimensions": "int", "encoding_format": "string"},
-}
-
-
-_OPENAI_STRUCTS = frozenset({"ChatCompletionRequest", "CompletionRequest", "OpenAIEmbedRequest"})
-
-
-def check_struct(obj: Any, struct: str, path: str = "") -> dict[str, Any]:
-    """Type-check a decoded object as Go would unmarshal it into ``api.<struct>``.
-
-    Keys match case-insensitively, unknown keys and ``null`` values are ignored, the first type
-    mismatch becomes a 400 with Go's message.
-    """
-    shown = struct.removeprefix("OpenAI")
-    if not isinstance(obj, dict):
-        package = "openai" if struct in _OPENAI_STRUCTS else "api"
-        raise ApiError(400, f"json: cannot unmarshal {json_type_name(obj)} into Go value of type {package}.{shown}")
-    spec = STRUCTS[struct]
-    lowered = {name.lower(): name for name in spec}
-    prefix = path or shown
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        name = key if key in spec else lowered.get(key.lower())
-        if name is None or value is None:
-            continue
-        out[name] = _check(value, spec[name], f"{prefix}.{name}")
-    return out
-
-
-def decode_request(body: bytes, struct: str) -> dict[str, Any]:
-    return check_struct(decode_json(body), struct)
 
 
 def dumps(value: Any) -> bytes:

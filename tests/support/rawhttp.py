@@ -9,24 +9,43 @@ from urllib.parse import urlsplit
 
 
 class RawResponse:
+    """The response head is read on first use, so a test can drop the connection before it arrives."""
+
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.file = sock.makefile("rb")
+        self._status: int | None = None
+        self._headers: dict[str, str] = {}
+
+    def _read_head(self) -> None:
+        if self._status is not None:
+            return
         status_line = self.file.readline().decode()
-        self.status = int(status_line.split()[1])
-        self.headers: dict[str, str] = {}
+        self._status = int(status_line.split()[1])
         while True:
             line = self.file.readline().decode().rstrip("\r\n")
             if not line:
                 break
             name, _, value = line.partition(":")
-            self.headers[name.strip().lower()] = value.strip()
+            self._headers[name.strip().lower()] = value.strip()
+
+    @property
+    def status(self) -> int:
+        self._read_head()
+        assert self._status is not None
+        return self._status
+
+    @property
+    def headers(self) -> dict[str, str]:
+        self._read_head()
+        return self._headers
 
     def chunks(self) -> list[bytes]:
         """Read the chunked body to its end; one entry per HTTP chunk."""
         return list(self.iter_chunks())
 
     def iter_chunks(self):  # type: ignore[no-untyped-def]
+        self._read_head()
         if self.headers.get("transfer-encoding") != "chunked":
             length = int(self.headers.get("content-length", "0"))
             yield self.file.read(length)

@@ -1,0 +1,297 @@
+"""The model-aware steps of an inference request: size the context, own keep_alive, load once.
+
+``ModelLifecycle.prepare`` turns a parsed request into what is sent upstream (a native path and
+body with an explicit ``num_ctx`` and the gateway's ``keep_alive``); ``ensure_loaded`` makes sure
+the model is in memory with that context before the request takes a slot; ``begin``/``end``
+track requests in flight per model, which the VRAM guard reads to never evict a busy model, and
+feed the traffic model that pre-warms what comes next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+import orjson
+
+from ollama_asgi.auth import Principal
+from ollama_asgi.catalog import BackendModels, ModelInfo
+from ollama_asgi.context import choose_num_ctx, estimate_tokens, truncate_messages
+from ollama_asgi.errors import GatewayError
+from ollama_asgi.lifecycle import Loader, LoadLock
+from ollama_asgi.openai_compat import to_native
+from ollama_asgi.prewarm import TrafficModel
+from ollama_asgi.protocol import ParsedRequest, parse_keep_alive
+from ollama_asgi.routing import Route
+from ollama_asgi.settings import Settings
+from ollama_asgi.upstream import Upstream
+from ollama_asgi.vram import NvmlSource, VramGuard, VramSource
+
+__all__ = ["ModelLifecycle", "Prepared"]
+
+logger = logging.getLogger("ollama_asgi.lifecycle")
+
+_NATIVE_PATHS = {
+    "generate": "/api/generate",
+    "chat": "/api/chat",
+    "embed": "/api/embed",
+    "embeddings": "/api/embeddings",
+}
+
+
+@dataclass(slots=True)
+class Prepared:
+    """What goes upstream for one inference request."""
+
+    path: str
+    body: bytes
+    model: str  # as the client spelled it (Ollama echoes it back)
+    info: ModelInfo
+    models: BackendModels
+    num_ctx: int
+    stream: bool
+    openai_route: str | None = None  # set when a /v1 request is served through the native API
+    include_usage: bool = False
+    encoding_format: str | None = None
+    truncated: int = 0
+    cold: bool = False
+    load_only: bool = False
+
+
+class ModelLifecycle:
+    """Per-backend model state, the single-flight loader, the VRAM guard and pre-warming."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backends: list[Upstream],
+        *,
+        lock: LoadLock | None = None,
+        vram_source: VramSource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.models = {b.name: BackendModels(b) for b in backends}
+        if vram_source is None and settings.nvml:
+            vram_source = NvmlSource.available(settings.gpu_devices)
+        self.guard = VramGuard(
+            budget=settings.vram_budget,
+            margin=settings.vram_margin,
+            reserved=settings.vram_reserved,
+            source=vram_source,
+            unload=self._unload,
+        )
+        self.loader = Loader(
+            keep_alive=settings.keep_alive,
+            load_timeout=settings.load_timeout,
+            lock=lock,
+            before_load=self.guard.before_load,
+        )
+        self.traffic = {b.name: TrafficModel(threshold=settings.prewarm_threshold) for b in backends}
+        self.context_choices: Counter[str] = Counter()  # "bucket", "sticky", "client", "cap"
+        self.context_sizes: Counter[int] = Counter()
+        self.reloads_avoided = 0
+        self.last_num_ctx: dict[tuple[str, str], int] = {}
+        self._poller: asyncio.Task[None] | None = None
+        self._prewarming: set[asyncio.Task[None]] = set()
+
+    # -- background -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start polling ``/api/ps`` (lazily, from the first request: mounted apps get no lifespan)."""
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.ensure_future(self._poll())
+
+    async def _poll(self) -> None:
+        while True:
+            for models in self.models.values():
+                await models.refresh_ps()
+            await asyncio.sleep(self.settings.ps_interval)
+
+    async def aclose(self) -> None:
+        for task in (self._poller, *self._prewarming):
+            if task is not None:
+                task.cancel()
+        await self.loader.aclose()
+
+    async def _unload(self, models: BackendModels, name: str) -> None:
+        await self.loader.unload(models, name)
+
+    # -- per request ----------------------------------------------------------------------------------
+
+    def _cap(self, info: ModelInfo) -> int:
+        cap = min(info.context_length or self.settings.max_num_ctx, self.settings.max_num_ctx)
+        for pattern, limit in self.settings.model_max_num_ctx:
+            if fnmatchcase(info.name, pattern.lower()) or fnmatchcase(
+                info.name.removesuffix(":latest"), pattern.lower()
+            ):
+                cap = min(cap, limit)
+        return cap
+
+    async def prepare(self, route: Route, parsed: ParsedRequest, principal: Principal, backend: Upstream) -> Prepared:
+        self.start()
+        models = self.models[backend.name]
+        body: dict[str, Any] = dict(parsed.body)
+        assert parsed.model is not None
+        prepared_path = _NATIVE_PATHS.get(route.name, "")
+        include_usage = False
+        openai_route = None
+        encoding = None
+        if route.openai:
+            openai_route = route.name
+            encoding = body.get("encoding_format") if isinstance(body.get("encoding_format"), str) else None
+            prepared_path, body, include_usage = to_native(route.name, body)
+        info = await models.model_info(parsed.model)
+
+        client_keep_alive = body.get("keep_alive")
+        load_only = _is_load_request(route.name, body)
+        if load_only and client_keep_alive is not None and parse_keep_alive(client_keep_alive) == 0:
+            if not principal.is_admin:
+                raise GatewayError(403, "unloading models is restricted to administrators")
+            return Prepared(prepared_path, orjson.dumps(body), parsed.model, info, models, 0, False, load_only=True)
+        if client_keep_alive is None or not principal.is_admin:
+            body["keep_alive"] = self.settings.keep_alive  # the gateway owns model lifetimes
+
+        options = body.get("options")
+        options = dict(options) if isinstance(options, dict) else {}
+        cap = self._cap(info)
+        requested = options.get("num_ctx") if self.settings.honour_client_num_ctx else None
+        num_predict = options.get("num_predict")
+        num_predict = int(num_predict) if isinstance(num_predict, int | float) else -1
+        if num_predict == -2:  # "fill the context"
+            num_predict = -1
+        answer = num_predict if num_predict > 0 else self.settings.num_predict_reserve
+        if info.embedding_only or route.name in ("embed", "embeddings", "openai_embeddings"):
+            answer = 0
+        prompt_tokens = estimate_tokens(body)
+        truncated = 0
+        if prompt_tokens + min(answer, 16) > cap and self.settings.context_overflow == "truncate":
+            truncated = truncate_messages(body, cap - min(answer, cap // 4))
+            prompt_tokens = estimate_tokens(body)
+        loaded = models.loaded_with(info.name)
+        choice = choose_num_ctx(
+            prompt_tokens=prompt_tokens,
+            num_predict=answer if answer > 0 else 1,
+            buckets=self.settings.num_ctx_buckets,
+            cap=cap,
+            loaded=loaded.num_ctx if loaded is not None and loaded.num_ctx else None,
+            requested=int(requested) if isinstance(requested, int | float) else None,
+            reserve=self.settings.num_predict_reserve,
+        )
+        self.context_choices[choice.reason] += 1
+        self.context_sizes[choice.num_ctx] += 1
+        if choice.reason == "sticky":
+            bucket_choice = next((b for b in self.settings.num_ctx_buckets if b >= choice.needed), None)
+            if bucket_choice is not None and bucket_choice != choice.num_ctx:
+                self.reloads_avoided += 1
+        options["num_ctx"] = choice.num_ctx
+        body["options"] = options
+        cold = loaded is None or bool(loaded.num_ctx and loaded.num_ctx != choice.num_ctx)
+        self.last_num_ctx[(backend.name, info.name)] = choice.num_ctx
+        return Prepared(
+            path=prepared_path,
+            body=orjson.dumps(body),
+            model=parsed.model,
+            info=info,
+            models=models,
+            num_ctx=choice.num_ctx,
+            stream=bool(body.get("stream", route.stream_default)) if not route.openai else parsed.stream,
+            openai_route=openai_route,
+            include_usage=include_usage,
+            encoding_format=encoding,
+            truncated=truncated,
+            cold=cold,
+            load_only=load_only,
+        )
+
+    async def ensure_loaded(self, prepared: Prepared, *, wait_limit: float) -> None:
+        if prepared.num_ctx:
+            await self.loader.ensure_loaded(prepared.models, prepared.info, prepared.num_ctx, wait_limit=wait_limit)
+
+    def begin(self, prepared: Prepared) -> None:
+        models = prepared.models
+        name = prepared.info.name
+        models.in_flight[name] += 1
+        models.touch(name)
+        if self.settings.prewarm:
+            traffic = self.traffic[models.backend.name]
+            traffic.observe(name, cold=prepared.cold)
+            self._maybe_prewarm(models, traffic, name)
+
+    def end(self, prepared: Prepared) -> None:
+        models = prepared.models
+        name = prepared.info.name
+        models.in_flight[name] -= 1
+        if models.in_flight[name] <= 0:
+            del models.in_flight[name]
+
+    def _maybe_prewarm(self, models: BackendModels, traffic: TrafficModel, current: str) -> None:
+        prediction = traffic.predict(current)
+        if prediction is None or prediction.model == current:
+            return
+        target = prediction.model
+        if models.loaded_with(target) is not None or (models.backend.name, target) in self.loader.loading:
+            return
+        traffic.issued += 1
+        traffic.warmed.add(target)
+        task = asyncio.ensure_future(self._prewarm(models, target))
+        self._prewarming.add(task)
+        task.add_done_callback(self._prewarming.discard)
+
+    async def _prewarm(self, models: BackendModels, model: str) -> None:
+        try:
+            info = await models.model_info(model)
+            num_ctx = self.last_num_ctx.get((models.backend.name, info.name)) or self._default_bucket(info)
+            await self.loader.ensure_loaded(models, info, num_ctx, wait_limit=self.settings.load_timeout)
+            logger.info("pre-warmed %s on %s", model, models.backend.name)
+        except GatewayError as exc:
+            logger.info("pre-warming %s skipped: %s", model, exc.message)
+
+    def _default_bucket(self, info: ModelInfo) -> int:
+        cap = self._cap(info)
+        wanted = self.settings.default_num_ctx
+        return next((b for b in self.settings.num_ctx_buckets if b >= wanted and b <= cap), min(wanted, cap))
+
+    def snapshot(self) -> dict[str, object]:
+        """Loaded models, loads in progress and decisions, for status and metrics."""
+        return {
+            "backends": {
+                name: {
+                    "loaded": {
+                        m.name: {"num_ctx": m.num_ctx, "size_vram": m.size_vram, "expires_at": m.expires_at}
+                        for m in models.loaded.values()
+                    },
+                    "in_flight": dict(models.in_flight),
+                    "fragmentation": self.guard.fragmentation(models),
+                }
+                for name, models in self.models.items()
+            },
+            "loading": [
+                {"backend": b, "model": m, "num_ctx": s.num_ctx, "waiters": s.waiters}
+                for (b, m), s in self.loader.loading.items()
+            ],
+            "loads": self.loader.loads,
+            "coalesced": self.loader.coalesced,
+            "load_failures": self.loader.failures,
+            "evictions": self.guard.evictions,
+            "context_choices": dict(self.context_choices),
+            "reloads_avoided": self.reloads_avoided,
+            "prewarm": {
+                name: {"issued": t.issued, "hits": t.hits, "misses": t.misses} for name, t in self.traffic.items()
+            },
+        }
+
+
+def _is_load_request(route: str, body: dict[str, Any]) -> bool:
+    if route == "generate":
+        return not body.get("prompt")
+    if route == "chat":
+        return not body.get("messages")
+    if route == "embed":
+        return not body.get("input")
+    if route == "embeddings":
+        return not body.get("prompt")
+    return False

@@ -1,0 +1,211 @@
+"""Model loads owned by the gateway: one load per cold model, whatever the burst.
+
+In Ollama a load runs under the first request's context, so that client's disconnect aborts the
+load for everyone, and a burst for a cold model queues behind it without bound. Here the load is
+the gateway's own request (an empty-prompt generate with the gateway's ``keep_alive`` and the
+chosen ``num_ctx``), started once per backend and model; every request for that model waits on
+the same future, bounded by its own deadline, and is then admitted through the normal slots. With
+Redis, a lock with a lease makes the load single-flight across workers and replicas too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ollama_asgi.catalog import BackendModels, ModelInfo
+from ollama_asgi.errors import GatewayError
+from ollama_asgi.protocol import canonical_model
+from ollama_asgi.state import StateUnavailable
+from ollama_asgi.upstream import UpstreamError
+
+__all__ = ["LoadLock", "Loader", "LoadState"]
+
+logger = logging.getLogger("ollama_asgi.lifecycle")
+
+
+class LoadLock:
+    """Cross-worker single-flight; the in-process default always grants (the futures already coalesce)."""
+
+    async def acquire(self, key: str, ttl: float) -> str | None:
+        return "local"
+
+    async def release(self, key: str, token: str) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class LoadState:
+    """A load in progress, visible to status and metrics."""
+
+    model: str
+    num_ctx: int
+    started: float
+    waiters: int = 0
+    future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class _LoadClock:
+    """Observed load seconds per model, for Retry-After and deadlines; bytes/s for unseen models."""
+
+    def __init__(self) -> None:
+        self.per_model: dict[str, float] = {}
+        self.bytes_per_second = 0.0
+
+    def record(self, info: ModelInfo, seconds: float) -> None:
+        old = self.per_model.get(info.name)
+        self.per_model[info.name] = seconds if old is None else 0.7 * old + 0.3 * seconds
+        if info.size and seconds > 0:
+            rate = info.size / seconds
+            self.bytes_per_second = rate if not self.bytes_per_second else 0.7 * self.bytes_per_second + 0.3 * rate
+
+    def expected(self, info: ModelInfo) -> float:
+        if info.name in self.per_model:
+            return self.per_model[info.name]
+        if self.bytes_per_second and info.size:
+            return info.size / self.bytes_per_second
+        return 5.0  # nothing measured yet: a small model from a warm page cache
+
+
+class Loader:
+    """Single-flight loads per backend and model, with the gateway's keep_alive."""
+
+    def __init__(
+        self,
+        *,
+        keep_alive: str,
+        load_timeout: float,
+        lock: LoadLock | None = None,
+        before_load: Callable[[BackendModels, ModelInfo, int], Awaitable[None]] | None = None,
+    ) -> None:
+        self.keep_alive = keep_alive
+        self.load_timeout = load_timeout
+        self.lock = lock or LoadLock()
+        self.before_load = before_load  # the VRAM guard: evict or refuse before a load
+        self.loading: dict[tuple[str, str], LoadState] = {}
+        self.clock = _LoadClock()
+        self.loads = 0
+        self.coalesced = 0
+        self.failures = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def expected_load_seconds(self, info: ModelInfo) -> float:
+        return self.clock.expected(info)
+
+    async def ensure_loaded(self, models: BackendModels, info: ModelInfo, num_ctx: int, *, wait_limit: float) -> None:
+        """Return once ``info`` is loaded on ``models.backend`` with ``num_ctx``; start the load if needed."""
+        while True:
+            loaded = models.loaded_with(info.name)
+            if loaded is not None and (loaded.num_ctx == num_ctx or not loaded.num_ctx):
+                return
+            key = (models.backend.name, info.name)
+            state = self.loading.get(key)
+            if state is None:
+                state = LoadState(info.name, num_ctx, time.monotonic())
+                self.loading[key] = state
+                task = asyncio.ensure_future(self._load(models, info, num_ctx, state))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            else:
+                self.coalesced += 1
+            state.waiters += 1
+            try:
+                async with asyncio.timeout(wait_limit):
+                    await asyncio.shield(state.future)
+            except TimeoutError:
+                remaining = self.expected_load_seconds(info) - (time.monotonic() - state.started)
+                raise GatewayError(
+                    503,
+                    f"model '{info.name}' is still loading after {wait_limit:g}s",
+                    [(b"retry-after", str(max(1, math.ceil(remaining))).encode())],
+                ) from None
+            finally:
+                state.waiters -= 1
+            if state.num_ctx == num_ctx:
+                return
+            # The load that finished was for another context size; go round and load ours.
+
+    async def _load(self, models: BackendModels, info: ModelInfo, num_ctx: int, state: LoadState) -> None:
+        key = (models.backend.name, info.name)
+        lock_key = f"load:{models.backend.name}:{info.name}"
+        try:
+            token = await self._lock(lock_key)
+            try:
+                await models.refresh_ps()  # another worker may have loaded it while we waited
+                loaded = models.loaded_with(info.name)
+                if loaded is None or (loaded.num_ctx and loaded.num_ctx != num_ctx):
+                    if self.before_load is not None:
+                        await self.before_load(models, info, num_ctx)
+                    await self._send_load(models, info, num_ctx)
+                    await models.refresh_ps()
+            finally:
+                if token is not None:
+                    await self._unlock(lock_key, token)
+            state.future.set_result(None)
+        except (GatewayError, UpstreamError) as exc:
+            self.failures += 1
+            state.future.set_exception(exc)
+        except Exception as exc:  # the load is ours: never let it die silently
+            self.failures += 1
+            logger.exception("loading %s on %s failed", info.name, models.backend.name)
+            state.future.set_exception(GatewayError(502, f"loading model '{info.name}' failed: {exc}"))
+        finally:
+            self.loading.pop(key, None)
+            if state.future.done() and not state.future.cancelled():
+                state.future.exception()  # mark retrieved: waiters that timed out never read it
+
+    async def _lock(self, key: str) -> str | None:
+        deadline = time.monotonic() + self.load_timeout
+        while True:
+            try:
+                token = await self.lock.acquire(key, self.load_timeout)
+            except StateUnavailable:
+                return None  # fail open: a duplicate load costs time, not correctness
+            if token is not None:
+                return token
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.1)  # another worker loads it; its release wakes us within 100 ms
+
+    async def _unlock(self, key: str, token: str) -> None:
+        try:
+            await self.lock.release(key, token)
+        except StateUnavailable:
+            pass
+
+    async def _send_load(self, models: BackendModels, info: ModelInfo, num_ctx: int) -> None:
+        body: dict[str, object] = {"model": info.name, "keep_alive": self.keep_alive}
+        path = "/api/generate"
+        if info.embedding_only:
+            path, body["input"] = "/api/embed", []
+        body["options"] = {"num_ctx": num_ctx}
+        started = time.monotonic()
+        status, answer = await models.backend.call_json("POST", path, body, within=self.load_timeout)
+        if status != 200:
+            message = answer.get("error") if isinstance(answer, dict) else None
+            raise GatewayError(status if 400 <= status < 600 else 502, str(message or f"loading failed ({status})"))
+        self.loads += 1
+        self.clock.record(info, time.monotonic() - started)
+        logger.info("loaded %s on %s with num_ctx %d", info.name, models.backend.name, num_ctx)
+
+    async def unload(self, models: BackendModels, model: str) -> None:
+        """Ask Ollama to unload ``model`` now (keep_alive 0); it frees memory once idle."""
+        name = canonical_model(model)
+        info = models.info.get(name)
+        path = "/api/embed" if info is not None and info.embedding_only else "/api/generate"
+        body: dict[str, object] = {"model": name, "keep_alive": 0}
+        if path == "/api/embed":
+            body["input"] = []
+        try:
+            await models.backend.call_json("POST", path, body)
+        except UpstreamError as exc:
+            logger.warning("unloading %s on %s failed: %s", name, models.backend.name, exc)
+        models.loaded.pop(name, None)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()

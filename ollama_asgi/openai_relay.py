@@ -1,0 +1,116 @@
+"""Relay a native answer to a ``/v1`` client, rendered in the OpenAI format.
+
+Each native NDJSON line is parsed and turned into SSE events as it arrives (the per-chunk JSON
+work is the price of ``num_ctx`` and ``keep_alive`` control for OpenAI clients). An upstream
+error before the first byte keeps its status with an OpenAI error body; one after it becomes an
+error event, which the openai client raises, instead of Ollama's silent stop.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import orjson
+
+from ollama_asgi.errors import GatewayError, stream_error_line
+from ollama_asgi.inference import Prepared
+from ollama_asgi.openai_compat import ChatStream, CompletionStream, embeddings_response, whole_response
+from ollama_asgi.relay import RelayResult, stream_headers
+from ollama_asgi.types import Send
+from ollama_asgi.upstream import UpstreamResponse
+
+__all__ = ["relay_openai"]
+
+_JSON = b"application/json"
+
+
+def _error_message(raw: bytes, status: int) -> str:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return f"Ollama answered {status}"
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        error = error.get("message")
+    return str(error or f"Ollama answered {status}")
+
+
+async def relay_openai(
+    resp: UpstreamResponse,
+    send: Send,
+    prepared: Prepared,
+    *,
+    started: bool,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> RelayResult:
+    extra = extra_headers or []
+    if resp.status != 200 or not prepared.stream:
+        try:
+            raw = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise GatewayError(502, f"Ollama closed the connection before the answer was complete: {exc}") from exc
+        if resp.status != 200:
+            message = _error_message(raw, resp.status)
+            if started:
+                tail = stream_error_line(message, sse=True)
+                await send({"type": "http.response.body", "body": tail, "more_body": False})
+                return RelayResult(resp.status, len(tail), None, message)
+            raise GatewayError(resp.status, message)
+        native = orjson.loads(raw)
+        route = prepared.openai_route or ""
+        if route == "openai_embeddings":
+            answer = embeddings_response(prepared.model, native, prepared.encoding_format)
+        else:
+            answer = whole_response(route, prepared.model, native)
+        body = orjson.dumps(answer)
+        headers = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode()), *extra]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return RelayResult(200, len(body), raw if len(raw) < 1 << 20 else None)
+
+    translator = (
+        ChatStream(prepared.model, prepared.include_usage)
+        if prepared.openai_route == "openai_chat"
+        else CompletionStream(prepared.model, prepared.include_usage)
+    )
+    if not started:
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": stream_headers(b"text/event-stream", extra)}
+        )
+    pending = b""
+    sent = 0
+    final: bytes | None = None
+    error: str | None = None
+    try:
+        async for chunk in resp.content.iter_any():
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            out = b""
+            for line in lines:
+                if not line.strip():
+                    continue
+                native = orjson.loads(line)
+                if "error" in native:
+                    error = str(native["error"])
+                    break
+                out += translator.feed(native)
+                if native.get("done"):
+                    final = line
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+                sent += len(out)
+            if error:
+                break
+        else:
+            if pending.strip():
+                error = "Ollama ended the stream in the middle of a line"
+            elif final is None:
+                error = "Ollama ended the stream before its final chunk"
+    except orjson.JSONDecodeError:
+        error = "Ollama sent a line that is not JSON"
+    except TimeoutError:
+        error = "Ollama stopped sending for longer than the read timeout"
+    except aiohttp.ClientError as exc:
+        error = f"the connection to Ollama broke mid-stream: {exc.__class__.__name__}"
+    tail = stream_error_line(error, sse=True) if error else b""
+    await send({"type": "http.response.body", "body": tail, "more_body": False})
+    return RelayResult(200, sent + len(tail), final, error)

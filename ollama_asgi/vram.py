@@ -1,0 +1,193 @@
+"""GPU memory as a cache the gateway manages: readings, a guard before each load, fragmentation.
+
+Ollama evicts on its own only when a new model does not fit, and then waits for the victim's
+requests to finish while every new request queues behind it. The guard decides earlier: before
+the gateway loads a model it checks free memory (NVML when available, otherwise a configured
+budget minus what ``/api/ps`` says is loaded), and unloads the least valuable idle models until
+the new one fits. A model with requests in flight is never chosen; if nothing idle is left, the
+load is refused with a Retry-After rather than queued blindly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ollama_asgi.catalog import BackendModels, ModelInfo
+from ollama_asgi.errors import GatewayError
+
+__all__ = ["DeviceMemory", "NvmlSource", "VramGuard", "VramSource"]
+
+logger = logging.getLogger("ollama_asgi.vram")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceMemory:
+    index: int
+    total: int
+    used: int
+
+    @property
+    def free(self) -> int:
+        return max(0, self.total - self.used)
+
+
+class VramSource(Protocol):
+    """Where memory readings come from: NVML on a GPU host, anything else in tests."""
+
+    def read(self) -> Sequence[DeviceMemory]: ...
+
+
+class NvmlSource:
+    """Readings from NVIDIA's management library (``pip install 'ollama-asgi[nvml]'``)."""
+
+    def __init__(self, devices: Sequence[int] | None = None) -> None:
+        import pynvml
+
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+        self._nvml = pynvml
+        self._handles = [
+            (i, pynvml.nvmlDeviceGetHandleByIndex(i)) for i in (devices if devices is not None else range(count))
+        ]
+
+    @classmethod
+    def available(cls, devices: Sequence[int] | None = None) -> NvmlSource | None:
+        """An NVML source, or None when the library or a GPU is missing (CPU hosts, CI)."""
+        try:
+            source = cls(devices)
+        except Exception:
+            return None
+        return source if source._handles else None
+
+    def read(self) -> list[DeviceMemory]:
+        out = []
+        for index, handle in self._handles:
+            info = self._nvml.nvmlDeviceGetMemoryInfo(handle)
+            out.append(DeviceMemory(index=index, total=int(info.total), used=int(info.used)))
+        return out
+
+
+class VramGuard:
+    """Make room before a load by unloading idle models, least valuable first."""
+
+    def __init__(
+        self,
+        *,
+        budget: int | None,
+        margin: float,
+        reserved: int,
+        source: VramSource | None,
+        unload: Callable[[BackendModels, str], object],
+        settle: float = 10.0,
+    ) -> None:
+        self.budget = budget
+        self.margin = margin
+        self.reserved = reserved  # memory no model accounts for: CUDA contexts, runner overhead
+        self.source = source
+        self._unload = unload
+        self.settle = settle
+        self.evictions = 0
+        self.refusals = 0
+        self.history: list[dict[str, object]] = []  # recent decisions, for the status page
+
+    @property
+    def active(self) -> bool:
+        return self.budget is not None or self.source is not None
+
+    def expected_size(self, models: BackendModels, info: ModelInfo, num_ctx: int) -> int:
+        seen = models.loaded.get(info.name)
+        if seen is not None and seen.num_ctx == num_ctx and seen.size_vram:
+            return seen.size_vram
+        return int(info.size * (1.0 + self.margin))
+
+    def readings(self) -> list[DeviceMemory]:
+        return list(self.source.read()) if self.source is not None else []
+
+    def free_bytes(self, models: BackendModels) -> int:
+        accounted = sum(m.size_vram or m.size for m in models.loaded.values())
+        if self.source is not None:
+            free = sum(d.free for d in self.readings())
+            if self.budget is not None:
+                free = min(free, self.budget - accounted)
+            return free
+        assert self.budget is not None
+        return self.budget - accounted
+
+    def fragmentation(self, models: BackendModels) -> float | None:
+        """Share of GPU memory used by nothing the loaded models account for (0 is clean)."""
+        readings = self.readings()
+        if not readings:
+            return None
+        total = sum(d.total for d in readings)
+        used = sum(d.used for d in readings)
+        accounted = sum(m.size_vram for m in models.loaded.values())
+        return max(0.0, (used - accounted - self.reserved) / total) if total else None
+
+    async def before_load(self, models: BackendModels, info: ModelInfo, num_ctx: int) -> None:
+        if not self.active:
+            return
+        need = self.expected_size(models, info, num_ctx)
+        free = self.free_bytes(models)
+        victims = self._victims(models, exclude=info.name)
+        evicted = []
+        while free < need and victims:
+            victim = victims.pop(0)
+            released = victim[1]
+            await self._evict(models, victim[0])
+            evicted.append(victim[0])
+            free += released
+        if evicted and self.source is not None:
+            await self._wait_for_memory(models, need)
+            free = self.free_bytes(models)
+        self.history.append({"time": time.time(), "load": info.name, "need": need, "free": free, "evicted": evicted})
+        del self.history[:-50]
+        if free < need:
+            self.refusals += 1
+            busy = sorted(n for n, c in models.in_flight.items() if c > 0)
+            raise GatewayError(
+                503,
+                f"not enough GPU memory to load '{info.name}' ({_gib(need)} needed, {_gib(max(free, 0))} free); "
+                f"the loaded models are busy: {', '.join(busy) or 'none'}",
+                [(b"retry-after", str(max(1, math.ceil(self.settle))).encode())],
+            )
+
+    def _victims(self, models: BackendModels, *, exclude: str) -> list[tuple[str, int]]:
+        """Idle loaded models, least valuable first: rarely and not recently used."""
+        now = time.time()
+        idle = [m for m in models.loaded.values() if m.name != exclude and models.in_flight.get(m.name, 0) == 0]
+
+        def value(name: str) -> float:
+            usage = models.usage.get(name)
+            if usage is None:
+                return 0.0
+            age = now - usage.last_used
+            return usage.score / (1.0 + age / 60.0)
+
+        idle.sort(key=lambda m: (value(m.name), -(m.size_vram or m.size)))
+        return [(m.name, m.size_vram or m.size) for m in idle]
+
+    async def _evict(self, models: BackendModels, name: str) -> None:
+        logger.info("evicting %s from %s to make room", name, models.backend.name)
+        result = self._unload(models, name)
+        if asyncio.iscoroutine(result):
+            await result
+        self.evictions += 1
+
+    async def _wait_for_memory(self, models: BackendModels, need: int) -> None:
+        # Ollama unloads asynchronously; NVML shows the memory back a moment later.
+        deadline = time.monotonic() + self.settle
+        while time.monotonic() < deadline:
+            await models.refresh_ps()
+            if self.free_bytes(models) >= need:
+                return
+            await asyncio.sleep(0.1)
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB"
