@@ -29,6 +29,12 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from ollama_asgi.doctor import run_doctor
+
+    return run_doctor(timeout=args.timeout)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ollama-asgi", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ollama-asgi {__version__}")
@@ -46,6 +52,10 @@ def _build_parser() -> argparse.ArgumentParser:
     emulate = commands.add_parser("emulate", help="run the Ollama emulator (for tests and demos)")
     add_emulate_arguments(emulate)
     emulate.set_defaults(func=run_emulate)
+
+    doctor = commands.add_parser("doctor", help="check settings (OLLAMA_ASGI_*), upstreams, Redis and GPUs")
+    doctor.add_argument("--timeout", type=float, default=3.0, help="seconds allowed per network check")
+    doctor.set_defaults(func=_doctor)
     return parser
 
 

@@ -142,19 +142,20 @@ class OllamaGateway:
         method: str = scope["method"]
         openai = path.startswith("/v1/")
         head = method == "HEAD"
-        progress = _Progress()
+        record = self.telemetry.begin(scope)
+        progress = _Progress(record)
         try:
-            route = match_route(path)
+            route = record.route = match_route(path)
             if route is None:
                 raise GatewayError(404, "404 page not found")
             if method not in route.methods:
                 raise GatewayError(405, "405 method not allowed")
             if route.kind is Kind.GATEWAY:
-                await self._gateway_endpoint(route, scope, send)
+                await self._gateway_endpoint(route, scope, record.capture(send), record)
                 return
             principal = None
             if route.kind is not Kind.PUBLIC:
-                principal = await self._authenticate(scope, route)
+                principal = record.principal = await self._authenticate(scope, route)
             if route.streamed_body:
                 request = _Request(scope, route, None, principal, _stream_body(receive), head)
                 await self._exchange(request, send, progress)
@@ -162,19 +163,22 @@ class OllamaGateway:
             raw = await _read_body(scope, receive, self.settings.max_body_bytes)
             parsed = None
             if route.json_body:
-                parsed = parse_request(route, raw, max_num_ctx=self.settings.max_num_ctx)
+                parsed = record.parsed = parse_request(route, raw, max_num_ctx=self.settings.max_num_ctx)
                 if principal is not None:
                     self._check_model(principal, parsed)
             request = _Request(scope, route, parsed, principal, raw or None, head)
             await _DisconnectWatcher(receive).run_until(asyncio.ensure_future(self._exchange(request, send, progress)))
         except GatewayError as exc:
+            record.error = exc
             if progress.started:
                 tail = stream_error_line(exc.message, sse=True)
                 await send({"type": "http.response.body", "body": tail, "more_body": False})
             else:
-                await send_error(send, exc, openai=openai, head=head)
+                await send_error(record.capture(send), exc, openai=openai, head=head)
         except _ClientGone:
             return
+        finally:
+            self.telemetry.end(record)
 
     async def _authenticate(self, scope: Scope, route: Route) -> Principal:
         principal = await call_authorizer(self._authorize, scope)
@@ -189,7 +193,11 @@ class OllamaGateway:
         if model is None:
             return
         if not model_allowed(principal.models, model) or not model_allowed(self.settings.allowed_models, model):
-            raise GatewayError(403, f"model {model!r} is not allowed for {principal.display_name or principal.id}")
+            raise GatewayError(
+                403,
+                f"model {model!r} is not allowed for {principal.display_name or principal.id}",
+                reason="forbidden_model",
+            )
 
     def _backend_for(self, request: _Request) -> Upstream:
         # Placement over several backends plugs in here.
@@ -202,7 +210,9 @@ class OllamaGateway:
         path: str = route_path(scope)
         body = request.body
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k in _FORWARD]
-        extra: list[tuple[bytes, bytes]] = []
+        record = progress.record
+        record.backend = backend.name
+        extra: list[tuple[bytes, bytes]] = [record.id_header]
         lease = prepared = None
         try:
             lease, prepared, path, body, headers = await self._before_upstream(
@@ -224,6 +234,7 @@ class OllamaGateway:
                 )
             except UpstreamError as exc:
                 raise self._upstream_failure(backend, exc) from exc
+            record.responded(lease)
             try:
                 if prepared is not None and prepared.openai_route is not None:
                     result = await relay_openai(resp, send, prepared, started=progress.started, extra_headers=extra)
@@ -231,6 +242,7 @@ class OllamaGateway:
                     result = await relay(resp, send, head=request.head, started=progress.started, extra_headers=extra)
             finally:
                 resp.close()
+            record.result = result
             ok = result.error is None and result.status < 500
         finally:
             if lease is not None:
@@ -332,7 +344,10 @@ class OllamaGateway:
             return await admit
         return await _with_sse_keepalive(admit, send, progress, interval)
 
-    async def _gateway_endpoint(self, route: Route, scope: Scope, send: Send) -> None:
+    async def _gateway_endpoint(self, route: Route, scope: Scope, send: Send, record: RequestRecord) -> None:
+        if route.name != "health":  # status and metrics: the telemetry module checks who may see them
+            await self.telemetry.endpoint(route.name, scope, send, record, self._authorize)
+            return
         # Health is for load balancers: unauthenticated, so it names backends but not their URLs.
         results = await asyncio.gather(*(b.probe() for b in self.backends))
         backends = [{"name": b.name, "up": up} for b, up in zip(self.backends, results, strict=True)]
@@ -362,6 +377,7 @@ class _Request:
 
 @dataclass(slots=True)
 class _Progress:
+    record: RequestRecord  # what is logged and counted when the request ends
     started: bool = False  # the response head went out (SSE keep-alive while queued)
 
 
@@ -389,7 +405,7 @@ async def _with_sse_keepalive(
                     {
                         "type": "http.response.start",
                         "status": 200,
-                        "headers": stream_headers(b"text/event-stream"),
+                        "headers": stream_headers(b"text/event-stream", [progress.record.id_header]),
                     }
                 )
             await send({"type": "http.response.body", "body": _KEEPALIVE, "more_body": True})

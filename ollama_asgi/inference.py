@@ -216,9 +216,9 @@ class ModelLifecycle:
         name = prepared.info.name
         models.in_flight[name] += 1
         models.touch(name)
+        traffic = self.traffic[models.backend.name]
+        traffic.observe(name, cold=prepared.cold)
         if self.settings.prewarm:
-            traffic = self.traffic[models.backend.name]
-            traffic.observe(name, cold=prepared.cold)
             self._maybe_prewarm(models, traffic, name)
 
     def end(self, prepared: Prepared) -> None:

@@ -29,7 +29,7 @@ class TrafficModel:
 
     window: int = 500
     threshold: float = 0.5
-    min_observations: int = 3
+    min_observations: int = 2
     _sequence: deque[str] = field(default_factory=deque)
     _transitions: dict[str, Counter[str]] = field(default_factory=dict)
     _hours: dict[int, Counter[str]] = field(default_factory=dict)

@@ -62,6 +62,8 @@ ROUTES: dict[str, Route] = {
     "/v1/embeddings": _r("openai_embeddings", "POST", Kind.INFERENCE, openai=True, **_GEN),
     "/v1/models": _r("openai_models", "GET", Kind.READ, openai=True),
     "/_gateway/health": _r("health", "GET HEAD", Kind.GATEWAY),
+    "/_gateway/status": _r("status", "GET HEAD", Kind.GATEWAY),
+    "/_gateway/metrics": _r("metrics", "GET HEAD", Kind.GATEWAY),
 }
 _BLOBS = _r("blobs", "HEAD POST", Kind.MANAGE, streamed_body=True)
 _MODEL = _r("openai_model", "GET", Kind.READ, openai=True)

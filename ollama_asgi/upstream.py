@@ -40,6 +40,7 @@ class Upstream:
     def _get_session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
+            self._retire(self._session, self._loop)
             connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0, ttl_dns_cache=60)
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -49,6 +50,14 @@ class Upstream:
             )
             self._loop = loop
         return self._session
+
+    @staticmethod
+    def _retire(session: aiohttp.ClientSession | None, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Close a session made in another event loop (a host that serves one gateway from two loops)."""
+        if session is None or session.closed or loop is None or loop.is_closed():
+            return
+        if loop.is_running():
+            asyncio.run_coroutine_threadsafe(session.close(), loop)
 
     async def open(
         self,

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs the system programs the test suite starts itself (a private redis-server on a free port),
-# from Debian's packages, when they are missing.
+# Installs the system programs the test suite starts itself (a private redis-server on a free port,
+# headless Chromium for the status page), from Debian's packages, when they are missing.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     SUDO=""

@@ -1,0 +1,49 @@
+"""System checks: ``manage.py check`` names the setting that is wrong, before any request fails."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings  # type: ignore[import-untyped]
+from django.core.checks import Error  # type: ignore[import-untyped]
+
+from ollama_asgi.contrib.django.conf import MODEL_GROUPS, SETTING, load_settings, parse_model_groups
+from ollama_asgi.settings import ConfigError
+
+__all__ = ["check_settings"]
+
+
+def _where(field: str) -> str:
+    return field if field == SETTING else f"{SETTING}[{field!r}]"
+
+
+def _reason(exc: ConfigError) -> str:
+    return str(exc).removeprefix(f"ollama-asgi setting {exc.field!r}: ")
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """``ollama_asgi.E001``: a bad ``OLLAMA_ASGI`` entry; ``ollama_asgi.E002``: bad model groups."""
+    errors: list[Any] = []
+    try:
+        load_settings(getattr(django_settings, SETTING, {}))
+    except ConfigError as exc:
+        errors.append(
+            Error(
+                f"settings.{_where(exc.field)} is invalid: {_reason(exc)}",
+                hint=f"Fix {_where(exc.field)} in your settings module; see Settings.describe() for every key.",
+                obj=f"settings.{SETTING}",
+                id="ollama_asgi.E001",
+            )
+        )
+    try:
+        parse_model_groups(getattr(django_settings, MODEL_GROUPS, None))
+    except ConfigError as exc:
+        errors.append(
+            Error(
+                f"settings.{MODEL_GROUPS} is invalid: {_reason(exc)}",
+                hint=f'Use {MODEL_GROUPS} = {{"group name": ["llama3*", ...]}}.',
+                obj=f"settings.{MODEL_GROUPS}",
+                id="ollama_asgi.E002",
+            )
+        )
+    return errors

@@ -1,0 +1,308 @@
+"""Prometheus metrics, observed once per request and read from live state at scrape time.
+
+Request metrics (counts, latencies, tokens, rejections) are observed from the request's record
+after the answer is complete, never per streamed chunk. Values that already live in the gateway
+(queue depth, slots, backend and Redis health) are read when Prometheus scrapes, so keeping them
+costs nothing between scrapes.
+
+Each gateway has a registry of its own by default, so several gateways in one process (or one test
+run) never clash. ``Settings.metrics_registry = "global"`` registers into prometheus-client's
+default registry instead, where a host's own ``/metrics`` finds them; with
+``PROMETHEUS_MULTIPROC_DIR`` set (prometheus-client's multiprocess mode, for several workers) the
+request metrics of all workers are aggregated from that directory.
+
+To add a metric: declare it with ``counter``/``gauge``/``histogram`` (the ``ollama_asgi_`` prefix
+and the gateway's registry are applied) and update it where the event happens, or register a
+function with ``on_scrape`` that yields metric families from state kept elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, start_http_server
+from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from ollama_asgi._version import __version__
+from ollama_asgi.protocol import canonical_model
+from ollama_asgi.settings import ConfigError
+from ollama_asgi.usage import usage_from
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from ollama_asgi.gateway import OllamaGateway
+    from ollama_asgi.status import BackendWatch
+    from ollama_asgi.telemetry import RequestRecord
+
+__all__ = ["PREFIX", "GatewayMetrics"]
+
+PREFIX = "ollama_asgi_"
+
+# LLM answers take from milliseconds (embeddings) to minutes (a cold load, then a long generation).
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+_STREAMED_ROUTES = frozenset({"generate", "chat", "openai_chat", "openai_completions"})
+
+
+def multiprocess_dir() -> str | None:
+    """prometheus-client's multiprocess directory, when the process runs in that mode."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112
+
+
+class _OnScrape(Collector):
+    """Yields the families of every registered scrape-time source."""
+
+    def __init__(self) -> None:
+        self.sources: list[Callable[[], Iterable[Metric]]] = []
+
+    def collect(self) -> Iterable[Metric]:
+        for source in self.sources:
+            yield from source()
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # names are only known at scrape time; do not collect on registration
+
+
+class _Exposed(Collector):
+    """What ``/_gateway/metrics`` and the metrics port serve: optionally refreshes state first."""
+
+    def __init__(self, collectors: Sequence[Collector], before: Callable[[], None] | None = None) -> None:
+        self.collectors = collectors
+        self.before = before
+
+    def collect(self) -> Iterable[Metric]:
+        if self.before is not None:
+            self.before()
+        for collector in self.collectors:
+            yield from collector.collect()
+
+
+class GatewayMetrics:
+    """The gateway's metrics: declared here, observed in ``observe``, served by ``render``."""
+
+    def __init__(
+        self,
+        gateway: OllamaGateway,
+        health: BackendWatch,
+        started_at: float,
+        loop: Callable[[], asyncio.AbstractEventLoop | None] = lambda: None,
+    ) -> None:
+        settings = gateway.settings
+        self.registry = REGISTRY if settings.metrics_registry == "global" else CollectorRegistry()
+        self._registered: list[Collector] = []
+        self._scrape = _OnScrape()
+        self._register(self._scrape)
+        self._server: WSGIServer | None = None
+
+        self.requests = self.counter(
+            "requests_total", "Requests answered, by route, model and HTTP status.", ("route", "model", "status")
+        )
+        self.duration = self.histogram(
+            "request_duration_seconds",
+            "Time from a request's arrival to the last byte of its answer.",
+            ("route", "model"),
+            LATENCY_BUCKETS,
+        )
+        self.first_token = self.histogram(
+            "time_to_first_token_seconds",
+            "Time from a streamed generation's arrival (queueing and loading included) to its first token.",
+            ("route", "model"),
+            LATENCY_BUCKETS,
+        )
+        self.queue_wait = self.histogram(
+            "queue_wait_seconds", "Time an admitted request waited for a backend slot.", ("backend",), WAIT_BUCKETS
+        )
+        self.prompt_tokens = self.counter(
+            "prompt_tokens_total", "Prompt tokens Ollama evaluated, from its final chunk.", ("model",)
+        )
+        self.completion_tokens = self.counter(
+            "completion_tokens_total", "Tokens Ollama generated, from its final chunk.", ("model",)
+        )
+        self.response_bytes = self.counter("response_bytes_total", "Response body bytes sent to clients.", ("route",))
+        self.rejections = self.counter(
+            "rejections_total",
+            "Requests the gateway answered itself instead of Ollama, by route and reason.",
+            ("route", "reason"),
+        )
+
+        self.on_scrape(lambda: _build_info(started_at))
+        self.on_scrape(lambda: _admission_families(gateway))
+        self.on_scrape(lambda: _backend_families(health))
+        if gateway.shared_state is not None:
+            state = gateway.shared_state
+            self.on_scrape(
+                lambda: [_gauge("redis_up", "1 when the shared Redis answers, else 0.", value=state.healthy)]
+            )
+
+        multiproc = multiprocess_dir()
+        if multiproc:
+            # Request metrics of every worker come from the directory; live state from this worker.
+            self.exposed = _Exposed([MultiProcessCollector(None, multiproc), self._scrape])  # type: ignore[no-untyped-call]
+        else:
+            self.exposed = _Exposed([self.registry])
+        if settings.metrics_port is not None:
+            self._serve_port(health, loop, settings.metrics_host, settings.metrics_port)
+
+    # -- declaring metrics ---------------------------------------------------------------------
+
+    def _register(self, collector: Collector) -> None:
+        try:
+            self.registry.register(collector)
+        except ValueError as exc:
+            raise ConfigError(
+                "metrics_registry",
+                f"{exc}; only one gateway per process can use the global registry",
+            ) from exc
+        self._registered.append(collector)
+
+    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
+        metric = Counter(PREFIX + name, documentation, labels, registry=None)
+        self._register(metric)
+        return metric
+
+    def gauge(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Gauge:
+        """A gauge set where its value changes; across multiprocess workers the live values are summed."""
+        metric = Gauge(PREFIX + name, documentation, labels, registry=None, multiprocess_mode="livesum")
+        self._register(metric)
+        return metric
+
+    def histogram(
+        self, name: str, documentation: str, labels: Sequence[str] = (), buckets: Sequence[float] = LATENCY_BUCKETS
+    ) -> Histogram:
+        metric = Histogram(PREFIX + name, documentation, labels, registry=None, buckets=buckets)
+        self._register(metric)
+        return metric
+
+    def on_scrape(self, source: Callable[[], Iterable[Metric]]) -> None:
+        """Read ``source`` at every scrape, for values that already live somewhere in the gateway."""
+        self._scrape.sources.append(source)
+
+    # -- observing and serving -----------------------------------------------------------------
+
+    def observe(self, record: RequestRecord, status: int, reason: str, now: float) -> None:
+        """Everything one finished request contributes; called once, after its last byte."""
+        route = record.route.name if record.route is not None else "unmatched"
+        result = record.result
+        parsed = record.parsed
+        # Model names come from clients: label only those Ollama accepted, so a flood of made-up
+        # names cannot grow the series without bound.
+        model = ""
+        if parsed is not None and parsed.model and result is not None and status not in (400, 404):
+            model = canonical_model(parsed.model)
+        self.requests.labels(route, model, str(status)).inc()
+        self.duration.labels(route, model).observe(now - record.started)
+        if reason:
+            self.rejections.labels(route, reason).inc()
+        if record.queued is not None:
+            self.queue_wait.labels(record.backend).observe(record.queued)
+        if result is None:
+            return
+        self.response_bytes.labels(route).inc(result.sent)
+        streamed = parsed is not None and parsed.stream and route in _STREAMED_ROUTES
+        if streamed and record.first_byte is not None and status == 200:
+            self.first_token.labels(route, model).observe(record.first_byte - record.started)
+        prompt, completion = usage_from(result.final)
+        if prompt:
+            self.prompt_tokens.labels(model).inc(prompt)
+        if completion:
+            self.completion_tokens.labels(model).inc(completion)
+
+    def render(self) -> tuple[bytes, bytes]:
+        """The Prometheus text exposition and its content type."""
+        return generate_latest(self.exposed), CONTENT_TYPE_PLAIN_0_0_4.encode()
+
+    def _serve_port(
+        self, health: BackendWatch, loop: Callable[[], asyncio.AbstractEventLoop | None], host: str, port: int
+    ) -> None:
+        # prometheus-client serves the port from a thread; backend checks run on the gateway's loop.
+        def refresh() -> None:
+            running = loop()
+            if running is not None and running.is_running():
+                try:
+                    health.refresh_from_thread(running, timeout=2.0)
+                except Exception:  # a scrape must not fail because a backend is slow to answer
+                    pass
+
+        exposed = _Exposed(self.exposed.collectors, before=refresh)
+        try:
+            self._server, _ = start_http_server(port, host, registry=exposed)
+        except OSError as exc:
+            if multiprocess_dir():
+                return  # another worker serves the port, and it sees every worker's metrics
+            raise ConfigError("metrics_port", f"cannot listen on {host}:{port}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self.registry is REGISTRY:
+            for collector in self._registered:
+                REGISTRY.unregister(collector)
+        self._registered.clear()
+
+
+def _gauge(name: str, documentation: str, *, value: float | bool) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, documentation, value=float(value))
+
+
+def _build_info(started_at: float) -> Iterable[Metric]:
+    info = InfoMetricFamily(PREFIX + "build", "The running ollama-asgi version.", value={"version": __version__})
+    return [info, _gauge("start_time_seconds", "When the gateway was created, in Unix time.", value=started_at)]
+
+
+def _admission_families(gateway: OllamaGateway) -> Iterable[Metric]:
+    labels = ["backend", "pool"]
+    depth = GaugeMetricFamily(PREFIX + "queue_depth", "Requests waiting for a backend slot.", labels=labels)
+    in_flight = GaugeMetricFamily(PREFIX + "requests_in_flight", "Requests holding a backend slot.", labels=labels)
+    slots = GaugeMetricFamily(PREFIX + "slots", "Backend slots: requests Ollama is given at once.", labels=labels)
+    service = GaugeMetricFamily(
+        PREFIX + "service_time_seconds", "Smoothed time a request holds a slot (basis of Retry-After).", labels=labels
+    )
+    gaps = GaugeMetricFamily(
+        PREFIX + "slot_refill_gap_seconds",
+        "Time from a slot's release to its next grant, over the last refills (quantile 0.5, 0.99, 1).",
+        labels=[*labels, "quantile"],
+    )
+    limit = GaugeMetricFamily(
+        PREFIX + "queue_limit", "Requests that may wait per backend before 503 (max_queue).", labels=["backend"]
+    )
+    admission = gateway.admission
+    seen: set[str] = set()
+    for name, pool in list(admission.pools.items()):
+        backend_name, _, kind = name.partition("#")
+        key = [backend_name, kind or "generate"]
+        seen.add(backend_name)
+        depth.add_metric(key, pool.waiting)
+        in_flight.add_metric(key, pool.in_flight)
+        slots.add_metric(key, pool.capacity)
+        service.add_metric(key, pool.service_time())
+        recent = sorted(pool.refill_gaps)
+        if recent:
+            for q in (0.5, 0.99, 1.0):
+                gaps.add_metric([*key, str(q)], recent[min(len(recent) - 1, int(q * len(recent)))])
+    for backend in gateway.backends:
+        limit.add_metric([backend.name], admission.max_queue)
+        if backend.name not in seen:  # no request yet: nothing queued, nothing in flight
+            key = [backend.name, "generate"]
+            depth.add_metric(key, 0)
+            in_flight.add_metric(key, 0)
+            slots.add_metric(key, admission.parallel)
+    return [depth, in_flight, slots, service, gaps, limit]
+
+
+def _backend_families(health: BackendWatch) -> Iterable[Metric]:
+    up = GaugeMetricFamily(
+        PREFIX + "backend_up", "1 when the backend answered its last check or request, else 0.", labels=["backend"]
+    )
+    for state in health.states.values():
+        if state.up is not None:
+            up.add_metric([state.name], float(state.up))
+    return [up]

@@ -1,0 +1,195 @@
+"""What happened to one request, recorded once when it ends: an access-log line and the metrics.
+
+The gateway fills a ``RequestRecord`` as the request moves forward (route, principal, model,
+backend, queue wait, the relay's result) and ``Telemetry.end`` turns it into one structured log
+line and one set of Prometheus observations. Nothing here runs per streamed chunk: the request id
+header rides in the response head the relay sends anyway, and timings are two clock reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ollama_asgi.errors import GatewayError
+from ollama_asgi.protocol import ParsedRequest
+from ollama_asgi.relay import RelayResult
+from ollama_asgi.routing import Route
+from ollama_asgi.types import Message, Scope, Send
+from ollama_asgi.upstream import UpstreamError
+
+if TYPE_CHECKING:
+    from ollama_asgi.admission import Lease
+    from ollama_asgi.auth import Authorizer, Principal
+    from ollama_asgi.gateway import OllamaGateway
+    from ollama_asgi.metrics import GatewayMetrics
+
+__all__ = ["RequestRecord", "Telemetry", "request_id_from"]
+
+logger = logging.getLogger("ollama_asgi")
+
+_MAX_REQUEST_ID = 128
+
+# Statuses whose cause needs no further naming; a GatewayError's own ``reason`` wins over these.
+_REASONS = {
+    400: "bad_request",
+    401: "auth",
+    403: "forbidden",
+    404: "not_found",
+    405: "not_found",
+    413: "body_too_large",
+    429: "rate_limit",
+}
+
+
+def request_id_from(scope: Scope) -> str:
+    """The client's ``X-Request-Id`` when it is printable ASCII of at most 128 characters, else a new one.
+
+    Anything else is replaced rather than cleaned, so a log line never carries control characters
+    or an unbounded value from a client.
+    """
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            if 0 < len(value) <= _MAX_REQUEST_ID and all(0x20 < c < 0x7F for c in value):
+                return bytes(value).decode("ascii")
+            break
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True, eq=False)
+class RequestRecord:
+    """The facts of one request, set by the gateway as it learns them; read once at the end."""
+
+    request_id: str
+    started: float  # time.monotonic() when the request arrived
+    method: str
+    route: Route | None = None
+    principal: Principal | None = None
+    parsed: ParsedRequest | None = None
+    backend: str = ""
+    queued: float | None = None  # seconds waited for a slot
+    first_byte: float | None = None  # when Ollama's response head arrived (it comes with the first token)
+    result: RelayResult | None = None
+    error: GatewayError | None = None
+    status: int = 0  # set when the gateway answered itself (errors, /_gateway/*)
+
+    @property
+    def id_header(self) -> tuple[bytes, bytes]:
+        return (b"x-request-id", self.request_id.encode("ascii"))
+
+    def responded(self, lease: Lease | None) -> None:
+        """Ollama's response head arrived: time to first byte, and the queue wait of the slot it used."""
+        self.first_byte = time.monotonic()
+        if lease is not None:
+            self.queued = lease.queued_for
+
+    def capture(self, send: Send) -> Send:
+        """``send`` for answers the gateway writes itself: adds the request id, notes the status.
+
+        Only used for one-shot answers (errors, ``/_gateway/*``), never for relayed streams.
+        """
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), self.id_header]}
+            await send(message)
+
+        return send_with_id
+
+    def outcome(self, exc: BaseException | None = None) -> tuple[int, str, str | None]:
+        """``(status, rejection reason, error text)``; 499 when the client left before the answer."""
+        if self.error is not None:
+            error = self.error
+            reason = error.reason or _REASONS.get(error.status, "")
+            if not reason:
+                cause = error.__cause__
+                reason = "upstream_unreachable" if isinstance(cause, UpstreamError) else "unavailable"
+                if error.status == 502:
+                    reason = "upstream_error"
+            return error.status, reason, error.message
+        if self.result is not None:
+            return self.result.status, "", self.result.error
+        if isinstance(exc, Exception):
+            return 500, "", f"{exc.__class__.__name__}: {exc}"
+        if self.status:
+            return self.status, "", None
+        return 499, "", "client disconnected"
+
+
+class Telemetry:
+    """The gateway's operability: request records, access log, metrics, ``/_gateway/status``."""
+
+    def __init__(self, gateway: OllamaGateway) -> None:
+        from ollama_asgi.access_log import AccessLog
+        from ollama_asgi.status import BackendWatch, StatusPage
+
+        settings = gateway.settings
+        self.settings = settings
+        self.started_at = time.time()
+        self.health = BackendWatch(gateway.backends)
+        self.access_log = AccessLog(log_prompts=settings.log_prompts)
+        self.status_page = StatusPage(gateway, self.health, self.started_at)
+        self.metrics: GatewayMetrics | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        if settings.metrics_access != "off" or settings.metrics_port is not None:
+            try:
+                from ollama_asgi.metrics import GatewayMetrics
+            except ImportError:
+                logger.warning(
+                    "metrics are off: prometheus-client is not installed (pip install 'ollama-asgi[metrics]')"
+                )
+            else:
+                self.metrics = GatewayMetrics(gateway, self.health, self.started_at, lambda: self.loop)
+
+    def begin(self, scope: Scope) -> RequestRecord:
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()  # the metrics port thread refreshes health on it
+        return RequestRecord(request_id_from(scope), time.monotonic(), scope["method"])
+
+    def end(self, record: RequestRecord) -> None:
+        """Called once per request, from the gateway's ``finally``: log it and count it."""
+        now = time.monotonic()
+        status, reason, error = record.outcome(sys.exc_info()[1])
+        if record.backend:
+            if record.first_byte is not None:
+                self.health.note(record.backend, True)
+            elif reason == "upstream_unreachable":
+                self.health.note(record.backend, False)
+        if self.metrics is not None:
+            self.metrics.observe(record, status, reason, now)
+        self.access_log.write(record, status, reason, error, now)
+
+    async def endpoint(self, name: str, scope: Scope, send: Send, record: RequestRecord, authorize: Authorizer) -> None:
+        """``/_gateway/status`` (administrators) and ``/_gateway/metrics`` (as ``metrics_access`` says)."""
+        from ollama_asgi.auth import call_authorizer
+        from ollama_asgi.responses import send_bytes
+
+        access = "admin" if name == "status" else self.settings.metrics_access
+        if access == "off":
+            raise GatewayError(404, "404 page not found")
+        if access == "admin":
+            principal = record.principal = await call_authorizer(authorize, scope)
+            if principal is None:
+                raise GatewayError(401, "authentication required", [(b"www-authenticate", b'Bearer realm="ollama"')])
+            if not principal.is_admin:
+                raise GatewayError(403, f"{name} is restricted to administrators")
+        head = scope["method"] == "HEAD"
+        if name == "status":
+            body, content_type, headers = await self.status_page.answer(scope)
+            await send_bytes(send, 200, body, content_type, headers, head=head)
+            return
+        if self.metrics is None:
+            raise GatewayError(501, "metrics need prometheus-client: pip install 'ollama-asgi[metrics]'")
+        await self.health.refresh()
+        body, content_type = self.metrics.render()
+        await send_bytes(send, 200, body, content_type, [(b"cache-control", b"no-store")], head=head)
+
+    async def aclose(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()

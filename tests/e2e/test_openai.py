@@ -1,0 +1,93 @@
+"""/v1 served through Ollama's native API, checked with the official openai client."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+
+import openai
+import pytest
+
+from ollama_asgi.testing import EmulatorServer, Fault
+from tests.conftest import API_KEY
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+
+
+@pytest.fixture
+def client(llm_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=llm_url + "/v1", api_key=API_KEY)
+
+
+def test_tool_calls_come_back_with_string_arguments(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model="llama3.2",
+        messages=[{"role": "user", "content": "call get_weather for Paris"}],
+        tools=TOOLS,  # type: ignore[arg-type]
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]  # type: ignore[index]
+    assert call.function.name == "get_weather"
+    assert isinstance(call.function.arguments, str) and isinstance(json.loads(call.function.arguments), dict)
+
+
+def test_streamed_tool_calls(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="llama3.2",
+        messages=[{"role": "user", "content": "call get_weather for Paris"}],
+        tools=TOOLS,  # type: ignore[arg-type]
+        stream=True,
+    )
+    chunks = list(stream)
+    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert calls and calls[0].function is not None and calls[0].function.name == "get_weather"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+
+
+def test_completions_stream_and_whole(client: openai.OpenAI) -> None:
+    whole = client.completions.create(model="llama3.2", prompt="red green blue", max_tokens=3)
+    assert whole.choices[0].text == "red green blue" and whole.choices[0].finish_reason == "length"
+    assert whole.usage is not None and whole.usage.completion_tokens == 3
+    parts = list(client.completions.create(model="llama3.2", prompt="red green blue", max_tokens=3, stream=True))
+    assert "".join(p.choices[0].text for p in parts if p.choices) == "red green blue"
+
+
+def test_base64_embeddings_decode_to_the_float_vectors(client: openai.OpenAI) -> None:
+    floats = client.embeddings.create(model="nomic-embed-text", input="hello", encoding_format="float")
+    packed = client.embeddings.with_raw_response.create(
+        model="nomic-embed-text", input="hello", encoding_format="base64"
+    )
+    raw = json.loads(packed.text)["data"][0]["embedding"]
+    decoded = struct.unpack("<768f", base64.b64decode(raw))
+    assert decoded == pytest.approx(floats.data[0].embedding, rel=1e-6)
+
+
+def test_upstream_error_mid_stream_reaches_the_openai_client(client: openai.OpenAI, emulator: EmulatorServer) -> None:
+    emulator.emulator.inject(Fault(path="/api/chat", kind="midstream_error", after_lines=2, message="runner crashed"))
+    stream = client.chat.completions.create(
+        model="llama3.2", messages=[{"role": "user", "content": "a b c"}], stream=True
+    )
+    with pytest.raises(openai.APIError, match="runner crashed"):
+        for _ in stream:
+            pass
+
+
+def test_unknown_model_is_an_openai_not_found(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+
+
+def test_empty_messages_are_rejected_like_ollama(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="too short"):
+        client.chat.completions.create(model="llama3.2", messages=[])

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import pytest
+
+from ollama_asgi.context import choose_num_ctx, estimate_tokens, truncate_messages
+from ollama_asgi.errors import GatewayError
+
+BUCKETS = (2048, 4096, 8192, 16384, 32768)
+
+
+def choose(prompt: int, **kw: object):  # type: ignore[no-untyped-def]
+    args = {"num_predict": -1, "buckets": BUCKETS, "cap": 32768, "loaded": None, "requested": None, "reserve": 1024}
+    args.update(kw)
+    return choose_num_ctx(prompt_tokens=prompt, **args)  # type: ignore[arg-type]
+
+
+def test_estimates_grow_with_text_messages_and_images() -> None:
+    small = estimate_tokens({"messages": [{"role": "user", "content": "hi"}]})
+    large = estimate_tokens({"messages": [{"role": "user", "content": "word " * 1000}]})
+    with_image = estimate_tokens({"messages": [{"role": "user", "content": "hi", "images": ["x"]}]})
+    assert small < 50 < large
+    assert 1000 <= large <= 1600
+    assert with_image - small >= 500
+    assert estimate_tokens({"input": ["a" * 400, "b"]}) >= 100  # the longest input decides
+
+
+def test_smallest_bucket_that_fits_prompt_and_answer() -> None:
+    assert choose(100).num_ctx == 2048
+    assert choose(1500).num_ctx == 4096  # 1500 + 1024 reserved for the answer
+    assert choose(100, num_predict=5000).num_ctx == 8192
+
+
+def test_the_loaded_size_is_kept_when_it_fits() -> None:
+    choice = choose(100, loaded=8192)
+    assert (choice.num_ctx, choice.reason) == (8192, "sticky")
+    assert choose(9000, loaded=8192).num_ctx == 16384  # too small: a reload is needed
+
+
+def test_caps_bound_every_choice() -> None:
+    assert choose(20000, cap=24000).num_ctx == 24000
+    assert choose(100, requested=65536, cap=32768).num_ctx == 32768
+    assert choose(100, requested=3000).num_ctx == 3000
+    with pytest.raises(GatewayError) as info:
+        choose(40000)
+    assert info.value.status == 400 and "32768-token context window" in info.value.message
+
+
+def test_truncation_keeps_system_prompt_and_last_question() -> None:
+    body = {
+        "messages": [{"role": "system", "content": "rules"}]
+        + [{"role": "user", "content": "word " * 400} for _ in range(10)]
+        + [{"role": "user", "content": "last"}]
+    }
+    dropped = truncate_messages(body, 1500)
+    messages = body["messages"]
+    assert dropped > 0 and estimate_tokens(body) <= 1500
+    assert messages[0]["content"] == "rules" and messages[-1]["content"] == "last"

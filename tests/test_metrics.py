@@ -1,0 +1,298 @@
+"""/_gateway/metrics counts exactly what happened, is for administrators, and feeds the examples."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import prometheus_client
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from ollama_asgi import ConfigError, OllamaGateway, Settings, __version__
+from ollama_asgi.testing import EmulatorServer
+from tests.conftest import ADMIN, API_KEY, AUTH
+from tests.support.processes import GatewayProcess, free_port
+from tests.support.redis_server import RedisServer
+from tests.support.server import ServerThread
+
+LIMITED = {"Authorization": "Bearer limited-key-1"}
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "grafana"
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str, headers: dict[str, str] | None = None) -> Samples:
+    response = httpx.get(url, headers=headers or {})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def scrape_when(url: str, check: Callable[[Samples], bool], headers: dict[str, str] | None = None) -> Samples:
+    """Scrape until ``check`` holds: a request is counted just after its last byte went out."""
+    samples = scrape(url, headers)
+    deadline = time.monotonic() + 5
+    while not check(samples) and time.monotonic() < deadline:
+        time.sleep(0.01)
+        samples = scrape(url, headers)
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name`` over every series whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+def _chat(stream: bool = True) -> dict[str, object]:
+    return {"model": "llama3.2", "messages": [{"role": "user", "content": "hello there"}], "stream": stream}
+
+
+def _generate(llm: str, body: dict[str, object]) -> None:
+    assert httpx.post(llm + "/api/generate", json=body, headers=AUTH, timeout=30).status_code == 200
+
+
+def _final_counts(response: httpx.Response) -> tuple[int, int]:
+    final = json.loads(response.text.strip().splitlines()[-1])
+    return final.get("prompt_eval_count", 0), final.get("eval_count", 0)
+
+
+def test_a_scripted_workload_is_counted_exactly(host_factory: Callable[..., ServerThread]) -> None:
+    server = host_factory(
+        api_keys=(f"ci={API_KEY}", {"id": "limited", "key": "limited-key-1", "requests_per_minute": 1}),
+    )
+    llm = server.url + "/llm"
+    prompt = completion = 0
+    sent: dict[str, int] = {"chat": 0, "embed": 0}
+    with httpx.Client(base_url=llm, timeout=30) as client:
+        chats = [client.post("/api/chat", json=_chat(), headers=AUTH) for _ in range(4)]
+        chats.append(client.post("/api/chat", json=_chat(), headers=LIMITED))
+        embeds = [
+            client.post("/api/embed", json={"model": "nomic-embed-text", "input": f"text {i}"}, headers=AUTH)
+            for i in range(2)
+        ]
+        bad = client.post("/api/chat", content=b"{not json", headers=AUTH)
+        anonymous = client.post("/api/chat", json=_chat())
+        limited = client.post("/api/chat", json=_chat(), headers=LIMITED)
+    assert [r.status_code for r in chats + embeds] == [200] * 7
+    assert (bad.status_code, anonymous.status_code, limited.status_code) == (400, 401, 429)
+    for response in chats:
+        p, c = _final_counts(response)
+        prompt, completion = prompt + p, completion + c
+        sent["chat"] += len(response.content)
+    for response in embeds:
+        prompt += response.json()["prompt_eval_count"]
+        sent["embed"] += len(response.content)
+
+    requests = "ollama_asgi_requests_total"
+    metrics = scrape_when(llm + "/_gateway/metrics", lambda m: value(m, requests) >= 10, ADMIN)
+
+    assert value(metrics, requests, route="chat", model="llama3.2:latest", status="200") == 5
+    assert value(metrics, requests, route="embed", model="nomic-embed-text:latest", status="200") == 2
+    assert value(metrics, requests, route="chat", model="", status="400") == 1
+    assert value(metrics, requests, route="chat", model="", status="401") == 1
+    assert value(metrics, requests, route="chat", model="", status="429") == 1
+    assert value(metrics, requests) == 10  # nothing else, and not the scrape itself (it ends after rendering)
+
+    rejections = "ollama_asgi_rejections_total"
+    assert value(metrics, rejections, route="chat", reason="bad_request") == 1
+    assert value(metrics, rejections, route="chat", reason="auth") == 1
+    assert value(metrics, rejections, route="chat", reason="rate_limit") == 1
+    assert value(metrics, rejections) == 3
+
+    assert value(metrics, "ollama_asgi_prompt_tokens_total") == prompt > 0
+    assert value(metrics, "ollama_asgi_completion_tokens_total") == completion > 0
+    assert value(metrics, "ollama_asgi_completion_tokens_total", model="nomic-embed-text:latest") == 0
+    assert value(metrics, "ollama_asgi_response_bytes_total", route="chat") == sent["chat"]
+    assert value(metrics, "ollama_asgi_response_bytes_total", route="embed") == sent["embed"]
+
+    assert value(metrics, "ollama_asgi_time_to_first_token_seconds_count", route="chat") == 5
+    assert value(metrics, "ollama_asgi_request_duration_seconds_count", route="chat") == 8
+    assert value(metrics, "ollama_asgi_request_duration_seconds_count", route="embed") == 2
+    assert value(metrics, "ollama_asgi_queue_wait_seconds_count", backend="backend-0") == 7
+
+    assert value(metrics, "ollama_asgi_requests_in_flight", backend="backend-0") == 0
+    assert value(metrics, "ollama_asgi_queue_depth", backend="backend-0") == 0
+    assert value(metrics, "ollama_asgi_slots", backend="backend-0", pool="generate") == 1
+    assert value(metrics, "ollama_asgi_queue_limit", backend="backend-0") == 64
+    assert value(metrics, "ollama_asgi_backend_up", backend="backend-0") == 1
+    assert value(metrics, "ollama_asgi_build_info", version=__version__) == 1
+
+    again = scrape(llm + "/_gateway/metrics", ADMIN)
+    assert value(again, requests, route="metrics", status="200") == 1  # the first scrape, once it ended
+
+
+def test_queue_depth_and_in_flight_are_read_live(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    emulator.emulator.token_interval = 0.05
+    server = host_factory(parallel=1)
+    llm = server.url + "/llm"
+    body = {"model": "llama3.2", "prompt": "w", "stream": False, "options": {"num_predict": 40}}
+    threads = [threading.Thread(target=_generate, args=(llm, body)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    metrics: Samples = {}
+    for _ in range(200):
+        metrics = scrape(llm + "/_gateway/metrics", ADMIN)
+        if value(metrics, "ollama_asgi_queue_depth") == 2:
+            break
+        time.sleep(0.02)
+    assert value(metrics, "ollama_asgi_queue_depth", backend="backend-0", pool="generate") == 2
+    assert value(metrics, "ollama_asgi_requests_in_flight", backend="backend-0", pool="generate") == 1
+    for thread in threads:
+        thread.join(30)
+    metrics = scrape_when(
+        llm + "/_gateway/metrics", lambda m: value(m, "ollama_asgi_queue_wait_seconds_count") == 3, ADMIN
+    )
+    assert value(metrics, "ollama_asgi_queue_depth") == 0
+    assert value(metrics, "ollama_asgi_queue_wait_seconds_count") == 3
+    gaps = {dict(ls)["quantile"] for (n, ls) in metrics if n == "ollama_asgi_slot_refill_gap_seconds"}
+    assert gaps == {"0.5", "0.99", "1.0"}  # two requests were handed a freed slot
+
+
+@pytest.mark.parametrize(("headers", "status"), [({}, 401), (AUTH, 403)])
+def test_metrics_are_for_administrators_by_default(llm_url: str, headers: dict[str, str], status: int) -> None:
+    assert httpx.get(llm_url + "/_gateway/metrics", headers=headers).status_code == status
+
+
+def test_metrics_can_be_public_or_off(host_factory: Callable[..., ServerThread]) -> None:
+    public = host_factory(metrics_access="public")
+    assert httpx.get(public.url + "/llm/_gateway/metrics").status_code == 200
+    off = host_factory(metrics_access="off")
+    assert httpx.get(off.url + "/llm/_gateway/metrics", headers=ADMIN).status_code == 404
+
+
+def test_a_backend_that_is_down_reads_zero(host_factory: Callable[..., ServerThread]) -> None:
+    server = host_factory(upstreams=(f"http://127.0.0.1:{free_port()}",))
+    response = httpx.post(server.url + "/llm/api/chat", json=_chat(), headers=AUTH)
+    assert response.status_code == 503
+    metrics = scrape(server.url + "/llm/_gateway/metrics", ADMIN)
+    assert value(metrics, "ollama_asgi_backend_up", backend="backend-0") == 0
+    assert value(metrics, "ollama_asgi_rejections_total", reason="upstream_unreachable") == 1
+
+
+def test_metrics_on_a_separate_port_need_no_credentials(host_factory: Callable[..., ServerThread]) -> None:
+    port = free_port()
+    server = host_factory(metrics_port=port, metrics_access="off")
+    assert httpx.post(server.url + "/llm/api/chat", json=_chat(), headers=AUTH).status_code == 200
+    metrics = scrape_when(f"http://127.0.0.1:{port}/metrics", lambda m: value(m, "ollama_asgi_requests_total") > 0)
+    assert value(metrics, "ollama_asgi_requests_total", route="chat", status="200") == 1
+    assert value(metrics, "ollama_asgi_backend_up", backend="backend-0") == 1
+    assert httpx.get(server.url + "/llm/_gateway/metrics", headers=ADMIN).status_code == 404
+
+
+def test_two_gateways_in_one_process_keep_their_own_counts(host_factory: Callable[..., ServerThread]) -> None:
+    first, second = host_factory(), host_factory()
+    assert httpx.post(first.url + "/llm/api/chat", json=_chat(), headers=AUTH).status_code == 200
+    counted = scrape_when(
+        first.url + "/llm/_gateway/metrics", lambda m: value(m, "ollama_asgi_requests_total") > 0, ADMIN
+    )
+    assert value(counted, "ollama_asgi_requests_total") == 1
+    assert value(scrape(second.url + "/llm/_gateway/metrics", ADMIN), "ollama_asgi_requests_total") == 0
+
+
+async def test_the_global_registry_is_shared_with_the_host_and_released_on_close(emulator: EmulatorServer) -> None:
+    settings = Settings(upstreams=(emulator.url,), metrics_registry="global")
+    gateway = OllamaGateway(settings)
+    assert b"ollama_asgi_queue_limit" in prometheus_client.generate_latest()
+    with pytest.raises(ConfigError, match="global registry"):
+        OllamaGateway(settings)
+    await gateway.aclose()
+    assert b"ollama_asgi_queue_limit" not in prometheus_client.generate_latest()
+    await OllamaGateway(settings).aclose()  # registers again once the first one let go
+
+
+def test_multiprocess_mode_adds_up_every_worker(emulator: EmulatorServer) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        env = {
+            "OLLAMA_ASGI_UPSTREAMS": emulator.url,
+            "OLLAMA_ASGI_API_KEYS": f"ci={API_KEY}",
+            "OLLAMA_ASGI_METRICS_ACCESS": "public",
+            "PROMETHEUS_MULTIPROC_DIR": directory,
+        }
+        workers = [GatewayProcess(env) for _ in range(2)]
+        try:
+            for worker in workers:
+                worker.wait_ready()
+            for worker in workers:
+                for _ in range(2):
+                    assert httpx.post(worker.url + "/api/chat", json=_chat(), headers=AUTH).status_code == 200
+            metrics = scrape_when(
+                workers[0].url + "/_gateway/metrics",
+                lambda m: value(m, "ollama_asgi_requests_total", route="chat") >= 4,
+            )
+        finally:
+            for worker in workers:
+                worker.stop()
+    assert value(metrics, "ollama_asgi_requests_total", route="chat", status="200") == 4
+    assert value(metrics, "ollama_asgi_backend_up", backend="backend-0") == 1
+
+
+# -- the Grafana dashboard and alert rules ---------------------------------------------------------
+
+_METRIC = re.compile(r"\bollama_asgi_[a-z_]+\b")
+
+
+def _exported_names(samples: Samples) -> set[str]:
+    return {name for name, _ in samples}
+
+
+def _dashboard_exprs() -> list[str]:
+    dashboard = json.loads((EXAMPLES / "dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    exprs += [v["query"] for v in dashboard.get("templating", {}).get("list", []) if isinstance(v.get("query"), str)]
+    return exprs
+
+
+def _alert_rules() -> list[dict[str, object]]:
+    rules = yaml.safe_load((EXAMPLES / "alerts.yml").read_text())
+    return [rule for group in rules["groups"] for rule in group["rules"]]
+
+
+def test_the_dashboard_and_alerts_use_only_metrics_the_gateway_exports(
+    host_factory: Callable[..., ServerThread], emulator: EmulatorServer
+) -> None:
+    emulator.emulator.token_interval = 0.01
+    redis = RedisServer().start()
+    try:
+        server = host_factory(parallel=1, redis_url=redis.url)
+        llm = server.url + "/llm"
+        body = {"model": "llama3.2", "prompt": "w", "stream": False, "options": {"num_predict": 10}}
+        threads = [threading.Thread(target=_generate, args=(llm, body)) for _ in range(3)]  # two wait for a slot
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        with httpx.Client(base_url=llm, headers=AUTH, timeout=30) as client:
+            assert client.post("/api/chat", json=_chat()).status_code == 200
+            assert client.post("/api/chat", content=b"{").status_code == 400
+        exported = _exported_names(scrape(llm + "/_gateway/metrics", ADMIN))
+    finally:
+        redis.stop()
+    exprs = _dashboard_exprs() + [str(rule["expr"]) for rule in _alert_rules()]
+    used = {name for expr in exprs for name in _METRIC.findall(expr)}
+    assert {"ollama_asgi_queue_depth", "ollama_asgi_backend_up", "ollama_asgi_redis_up"} <= used
+    assert used <= exported, f"not exported: {sorted(used - exported)}"
+
+
+def test_the_alert_rules_are_well_formed() -> None:
+    rules = _alert_rules()
+    names = [rule["alert"] for rule in rules]
+    assert len(names) == len(set(names))
+    for rule in rules:
+        assert {"alert", "expr", "for", "labels", "annotations"} <= set(rule), rule
+        assert rule["labels"]["severity"] in ("warning", "critical")  # type: ignore[index]
+        assert "summary" in rule["annotations"]  # type: ignore[operator]

@@ -1,0 +1,92 @@
+"""The VRAM guard with an injected memory source (a real-GPU run is in bench/gpu)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ollama_asgi.catalog import BackendModels, Loaded, ModelInfo
+from ollama_asgi.errors import GatewayError
+from ollama_asgi.upstream import Upstream
+from ollama_asgi.vram import DeviceMemory, VramGuard
+
+GIB = 2**30
+
+
+class FakeGpu:
+    """A memory source whose readings follow what the test loads and unloads."""
+
+    def __init__(self, total: int, context: int) -> None:
+        self.total = total
+        self.context = context
+        self.models: dict[str, int] = {}
+
+    def read(self) -> list[DeviceMemory]:
+        return [DeviceMemory(0, self.total, self.context + sum(self.models.values()))]
+
+
+def _models(gpu: FakeGpu, loaded: dict[str, int]) -> BackendModels:
+    models = BackendModels(Upstream("http://127.0.0.1:9", connect_timeout=1, read_timeout=1))
+    for name, size in loaded.items():
+        models.loaded[name] = Loaded(name, 4096, size, size, time.time() + 600)
+        gpu.models[name] = size
+    return models  # its upstream does not answer, so /api/ps refreshes keep this table
+
+
+def _guard(gpu: FakeGpu | None, budget: int | None = None) -> tuple[VramGuard, list[str]]:
+    unloaded: list[str] = []
+
+    def unload(models: BackendModels, name: str) -> None:
+        unloaded.append(name)
+        models.loaded.pop(name)
+        if gpu is not None:
+            gpu.models.pop(name)
+
+    return VramGuard(budget=budget, margin=0.1, reserved=GIB // 2, source=gpu, unload=unload, settle=0.2), unloaded
+
+
+async def test_a_model_that_fits_loads_without_evictions() -> None:
+    gpu = FakeGpu(80 * GIB, GIB // 2)
+    guard, unloaded = _guard(gpu)
+    models = _models(gpu, {"a:latest": 20 * GIB})
+    await guard.before_load(models, ModelInfo("b:latest", 8192, ("completion",), 10 * GIB), 4096)
+    assert unloaded == []
+
+
+async def test_idle_models_are_evicted_least_valuable_first() -> None:
+    gpu = FakeGpu(40 * GIB, GIB // 2)
+    guard, unloaded = _guard(gpu)
+    models = _models(gpu, {"old:latest": 15 * GIB, "hot:latest": 15 * GIB})
+    for _ in range(5):
+        models.touch("hot:latest")
+    await guard.before_load(models, ModelInfo("new:latest", 8192, ("completion",), 12 * GIB), 4096)
+    assert unloaded == ["old:latest"]
+    assert guard.evictions == 1
+
+
+async def test_busy_models_are_never_evicted() -> None:
+    gpu = FakeGpu(40 * GIB, GIB // 2)
+    guard, unloaded = _guard(gpu)
+    models = _models(gpu, {"busy:latest": 30 * GIB})
+    models.in_flight["busy:latest"] = 1
+    with pytest.raises(GatewayError) as info:
+        await guard.before_load(models, ModelInfo("new:latest", 8192, ("completion",), 12 * GIB), 4096)
+    assert info.value.status == 503 and "busy:latest" in info.value.message
+    assert unloaded == []
+
+
+async def test_without_nvml_a_budget_is_used() -> None:
+    guard, unloaded = _guard(None, budget=10 * GIB)
+    models = _models(FakeGpu(0, 0), {"a:latest": 6 * GIB})
+    await guard.before_load(models, ModelInfo("b:latest", 8192, ("completion",), 5 * GIB), 4096)
+    assert unloaded == ["a:latest"]
+
+
+def test_fragmentation_does_not_count_the_cuda_context() -> None:
+    gpu = FakeGpu(80 * GIB, GIB // 2)
+    guard, _ = _guard(gpu)
+    models = _models(gpu, {"a:latest": 20 * GIB})
+    assert guard.fragmentation(models) == pytest.approx(0.0)
+    gpu.models["leak"] = 8 * GIB  # memory held by nothing Ollama reports
+    assert guard.fragmentation(models) == pytest.approx(0.1)
