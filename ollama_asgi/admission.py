@@ -215,8 +215,10 @@ class Admission:
         max_queue: int,
         shared: SharedSlots | None = None,
         fail_open: bool = True,
+        capacities: dict[str, int] | None = None,
     ) -> None:
         self.parallel = parallel
+        self.capacities = capacities or {}  # per-backend `parallel` overrides
         self.embed_parallel = embed_parallel
         self.max_queue = max_queue
         self.pools: dict[str, Pool] = {}
@@ -228,7 +230,8 @@ class Admission:
         key = backend if kind != "embed" or self.embed_parallel is None else backend + "#embed"
         pool = self.pools.get(key)
         if pool is None:
-            capacity = self.parallel if key == backend else self.embed_parallel or self.parallel
+            parallel = self.capacities.get(backend, self.parallel)
+            capacity = parallel if key == backend else self.embed_parallel or parallel
             pool = self.pools[key] = Pool(key, capacity)
             pool.shared = self.shared is not None
         return pool

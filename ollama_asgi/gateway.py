@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import AsyncIterator, Coroutine
@@ -22,6 +23,7 @@ from ollama_asgi.auth import Authorizer, DefaultAuthorizer, Principal, call_auth
 from ollama_asgi.errors import GatewayError, stream_error_line
 from ollama_asgi.inference import ModelLifecycle, Prepared
 from ollama_asgi.openai_relay import relay_openai
+from ollama_asgi.placement import Backend, Placement
 from ollama_asgi.protocol import ParsedRequest, parse_request
 from ollama_asgi.ratelimit import MemoryRateLimiter, rate_limit_headers
 from ollama_asgi.relay import relay, stream_headers
@@ -45,6 +47,14 @@ logger = logging.getLogger("ollama_asgi")
 _FORWARD = frozenset({b"content-type", b"accept", b"user-agent"})
 
 
+class _Retryable(Exception):
+    """The exchange failed before any byte reached the client; another backend may serve it."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 class _ClientGone(Exception):
     """The client disconnected before its request body was complete."""
 
@@ -63,12 +73,12 @@ class OllamaGateway:
         self._authorize: Authorizer = authorize or DefaultAuthorizer(self.settings)
         self.backends = [
             Upstream(
-                url,
+                spec.url,
                 connect_timeout=self.settings.connect_timeout,
                 read_timeout=self.settings.read_timeout,
-                name=f"backend-{i}",
+                name=spec.name,
             )
-            for i, url in enumerate(self.settings.upstreams)
+            for spec in self.settings.backends
         ]
         self._retry_after = str(max(1, math.ceil(self.settings.upstream_retry_after))).encode()
         self.shared_state: RedisState | None = None
@@ -94,7 +104,23 @@ class OllamaGateway:
             max_queue=self.settings.max_queue,
             shared=self.shared_state,
             fail_open=self.settings.redis_fail_open,
+            capacities={spec.name: spec.parallel for spec in self.settings.backends if spec.parallel},
         )
+        self.placement = Placement(
+            [Backend(spec, upstream) for spec, upstream in zip(self.settings.backends, self.backends, strict=True)],
+            failures_to_open=self.settings.breaker_failures,
+            cooldown=self.settings.breaker_cooldown,
+            spill_wait=self.settings.spill_wait,
+            health_interval=self.settings.health_interval,
+            expected_wait=self._expected_wait,
+            loaded_on=self._loaded_on,
+            has_room=self._has_room,
+            fits=self._fits,
+        )
+        if self.lifecycle is not None:
+            self.lifecycle.guard.budgets.update(
+                {spec.name: spec.vram_budget for spec in self.settings.backends if spec.vram_budget}
+            )
         self.telemetry = Telemetry(self)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -108,6 +134,7 @@ class OllamaGateway:
             await self.aclose()
 
     async def aclose(self) -> None:
+        await self.placement.aclose()
         if self.lifecycle is not None:
             await self.lifecycle.aclose()
         for backend in self.backends:
@@ -151,7 +178,7 @@ class OllamaGateway:
             if method not in route.methods:
                 raise GatewayError(405, "405 method not allowed")
             if route.kind is Kind.GATEWAY:
-                await self._gateway_endpoint(route, scope, record.capture(send), record)
+                await self._gateway_endpoint(route, scope, receive, record.capture(send), record)
                 return
             principal = None
             if route.kind is not Kind.PUBLIC:
@@ -199,12 +226,52 @@ class OllamaGateway:
                 reason="forbidden_model",
             )
 
-    def _backend_for(self, request: _Request) -> Upstream:
-        # Placement over several backends plugs in here.
-        return self.backends[0]
+    # -- placement hooks (what the placement knows of slots, loads and memory) ------------------------
+
+    def _expected_wait(self, backend: str, model: str) -> float:
+        pool = self.admission.pool(backend, "generate")
+        if pool.in_flight < pool.capacity:
+            return 0.0
+        return pool.expected_wait(pool.waiting)
+
+    def _loaded_on(self, backend: str, model: str) -> bool:
+        return self.lifecycle is not None and self.lifecycle.models[backend].loaded_with(model) is not None
+
+    def _has_room(self, backend: str) -> bool:
+        pool = self.admission.pool(backend, "generate")
+        return pool.in_flight < pool.capacity
+
+    def _fits(self, backend: str, model: str) -> bool:
+        if self.lifecycle is None:
+            return True
+        budget = self.lifecycle.guard.budget_for(backend)
+        info = self.lifecycle.models[backend].info.get(model)
+        return budget is None or info is None or info.size <= budget
 
     async def _exchange(self, request: _Request, send: Send, progress: _Progress) -> None:
-        backend = self._backend_for(request)
+        """Run the exchange on the chosen backend; retry once elsewhere if it failed before any byte."""
+        self.placement.start()
+        model = request.parsed.model if request.parsed is not None else None
+        tried: set[str] = set()
+        while True:
+            backend = self.placement.choose(model, exclude=frozenset(tried))
+            try:
+                await self._exchange_on(backend, request, send, progress)
+                return
+            except _Retryable as exc:
+                tried.add(backend.name)
+                retry = (
+                    len(tried) < 2
+                    and not progress.started
+                    and not request.route.streamed_body
+                    and len(tried) < len(self.placement.backends)
+                )
+                if not retry:
+                    raise exc.error from exc.error.__cause__
+                logger.warning("retrying on another backend after %s failed: %s", backend.name, exc.error.message)
+
+    async def _exchange_on(self, chosen: Backend, request: _Request, send: Send, progress: _Progress) -> None:
+        backend = chosen.upstream
         scope = request.scope
         principal = request.principal
         path: str = route_path(scope)
@@ -219,7 +286,8 @@ class OllamaGateway:
                 request, backend, send, progress, path, body, headers, extra
             )
         except UpstreamError as exc:
-            raise self._upstream_failure(backend, exc) from exc
+            self.placement.record_failure(chosen, str(exc))
+            raise _Retryable(self._upstream_failure(backend, exc)) from exc
         if prepared is not None and self.lifecycle is not None:
             self.lifecycle.begin(prepared)
         ok = False
@@ -233,7 +301,8 @@ class OllamaGateway:
                     body=body,
                 )
             except UpstreamError as exc:
-                raise self._upstream_failure(backend, exc) from exc
+                self.placement.record_failure(chosen, str(exc))
+                raise _Retryable(self._upstream_failure(backend, exc)) from exc
             record.responded(lease)
             try:
                 if prepared is not None and prepared.openai_route is not None:
@@ -244,6 +313,10 @@ class OllamaGateway:
                 resp.close()
             record.result = result
             ok = result.error is None and result.status < 500
+            if ok or result.status == 503:  # 503 is Ollama saying "busy", not "broken"
+                self.placement.record_success(chosen)
+            else:
+                self.placement.record_failure(chosen, result.error or f"answered {result.status}")
         finally:
             if lease is not None:
                 lease.release(ok=ok)
@@ -257,8 +330,11 @@ class OllamaGateway:
     def _upstream_failure(self, backend: Upstream, exc: UpstreamError) -> GatewayError:
         logger.warning("upstream %s failed before answering: %s", backend.name, exc)
         if exc.kind == "timeout":
-            return GatewayError(504, str(exc))
-        return GatewayError(503, str(exc), [(b"retry-after", self._retry_after)])
+            error = GatewayError(504, str(exc))
+        else:
+            error = GatewayError(503, str(exc), [(b"retry-after", self._retry_after)])
+        error.__cause__ = exc  # telemetry tells an unreachable upstream from other 503s by this
+        return error
 
     async def _before_upstream(
         self,
@@ -275,7 +351,9 @@ class OllamaGateway:
         principal = request.principal
         lease = prepared = None
         if request.route.kind is Kind.INFERENCE and principal is not None:
-            await self._check_rate(principal)
+            if not request.rate_checked:
+                request.rate_checked = True
+                await self._check_rate(principal)
             parsed = request.parsed
             if self.lifecycle is not None and parsed is not None and parsed.model is not None:
                 prepared = await self.lifecycle.prepare(request.route, parsed, principal, backend)
@@ -344,13 +422,85 @@ class OllamaGateway:
             return await admit
         return await _with_sse_keepalive(admit, send, progress, interval)
 
-    async def _gateway_endpoint(self, route: Route, scope: Scope, send: Send, record: RequestRecord) -> None:
+    async def _backends_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Admin view and control of backends: list, add, remove, drain and undrain."""
+        principal = await call_authorizer(self._authorize, scope)
+        if principal is None:
+            raise GatewayError(401, "authentication required", [(b"www-authenticate", b'Bearer realm="ollama"')])
+        if not principal.is_admin:
+            raise GatewayError(403, "backends are managed by administrators", reason="forbidden")
+        method = scope["method"]
+        parts = route_path(scope).split("/")[3:]  # after /_gateway/backends
+        name = parts[0] if parts else ""
+        action = parts[1] if len(parts) > 1 else ""
+        if method == "POST" and action in ("drain", "undrain"):
+            self.placement.drain(name, action == "drain")
+        elif method == "POST" and not name:
+            raw = await _read_body(scope, receive, 64 * 1024)
+            try:
+                spec = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise GatewayError(400, "expected a JSON object with at least a url") from None
+            self.add_backend(spec)
+        elif method == "DELETE" and name and not action:
+            self.remove_backend(name)
+        elif method != "GET" or action:
+            raise GatewayError(405, "405 method not allowed")
+        await send_bytes(send, 200, orjson.dumps({"backends": self.placement.snapshot()}))
+
+    def add_backend(self, entry: object) -> None:
+        """Add a backend at run time (``entry`` as in ``upstreams``: a URL or a mapping)."""
+        try:
+            (spec,) = Settings(upstreams=(entry,)).backends  # type: ignore[arg-type]
+        except ConfigError as exc:
+            raise GatewayError(400, str(exc)) from None
+        if not isinstance(entry, dict) or "name" not in entry:
+            spec = dataclasses.replace(spec, name=f"backend-{len(self.backends)}")
+        if self.placement.by_name(spec.name) is not None:
+            raise GatewayError(409, f"a backend named {spec.name!r} exists already")
+        upstream = Upstream(
+            spec.url,
+            connect_timeout=self.settings.connect_timeout,
+            read_timeout=self.settings.read_timeout,
+            name=spec.name,
+        )
+        self.backends.append(upstream)
+        self.placement.backends.append(Backend(spec, upstream))
+        if spec.parallel:
+            self.admission.capacities[spec.name] = spec.parallel
+        if self.lifecycle is not None:
+            self.lifecycle.add_backend(upstream)
+            if spec.vram_budget:
+                self.lifecycle.guard.budgets[spec.name] = spec.vram_budget
+        logger.warning("backend %s added (%s)", spec.name, spec.url)
+
+    def remove_backend(self, name: str) -> None:
+        """Take a backend out for good; requests already on it finish."""
+        backend = self.placement.by_name(name)
+        if backend is None:
+            raise GatewayError(404, f"no backend named {name!r}")
+        if len(self.placement.backends) == 1:
+            raise GatewayError(409, "the last backend cannot be removed")
+        self.placement.backends.remove(backend)
+        self.backends.remove(backend.upstream)
+        logger.warning("backend %s removed", name)
+
+    async def _gateway_endpoint(
+        self, route: Route, scope: Scope, receive: Receive, send: Send, record: RequestRecord
+    ) -> None:
+        if route.name == "backends":
+            await self._backends_endpoint(scope, receive, send)
+            return
         if route.name != "health":  # status and metrics: the telemetry module checks who may see them
             await self.telemetry.endpoint(route.name, scope, send, record, self._authorize)
             return
         # Health is for load balancers: unauthenticated, so it names backends but not their URLs.
         results = await asyncio.gather(*(b.probe() for b in self.backends))
-        backends = [{"name": b.name, "up": up} for b, up in zip(self.backends, results, strict=True)]
+        states = {b.name: b for b in self.placement.backends}
+        backends = [
+            {"name": b.name, "up": up, "breaker": states[b.name].breaker, "draining": states[b.name].draining}
+            for b, up in zip(self.backends, results, strict=True)
+        ]
         healthy = any(results)
         report: dict[str, object] = {"status": "ok" if healthy else "unavailable", "backends": backends}
         if self.shared_state is not None:
@@ -373,6 +523,7 @@ class _Request:
     principal: Principal | None
     body: bytes | AsyncIterator[bytes] | None
     head: bool
+    rate_checked: bool = False
 
 
 @dataclass(slots=True)

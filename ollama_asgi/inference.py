@@ -98,6 +98,10 @@ class ModelLifecycle:
         self._poller: asyncio.Task[None] | None = None
         self._prewarming: set[asyncio.Task[None]] = set()
 
+    def add_backend(self, backend: Upstream) -> None:
+        self.models[backend.name] = BackendModels(backend)
+        self.traffic[backend.name] = TrafficModel(threshold=self.settings.prewarm_threshold)
+
     # -- background -------------------------------------------------------------------------------
 
     def start(self) -> None:

@@ -66,6 +66,7 @@ ROUTES: dict[str, Route] = {
     "/_gateway/metrics": _r("metrics", "GET HEAD", Kind.GATEWAY),
 }
 _BLOBS = _r("blobs", "HEAD POST", Kind.MANAGE, streamed_body=True)
+_BACKENDS = _r("backends", "GET POST DELETE", Kind.GATEWAY)
 _MODEL = _r("openai_model", "GET", Kind.READ, openai=True)
 
 
@@ -91,9 +92,17 @@ def match_route(path: str) -> Route | None:
         return route
     if path.startswith("/api/blobs/") and _single_segment(path[11:]):
         return _BLOBS
+    if path == "/_gateway/backends" or (path.startswith("/_gateway/backends/") and _backend_path(path[19:])):
+        return _BACKENDS
     if path.startswith("/v1/models/") and path[11:] and ".." not in path[11:].split("/"):
         return _MODEL
     return None
+
+
+def _backend_path(rest: str) -> bool:
+    """``NAME`` or ``NAME/drain`` or ``NAME/undrain`` under ``/_gateway/backends/``."""
+    name, _, action = rest.partition("/")
+    return _single_segment(name) and action in ("", "drain", "undrain")
 
 
 def _single_segment(rest: str) -> bool:

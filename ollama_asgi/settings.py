@@ -144,6 +144,18 @@ class ApiKey:
         return cls(id=ident or f"key-{digest[:8]}", sha256=digest, admin=admin, models=models, weight=weight)
 
 
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    """One Ollama backend and what the gateway should know about it."""
+
+    url: str
+    name: str
+    weight: float = 1.0
+    parallel: int | None = None  # None: Settings.parallel
+    vram_budget: int | None = None  # None: Settings.vram_budget
+    labels: tuple[tuple[str, str], ...] = ()
+
+
 def _to_bool(value: object, field: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -214,7 +226,47 @@ def _to_str_tuple(value: object, field: str) -> tuple[str, ...]:
     return tuple(cast(list[str], items))
 
 
-def _to_upstreams(value: object, field: str) -> tuple[str, ...]:
+def _to_backend_specs(value: object, field: str) -> tuple[BackendSpec, ...]:
+    """Backends from URLs or mappings ``{"url", "name", "weight", "parallel", "vram_budget", "labels"}``."""
+    specs: list[BackendSpec] = []
+    for i, item in enumerate(_split(value)):
+        if isinstance(item, BackendSpec):
+            specs.append(item)
+            continue
+        if isinstance(item, str):
+            item = {"url": item}
+        if not isinstance(item, Mapping):
+            raise ConfigError(field, f"a backend is a URL or a mapping, got {item!r}")
+        unknown = set(item) - {"url", "name", "weight", "parallel", "vram_budget", "labels"}
+        if unknown:
+            raise ConfigError(field, f"unknown key(s) {sorted(unknown)} in a backend entry")
+        if "url" not in item:
+            raise ConfigError(field, "a backend entry needs a 'url'")
+        (url,) = _to_upstreams([item["url"]], field, _specs=True)
+        labels = item.get("labels") or {}
+        if not isinstance(labels, Mapping):
+            raise ConfigError(field, "labels must be a mapping")
+        specs.append(
+            BackendSpec(
+                url=url,
+                name=str(item.get("name") or f"backend-{i}"),
+                weight=_to_float(item.get("weight", 1.0), field, minimum=0.001),
+                parallel=_optional_pos_int(item.get("parallel"), field),
+                vram_budget=_optional_bytes(item.get("vram_budget"), field),
+                labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+            )
+        )
+    if not specs:
+        raise ConfigError(field, "at least one Ollama base URL is required")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ConfigError(field, f"backend names must be unique, got {names}")
+    return tuple(specs)
+
+
+def _to_upstreams(value: object, field: str, *, _specs: bool = False) -> tuple[str, ...]:
+    if not _specs:
+        return tuple(spec.url for spec in _to_backend_specs(value, field))
     urls = _to_str_tuple(value, field)
     if not urls:
         raise ConfigError(field, "at least one Ollama base URL is required")
@@ -345,8 +397,13 @@ class Settings:
 
     upstreams: tuple[str, ...] = field(
         default=("http://127.0.0.1:11434",),
-        metadata=_doc("Base URLs of the Ollama servers (env: comma-separated).", _to_upstreams),
+        metadata=_doc(
+            "Ollama servers: base URLs (env: comma-separated) or mappings with url, name, weight, parallel, "
+            "vram_budget and labels. Read back as URLs; the details are in `backends`.",
+            _to_backend_specs,
+        ),
     )
+    backends: tuple[BackendSpec, ...] = field(default=(), init=False, repr=False, metadata={"internal": True})
     auth: AuthMode = field(
         default="host",
         metadata=_doc(
@@ -481,6 +538,22 @@ class Settings:
         metadata=_doc("Use a client's own options.num_ctx (up to the cap) instead of the buckets.", _to_bool),
     )
     ps_interval: float = field(default=5.0, metadata=_doc("How often each backend's /api/ps is polled.", _pos_duration))
+    health_interval: float = field(
+        default=5.0, metadata=_doc("How often each backend is probed (jittered by ±20%).", _pos_duration)
+    )
+    breaker_failures: int = field(
+        default=3, metadata=_doc("Consecutive failures that open a backend's circuit breaker.", _pos_int)
+    )
+    breaker_cooldown: float = field(
+        default=5.0,
+        metadata=_doc(
+            "How long an open breaker waits before its probe (doubles while it keeps failing).", _pos_duration
+        ),
+    )
+    spill_wait: float = field(
+        default=10.0,
+        metadata=_doc("Queue wait on a model's home backend above which it spills to a second one.", _pos_duration),
+    )
     vram_budget: int | None = field(
         default=None,
         metadata=_doc(
@@ -563,17 +636,21 @@ class Settings:
             coerce = f.metadata.get("coerce")
             if coerce is not None:
                 object.__setattr__(self, f.name, coerce(getattr(self, f.name), f.name))
+        # `upstreams` reads back as plain URLs (what most code wants); the full specs live in `backends`.
+        specs = cast(tuple[BackendSpec, ...], self.upstreams)
+        object.__setattr__(self, "backends", specs)
+        object.__setattr__(self, "upstreams", tuple(spec.url for spec in specs))
         if self.default_num_ctx > self.max_num_ctx:
             raise ConfigError("default_num_ctx", f"must not exceed max_num_ctx ({self.max_num_ctx})")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
+        return tuple(f.name for f in dataclasses.fields(cls) if f.init)
 
     @classmethod
     def describe(cls) -> dict[str, str]:
         """Each setting's one-line description, for docs and ``ollama-asgi doctor``."""
-        return {f.name: f.metadata["doc"] for f in dataclasses.fields(cls)}
+        return {f.name: f.metadata["doc"] for f in dataclasses.fields(cls) if f.init}
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, object]) -> Settings:
@@ -622,6 +699,7 @@ class Settings:
         return value if isinstance(value, Settings) else cls.from_mapping(value)
 
     def replace(self, **changes: Any) -> Settings:
+        changes.setdefault("upstreams", self.backends)  # keep names, weights and budgets
         return dataclasses.replace(self, **changes)
 
 

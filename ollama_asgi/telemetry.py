@@ -148,8 +148,7 @@ class Telemetry:
                 self.metrics = GatewayMetrics(gateway, self.health, self.started_at, lambda: self.loop)
 
     def begin(self, scope: Scope) -> RequestRecord:
-        if self.loop is None:
-            self.loop = asyncio.get_running_loop()  # the metrics port thread refreshes health on it
+        self.loop = asyncio.get_running_loop()  # the metrics port's thread checks backends on this loop
         return RequestRecord(request_id_from(scope), time.monotonic(), scope["method"])
 
     def end(self, record: RequestRecord) -> None:

@@ -87,6 +87,7 @@ class VramGuard:
         settle: float = 10.0,
     ) -> None:
         self.budget = budget
+        self.budgets: dict[str, int] = {}  # per-backend budgets (a backend's own `vram_budget`)
         self.margin = margin
         self.reserved = reserved  # memory no model accounts for: CUDA contexts, runner overhead
         self.source = source
@@ -98,7 +99,10 @@ class VramGuard:
 
     @property
     def active(self) -> bool:
-        return self.budget is not None or self.source is not None
+        return self.budget is not None or self.source is not None or bool(self.budgets)
+
+    def budget_for(self, backend: str) -> int | None:
+        return self.budgets.get(backend, self.budget)
 
     def expected_size(self, models: BackendModels, info: ModelInfo, num_ctx: int) -> int:
         seen = models.loaded.get(info.name)
@@ -111,13 +115,15 @@ class VramGuard:
 
     def free_bytes(self, models: BackendModels) -> int:
         accounted = sum(m.size_vram or m.size for m in models.loaded.values())
+        budget = self.budget_for(models.backend.name)
         if self.source is not None:
             free = sum(d.free for d in self.readings())
-            if self.budget is not None:
-                free = min(free, self.budget - accounted)
+            if budget is not None:
+                free = min(free, budget - accounted)
             return free
-        assert self.budget is not None
-        return self.budget - accounted
+        if budget is None:
+            return 1 << 62  # this backend has no budget: anything fits
+        return budget - accounted
 
     def fragmentation(self, models: BackendModels) -> float | None:
         """Share of GPU memory used by nothing the loaded models account for (0 is clean)."""

@@ -114,7 +114,10 @@ def test_unreachable_upstream_gets_503_with_retry_after() -> None:
 def test_health_reports_reachable_backends_without_auth(llm_url: str) -> None:
     health = httpx.get(llm_url + "/_gateway/health")
     assert health.status_code == 200
-    assert health.json() == {"status": "ok", "backends": [{"name": "backend-0", "up": True}]}
+    assert health.json() == {
+        "status": "ok",
+        "backends": [{"name": "backend-0", "up": True, "breaker": "closed", "draining": False}],
+    }
 
 
 def test_auth_none_must_be_explicit_and_still_closes_management(host_factory: Callable[..., ServerThread]) -> None:

@@ -10,6 +10,14 @@ import orjson
 import uvicorn
 
 from ollama_asgi.testing.emulator import OllamaEmulator
+from ollama_asgi.testing.gpu import (
+    LOAD_PROFILE_H100,
+    LOAD_PROFILE_H100_COLD,
+    GpuBackend,
+    GpuOptions,
+    GpuUnavailable,
+    attach_gpu,
+)
 from ollama_asgi.testing.models import DEFAULT_MODELS, EmulatedModel, models_from_json, parse_name
 from ollama_asgi.testing.wire import parse_env_keep_alive
 
@@ -17,6 +25,7 @@ from ollama_asgi.testing.wire import parse_env_keep_alive
 REALISTIC_TOKEN_INTERVAL = 0.02
 REALISTIC_LOAD_SECONDS = 0.5
 REALISTIC_LOAD_BYTES_PER_SECOND = 2e9
+LOAD_PROFILES = {"h100": LOAD_PROFILE_H100, "h100-cold": LOAD_PROFILE_H100_COLD}
 
 
 def _env_int(name: str, default: int) -> int:
@@ -47,7 +56,12 @@ def add_emulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-alive", type=parse_env_keep_alive, default=_env_keep_alive(), metavar="DURATION")
     parser.add_argument("--token-interval", type=float, default=None, help="seconds between streamed tokens")
     parser.add_argument("--load-seconds", type=float, default=None, help="fixed model load time in seconds")
-    parser.add_argument("--vram-gb", type=float, default=24.0, help="memory budget for loaded models, GiB")
+    parser.add_argument(
+        "--vram-gb",
+        type=float,
+        default=None,
+        help="memory budget for loaded models, GiB (default: 24, or the GPU's free memory)",
+    )
     parser.add_argument(
         "--models",
         default=None,
@@ -56,6 +70,21 @@ def add_emulate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--fast", action="store_true", help="instant loads and tokens")
     parser.add_argument("--no-host-check", action="store_true", help="accept any Host and Origin header")
+    parser.add_argument(
+        "--load-profile",
+        choices=sorted(LOAD_PROFILES),
+        default=None,
+        help="modelled load time measured on a real GPU (h100: weights in the page cache; h100-cold: from disk)",
+    )
+    gpu = parser.add_argument_group("GPU mode (needs PyTorch with CUDA)")
+    gpu.add_argument("--gpu", action="store_true", help="back loads with real GPU memory and weights read from disk")
+    gpu.add_argument("--gpu-device", type=int, default=0, help="CUDA device index (default: 0)")
+    gpu.add_argument(
+        "--weights-dir", default=None, help="where the weights file lives (default: ~/.cache/ollama-asgi/weights)"
+    )
+    gpu.add_argument(
+        "--cold-cache", action="store_true", help="drop the weights file from the page cache before each load"
+    )
 
 
 def load_models(spec: str | None) -> list[EmulatedModel]:
@@ -83,14 +112,18 @@ def build_emulator(args: argparse.Namespace) -> OllamaEmulator:
         base, rate = args.load_seconds, float("inf")
     elif args.fast:
         base, rate = 0.0, float("inf")
+    elif args.load_profile:
+        profile = LOAD_PROFILES[args.load_profile]
+        base, rate = profile.base_seconds, profile.bytes_per_second
     else:
         base, rate = REALISTIC_LOAD_SECONDS, REALISTIC_LOAD_BYTES_PER_SECOND
-    return OllamaEmulator(
+    vram_bytes = int(args.vram_gb * 2**30) if args.vram_gb is not None else None
+    emulator = OllamaEmulator(
         load_models(args.models),
         parallel=args.parallel,
         max_queue=args.max_queue,
         max_loaded_models=args.max_loaded_models,
-        vram_bytes=int(args.vram_gb * 2**30),
+        vram_bytes=vram_bytes if vram_bytes is not None else 24 * 2**30,
         default_num_ctx=args.context_length,
         default_keep_alive=args.keep_alive,
         load_base_seconds=base,
@@ -99,12 +132,25 @@ def build_emulator(args: argparse.Namespace) -> OllamaEmulator:
         check_host=not args.no_host_check,
         check_origin=not args.no_host_check,
     )
+    if args.gpu:
+        options = GpuOptions(
+            device=args.gpu_device,
+            weights_dir=Path(args.weights_dir).expanduser() if args.weights_dir else None,
+            cold_cache=args.cold_cache,
+        )
+        try:
+            attach_gpu(emulator, options, vram_bytes=vram_bytes)
+        except GpuUnavailable as exc:
+            raise SystemExit(f"ollama-asgi emulate --gpu: {exc}") from None
+    return emulator
 
 
 def run_emulate(args: argparse.Namespace) -> int:
     """Serve the Ollama emulator in the foreground until interrupted."""
     emulator = build_emulator(args)
-    print(f"Ollama emulator on http://{args.host}:{args.port} ({len(emulator.store)} models)", flush=True)
+    device = emulator.scheduler.device
+    where = f", on {device.describe()['device']}" if isinstance(device, GpuBackend) else ""
+    print(f"Ollama emulator on http://{args.host}:{args.port} ({len(emulator.store)} models{where})", flush=True)
     config = uvicorn.Config(
         emulator,
         host=args.host,

@@ -185,13 +185,13 @@ class Run:
             first = time.perf_counter_ns()
             self.prompt_ns = max(1, first - began)
             for token in self.plan.thinking:
-                await _pace(self.interval)
+                await self._token()
                 yield ("thinking", token)
             for token in self.plan.tokens:
-                await _pace(self.interval)
+                await self._token()
                 yield ("content", token)
             if self.plan.tool_calls:
-                await _pace(self.interval)
+                await self._token()
                 yield ("tool_calls", self.plan.tool_calls)
             self.eval_ns = max(1, time.perf_counter_ns() - first) if self.plan.eval_count else 0
         finally:
@@ -200,6 +200,10 @@ class Run:
         # Done before the final chunk goes out, so a client that has it sees the model idle.
         self.stats.completed += 1
         self.release()
+
+    async def _token(self) -> None:
+        await _pace(self.interval)
+        self.lease.runner.token()  # a real computation when the emulator runs on a GPU
 
     def metrics(self) -> dict[str, int]:
         now = time.perf_counter_ns()

@@ -7,10 +7,21 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from ollama_asgi.testing.models import EmulatedModel
 from ollama_asgi.testing.records import EmulatorStats, LoadedModelInfo
 from ollama_asgi.testing.wire import BUSY_MESSAGE, FOREVER_NS, ApiError, RunnerOptions, human_bytes, rfc3339
+
+
+class DeviceBackend(Protocol):
+    """Real device memory behind loads (``ollama_asgi.testing.gpu.GpuBackend``); None: loads are modelled."""
+
+    async def load(self, key: str, size: int, memory: int) -> Any: ...
+
+    def step(self, allocation: Any) -> None: ...
+
+    def release(self, allocation: Any) -> None: ...
 
 
 class FifoSlots:
@@ -74,6 +85,13 @@ class Runner:
         self.expires_ns = _expiry(session)
         self.timer: asyncio.TimerHandle | None = None
         self.gone = asyncio.Event()
+        self.device: DeviceBackend | None = None
+        self.allocation: Any = None  # its memory on the device, when the scheduler has one
+
+    def token(self) -> None:
+        """One generated token's work on the device (nothing when loads are modelled)."""
+        if self.device is not None and self.allocation is not None:
+            self.device.step(self.allocation)
 
     def info(self) -> LoadedModelInfo:
         return LoadedModelInfo(
@@ -136,6 +154,7 @@ class Scheduler:
         self.runners: dict[str, Runner] = {}
         self._turn = FifoSlots(1)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.device: DeviceBackend | None = None  # set by ollama_asgi.testing.gpu.attach_gpu
 
     # -- lifecycle
 
@@ -151,6 +170,7 @@ class Scheduler:
         for runner in self.runners.values():
             if runner.timer:
                 runner.timer.cancel()
+            self._free(runner)
         self.runners.clear()
         self._turn = FifoSlots(1)
 
@@ -240,8 +260,17 @@ class Scheduler:
         if model.size and self.config.load_bytes_per_second > 0:
             seconds += model.size / self.config.load_bytes_per_second
         try:
-            if seconds > 0:
+            if self.device is not None:
+                runner.device = self.device
+                runner.allocation = await self.device.load(model.digest, model.size, memory)
+            elif seconds > 0:
                 await asyncio.sleep(seconds)
+        except ApiError:
+            # The device could not load it (out of memory): the runner never started.
+            if self.runners.get(model.digest) is runner:
+                del self.runners[model.digest]
+            runner.gone.set()
+            raise
         except BaseException:
             # "client connection closed before server finished loading, aborting load"
             if self.runners.get(model.digest) is runner:
@@ -287,7 +316,13 @@ class Scheduler:
         if runner.timer:
             runner.timer.cancel()
             runner.timer = None
+        self._free(runner)
         runner.gone.set()
+
+    def _free(self, runner: Runner) -> None:
+        if runner.device is not None and runner.allocation is not None:
+            allocation, runner.allocation = runner.allocation, None
+            runner.device.release(allocation)
 
     def expire(self, model: EmulatedModel) -> None:
         """``expireRunner``: unload now if idle, otherwise when its requests finish."""

@@ -8,12 +8,15 @@ import logging
 import socket
 import threading
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from ollama_asgi.testing.emulator import OllamaEmulator
 from ollama_asgi.testing.responses import ConnectionDropped
+
+if TYPE_CHECKING:
+    from ollama_asgi.testing.gpu import GpuBackend, GpuOptions
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -47,14 +50,28 @@ class EmulatorServer:
     race between choosing the port and listening on it. Use as a context manager or call
     ``start()``/``stop()``; ``kill()`` simulates the process dying and ``restart()`` brings it back
     on the same port with nothing loaded.
+
+    ``gpu=True`` (or a ``GpuOptions``/``GpuBackend``) backs loads with real CUDA memory; see
+    ``ollama_asgi.testing.gpu``. Without an explicit ``vram_bytes`` the budget is the device's free memory.
     """
 
     def __init__(
-        self, emulator: OllamaEmulator | None = None, host: str = "127.0.0.1", port: int = 0, **emulator_kwargs: Any
+        self,
+        emulator: OllamaEmulator | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        gpu: bool | GpuOptions | GpuBackend = False,
+        **emulator_kwargs: Any,
     ) -> None:
         if emulator is not None and emulator_kwargs:
             raise TypeError("pass either an emulator or emulator keyword arguments, not both")
         self.emulator = emulator if emulator is not None else OllamaEmulator(**emulator_kwargs)
+        self.gpu: GpuBackend | None = None
+        if gpu is not False:
+            from ollama_asgi.testing.gpu import attach_gpu
+
+            self.gpu = attach_gpu(self.emulator, gpu, vram_bytes=emulator_kwargs.get("vram_bytes"))
         self.host = host
         self.port = port
         self._thread: threading.Thread | None = None

@@ -1,0 +1,231 @@
+"""Several Ollama backends: where each request goes, which backends are healthy, and draining.
+
+Each model has a stable home chosen by rendezvous (highest-random-weight) hashing of the model
+name over the healthy backends that have room for it, so every worker and replica picks the same
+home without talking and a model is loaded once, not on every backend. A request goes to a
+backend that already has its model loaded and a free slot first; a hot model whose queue wait
+passes ``spill_wait`` spills to its next-ranked backend, and shrinks back once it cools.
+
+Health is active (jittered ``GET /`` probes) and passive (connect errors, timeouts and 5xx
+answers); a circuit breaker per backend opens after ``breaker_failures`` consecutive failures,
+lets one probe through after ``breaker_cooldown`` (half-open) and closes on success, so a dead
+backend is not hammered. Draining a backend stops new requests while in-flight ones finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ollama_asgi.errors import GatewayError
+from ollama_asgi.protocol import canonical_model
+from ollama_asgi.settings import BackendSpec
+from ollama_asgi.upstream import Upstream
+
+__all__ = ["Backend", "Placement"]
+
+logger = logging.getLogger("ollama_asgi.placement")
+
+BreakerState = Literal["closed", "open", "half-open"]
+
+
+@dataclass(slots=True, eq=False)
+class Backend:
+    """One upstream with its health and breaker state."""
+
+    spec: BackendSpec
+    upstream: Upstream
+    breaker: BreakerState = "closed"
+    failures: int = 0
+    opened_at: float = 0.0
+    cooldown: float = 0.0
+    probing: bool = False  # the half-open probe is in flight
+    draining: bool = False
+    last_error: str | None = None
+    last_ok: float = 0.0
+    opens: int = 0  # times the breaker opened, for metrics
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def available(self, now: float) -> bool:
+        """May take new requests: in service and its breaker closed (probes decide when it reopens)."""
+        return not self.draining and self.breaker == "closed"
+
+
+@dataclass(slots=True)
+class _Spill:
+    backends: list[str]
+    hot_since: float
+    cool_since: float | None = None
+
+
+@dataclass(slots=True)
+class Placement:
+    """Choose backends, track their health, run the breakers."""
+
+    backends: list[Backend]
+    failures_to_open: int = 3
+    cooldown: float = 5.0
+    max_cooldown: float = 60.0
+    spill_wait: float = 10.0
+    health_interval: float = 5.0
+    expected_wait: Callable[[str, str], float] = lambda backend, model: 0.0
+    loaded_on: Callable[[str, str], bool] = lambda backend, model: False
+    has_room: Callable[[str], bool] = lambda backend: True
+    fits: Callable[[str, str], bool] = lambda backend, model: True
+    spills: dict[str, _Spill] = field(default_factory=dict)
+    _checker: asyncio.Task[None] | None = None
+
+    # -- choosing ---------------------------------------------------------------------------------
+
+    def by_name(self, name: str) -> Backend | None:
+        return next((b for b in self.backends if b.name == name), None)
+
+    def ranking(self, model: str, candidates: list[Backend]) -> list[Backend]:
+        """Backends ordered by rendezvous score for ``model``: the first is its home."""
+        key = canonical_model(model).encode()
+
+        def score(backend: Backend) -> float:
+            digest = hashlib.blake2b(key + b"\0" + backend.name.encode(), digest_size=8).digest()
+            unit = (int.from_bytes(digest, "big") + 1) / (2**64 + 1)  # in (0, 1)
+            return -backend.spec.weight / math.log(unit)
+
+        return sorted(candidates, key=score, reverse=True)
+
+    def choose(self, model: str | None, *, exclude: frozenset[str] = frozenset()) -> Backend:
+        now = time.monotonic()
+        candidates = [b for b in self.backends if b.name not in exclude and b.available(now)]
+        if not candidates:
+            raise GatewayError(
+                503, "no Ollama backend is available right now", [(b"retry-after", str(self._retry_after()).encode())]
+            )
+        if model is None:
+            return min(candidates, key=lambda b: self.expected_wait(b.name, ""))
+        name = canonical_model(model)
+        fitting = [b for b in candidates if self.fits(b.name, name)] or candidates
+        ranked = self.ranking(name, fitting)
+        self._update_spill(name, ranked)
+        homes = ranked[:1] + [b for b in ranked[1:] if b.name in self._spilled_to(name)]
+        # Prefer a home that already holds the model and can start at once; then the least waiting home.
+        ready = [b for b in homes if self.loaded_on(b.name, name) and self.has_room(b.name)]
+        pool = ready or homes
+        return min(pool, key=lambda b: self.expected_wait(b.name, name))
+
+    def _spilled_to(self, model: str) -> list[str]:
+        spill = self.spills.get(model)
+        return spill.backends if spill is not None else []
+
+    def _update_spill(self, model: str, ranked: list[Backend]) -> None:
+        if len(ranked) < 2:
+            return
+        now = time.monotonic()
+        home = ranked[0].name
+        wait = self.expected_wait(home, model)
+        spill = self.spills.get(model)
+        if wait > self.spill_wait:
+            if spill is None:
+                self.spills[model] = _Spill([ranked[1].name], now)
+                logger.info("model %s is hot on %s (%.1fs wait): spilling to %s", model, home, wait, ranked[1].name)
+            else:
+                spill.cool_since = None
+        elif spill is not None and wait < self.spill_wait / 2:
+            if spill.cool_since is None:
+                spill.cool_since = now
+            elif now - spill.cool_since > max(30.0, self.spill_wait * 3):
+                del self.spills[model]
+                logger.info("model %s cooled down: back to %s only", model, home)
+
+    def _retry_after(self) -> int:
+        now = time.monotonic()
+        waits = [b.cooldown - (now - b.opened_at) for b in self.backends if b.breaker == "open" and not b.draining]
+        return max(1, math.ceil(min(waits))) if waits else max(1, math.ceil(self.health_interval))
+
+    # -- health -------------------------------------------------------------------------------------
+
+    def record_success(self, backend: Backend) -> None:
+        backend.failures = 0
+        backend.last_ok = time.monotonic()
+        backend.last_error = None
+        backend.probing = False
+        if backend.breaker != "closed":
+            logger.warning("backend %s is healthy again: breaker closed", backend.name)
+        backend.breaker = "closed"
+        backend.cooldown = 0.0
+
+    def record_failure(self, backend: Backend, error: str) -> None:
+        backend.failures += 1
+        backend.last_error = error
+        backend.probing = False
+        if backend.breaker == "half-open" or (
+            backend.breaker == "closed" and backend.failures >= self.failures_to_open
+        ):
+            backend.cooldown = min(self.max_cooldown, backend.cooldown * 2 if backend.cooldown else self.cooldown)
+            backend.breaker = "open"
+            backend.opened_at = time.monotonic()
+            backend.opens += 1
+            logger.error("backend %s failing (%s): breaker open for %.0fs", backend.name, error, backend.cooldown)
+
+    def start(self) -> None:
+        if self._checker is None or self._checker.done():
+            self._checker = asyncio.ensure_future(self._check_forever())
+
+    async def _check_forever(self) -> None:
+        while True:
+            # Open breakers are probed as soon as their cooldown ends; the rest on the jittered interval.
+            await asyncio.gather(*(self.check(b) for b in list(self.backends)))
+            pause = self.health_interval * random.uniform(0.8, 1.2)
+            now = time.monotonic()
+            for b in self.backends:
+                if b.breaker == "open":
+                    pause = min(pause, max(0.05, b.cooldown - (now - b.opened_at)))
+            await asyncio.sleep(pause)
+
+    async def check(self, backend: Backend) -> bool:
+        """One active probe; once an open breaker's cooldown is over, this is its half-open probe."""
+        now = time.monotonic()
+        if backend.breaker == "open":
+            if now - backend.opened_at < backend.cooldown:
+                return False
+            backend.breaker = "half-open"
+        backend.probing = True
+        ok = await backend.upstream.probe(within=min(2.0, self.health_interval))
+        if ok:
+            self.record_success(backend)
+        else:
+            self.record_failure(backend, "health check failed")
+        return ok
+
+    def drain(self, name: str, draining: bool = True) -> Backend:
+        backend = self.by_name(name)
+        if backend is None:
+            raise GatewayError(404, f"no backend named {name!r}")
+        backend.draining = draining
+        logger.warning("backend %s %s", name, "draining" if draining else "back in service")
+        return backend
+
+    def snapshot(self) -> list[dict[str, object]]:
+        return [
+            {
+                "name": b.name,
+                "breaker": b.breaker,
+                "draining": b.draining,
+                "failures": b.failures,
+                "last_error": b.last_error,
+                "weight": b.spec.weight,
+                "labels": dict(b.spec.labels),
+            }
+            for b in self.backends
+        ]
+
+    async def aclose(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
