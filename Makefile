@@ -18,9 +18,11 @@ install: $(VENV)/.installed
 demo: install
 	PORT=$(PORT) $(PY) -m examples.$(APP)_app
 
+LINTED = $(wildcard ollama_asgi tests examples bench)
+
 lint: install
-	$(VENV)/bin/ruff check ollama_asgi tests examples bench
-	$(VENV)/bin/ruff format --check ollama_asgi tests examples bench
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 
 typecheck: install
 	$(VENV)/bin/mypy
