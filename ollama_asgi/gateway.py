@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -122,6 +123,8 @@ class OllamaGateway:
                 {spec.name: spec.vram_budget for spec in self.settings.backends if spec.vram_budget}
             )
         self.telemetry = Telemetry(self)
+        self.shutting_down = False  # set by begin_shutdown(): new and queued requests get 503
+        self._drain_timer: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -133,12 +136,51 @@ class OllamaGateway:
         finally:
             await self.aclose()
 
+    def begin_shutdown(self) -> None:
+        """Stop taking work: the first step of a graceful shutdown (``ollama-asgi serve`` calls it on SIGTERM).
+
+        New requests and those still queued for a slot are answered 503 with Retry-After, so clients
+        retry elsewhere at once; requests in flight run on for up to ``drain_timeout``, after which
+        their upstream connections are closed and their streams end with an error line. Health
+        answers 503 from now on. Call ``aclose()`` once the server has no connections left.
+        """
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        refused = self.admission.close(self._shutdown_error)
+        in_flight = sum(pool.in_flight for pool in self.admission.pools.values())
+        logger.warning(
+            "shutting down: %d queued request(s) refused, %d in flight get up to %gs to finish",
+            refused,
+            in_flight,
+            self.settings.drain_timeout,
+        )
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._drain_timer = loop.create_task(self._end_in_flight_after(self.settings.drain_timeout))
+
+    def _shutdown_error(self) -> GatewayError:
+        retry = [(b"retry-after", self._retry_after)]
+        return GatewayError(503, "the gateway is shutting down; try again", retry, reason="shutdown")
+
+    async def _end_in_flight_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        logger.warning("drain timeout of %gs reached: closing the upstream connections still open", seconds)
+        for backend in self.backends:
+            await backend.aclose()
+
     async def aclose(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
         await self.placement.aclose()
         if self.lifecycle is not None:
             await self.lifecycle.aclose()
         for backend in self.backends:
             await backend.aclose()
+        await self.admission.aclose()  # shared-lease releases reach Redis before its client closes
         if self.shared_state is not None:
             await self.shared_state.aclose()
         await self.telemetry.aclose()
@@ -177,6 +219,8 @@ class OllamaGateway:
                 raise GatewayError(404, "404 page not found")
             if method not in route.methods:
                 raise GatewayError(405, "405 method not allowed")
+            if self.shutting_down and route.kind is not Kind.GATEWAY:
+                raise self._shutdown_error()
             if route.kind is Kind.GATEWAY:
                 await self._gateway_endpoint(route, scope, receive, record.capture(send), record)
                 return
@@ -251,6 +295,9 @@ class OllamaGateway:
     async def _exchange(self, request: _Request, send: Send, progress: _Progress) -> None:
         """Run the exchange on the chosen backend; retry once elsewhere if it failed before any byte."""
         self.placement.start()
+        if request.route.name in _LISTINGS and len(self.placement.backends) > 1 and not request.head:
+            await self._merged_listing(request, send, progress)
+            return
         model = request.parsed.model if request.parsed is not None else None
         tried: set[str] = set()
         while True:
@@ -326,6 +373,35 @@ class OllamaGateway:
             tpm = principal.tokens_per_minute or self.settings.rate_limit_tpm
             if tpm:
                 await self.rate_limiter.charge_tokens(principal.id, tpm, usage_from(result.final).total)
+
+    async def _merged_listing(self, request: _Request, send: Send, progress: _Progress) -> None:
+        """``/api/tags``, ``/api/ps`` and ``/v1/models`` over every available backend, one entry per model."""
+        now = time.monotonic()
+        backends = [b for b in self.placement.backends if b.available(now)]
+        if not backends:
+            raise GatewayError(503, "no Ollama backend is available right now", [(b"retry-after", self._retry_after)])
+        path = route_path(request.scope)
+        answers = await asyncio.gather(
+            *(b.upstream.call_json("GET", path, within=10.0) for b in backends), return_exceptions=True
+        )
+        key, field = ("data", "id") if request.route.name == "openai_models" else ("models", "model")
+        merged: dict[str, object] = {}
+        for backend, answer in zip(backends, answers, strict=True):
+            if isinstance(answer, BaseException):
+                if isinstance(answer, UpstreamError):
+                    self.placement.record_failure(backend, str(answer))
+                    continue
+                raise answer
+            status, body = answer
+            if status != 200 or not isinstance(body, dict):
+                continue
+            for entry in body.get(key) or []:
+                if isinstance(entry, dict):
+                    merged.setdefault(str(entry.get(field) or entry.get("name")), entry)
+        payload: dict[str, object] = {key: list(merged.values())}
+        if request.route.name == "openai_models":
+            payload = {"object": "list", "data": list(merged.values()) or None}
+        await send_bytes(send, 200, orjson.dumps(payload), headers=[progress.record.id_header])
 
     def _upstream_failure(self, backend: Upstream, exc: UpstreamError) -> GatewayError:
         logger.warning("upstream %s failed before answering: %s", backend.name, exc)
@@ -501,8 +577,9 @@ class OllamaGateway:
             {"name": b.name, "up": up, "breaker": states[b.name].breaker, "draining": states[b.name].draining}
             for b, up in zip(self.backends, results, strict=True)
         ]
-        healthy = any(results)
-        report: dict[str, object] = {"status": "ok" if healthy else "unavailable", "backends": backends}
+        healthy = any(results) and not self.shutting_down
+        status = "shutting_down" if self.shutting_down else "ok" if healthy else "unavailable"
+        report: dict[str, object] = {"status": status, "backends": backends}
         if self.shared_state is not None:
             report["redis"] = "up" if self.shared_state.healthy else "down"
             if not self.shared_state.healthy and not self.settings.redis_fail_open:
@@ -532,6 +609,7 @@ class _Progress:
     started: bool = False  # the response head went out (SSE keep-alive while queued)
 
 
+_LISTINGS = frozenset({"tags", "ps", "openai_models"})
 _EMBED_ROUTES = frozenset({"embed", "embeddings", "openai_embeddings"})
 _KEEPALIVE = b": waiting for a free slot\n\n"
 

@@ -203,3 +203,16 @@ async def test_three_workers_agree_on_placement_under_a_cold_burst(
     assert [r.status_code for r in responses] == [200] * 45
     assert sum(s.emulator.stats.loads for s in three) == len(MODELS)  # one load per model, across everything
     assert all(len(b) == 1 for b in _where_loaded(three).values())
+
+
+def test_model_listings_merge_every_backend(three: list[EmulatorServer], multi: Callable[..., ServerThread]) -> None:
+    server = multi()
+    client = httpx.Client(base_url=server.url + "/llm", headers=AUTH, timeout=30)
+    tags = client.get("/api/tags").json()["models"]
+    assert len(tags) == len({m["model"] for m in tags}) >= 5  # each model once, whichever backends hold it
+    for model in ("llama3.2", "qwen2.5:0.5b"):
+        assert client.post("/api/chat", json=_body(model)).status_code == 200
+    loaded = {m["model"] for m in client.get("/api/ps").json()["models"]}
+    assert {"llama3.2:latest", "qwen2.5:0.5b"} <= loaded
+    ids = {m["id"] for m in client.get("/v1/models").json()["data"]}
+    assert "llama3.2:latest" in ids
