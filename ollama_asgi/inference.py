@@ -83,6 +83,7 @@ class ModelLifecycle:
             reserved=settings.vram_reserved,
             source=vram_source,
             unload=self._unload,
+            max_loaded=settings.max_loaded_models,
         )
         self.loader = Loader(
             keep_alive=settings.keep_alive,

@@ -567,6 +567,14 @@ class Settings:
         default=512 * 1024 * 1024,
         metadata=_doc("GPU memory no model accounts for (CUDA context); not counted as fragmentation.", _non_neg_int),
     )
+    max_loaded_models: int | None = field(
+        default=None,
+        metadata=_doc(
+            "Ollama's OLLAMA_MAX_LOADED_MODELS, so the gateway picks which idle model leaves before Ollama "
+            "would evict one on its own (None: not enforced).",
+            _optional_pos_int,
+        ),
+    )
     nvml: bool = field(
         default=True, metadata=_doc("Read GPU memory with NVML when nvidia-ml-py and a GPU are present.", _to_bool)
     )
@@ -602,6 +610,14 @@ class Settings:
     upstream_retry_after: float = field(
         default=2.0,
         metadata=_doc("Retry-After sent when no upstream can be reached.", _pos_duration),
+    )
+    drain_timeout: float = field(
+        default=25.0,
+        metadata=_doc(
+            "On shutdown, how long requests in flight may run on (new and queued ones get 503 at once); "
+            "keep it below the orchestrator's grace period (Kubernetes: 30s).",
+            _pos_duration,
+        ),
     )
     metrics_access: Literal["admin", "public", "off"] = field(
         default="admin",

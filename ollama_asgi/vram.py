@@ -85,7 +85,9 @@ class VramGuard:
         source: VramSource | None,
         unload: Callable[[BackendModels, str], object],
         settle: float = 10.0,
+        max_loaded: int | None = None,
     ) -> None:
+        self.max_loaded = max_loaded  # Ollama's OLLAMA_MAX_LOADED_MODELS, when known
         self.budget = budget
         self.budgets: dict[str, int] = {}  # per-backend budgets (a backend's own `vram_budget`)
         self.margin = margin
@@ -99,7 +101,7 @@ class VramGuard:
 
     @property
     def active(self) -> bool:
-        return self.budget is not None or self.source is not None or bool(self.budgets)
+        return self.budget is not None or self.source is not None or bool(self.budgets) or bool(self.max_loaded)
 
     def budget_for(self, backend: str) -> int | None:
         return self.budgets.get(backend, self.budget)
@@ -141,19 +143,26 @@ class VramGuard:
         need = self.expected_size(models, info, num_ctx)
         free = self.free_bytes(models)
         victims = self._victims(models, exclude=info.name)
-        evicted = []
+        evicted: list[str] = []
+        others = [name for name in models.loaded if name != info.name]
+        # Ollama evicts on its own past OLLAMA_MAX_LOADED_MODELS, busy or not; choose the victim first.
+        while self.max_loaded and len(others) - len(evicted) >= self.max_loaded and victims:
+            victim, released = victims.pop(0)
+            await self._evict(models, victim)
+            evicted.append(victim)
+            free += released
         while free < need and victims:
-            victim = victims.pop(0)
-            released = victim[1]
-            await self._evict(models, victim[0])
-            evicted.append(victim[0])
+            victim, released = victims.pop(0)
+            await self._evict(models, victim)
+            evicted.append(victim)
             free += released
         if evicted and self.source is not None:
             await self._wait_for_memory(models, need)
             free = self.free_bytes(models)
         self.history.append({"time": time.time(), "load": info.name, "need": need, "free": free, "evicted": evicted})
         del self.history[:-50]
-        if free < need:
+        crowded = bool(self.max_loaded) and len(others) - len(evicted) >= (self.max_loaded or 0)
+        if free < need or crowded:
             self.refusals += 1
             busy = sorted(n for n, c in models.in_flight.items() if c > 0)
             raise GatewayError(

@@ -90,3 +90,16 @@ def test_fragmentation_does_not_count_the_cuda_context() -> None:
     assert guard.fragmentation(models) == pytest.approx(0.0)
     gpu.models["leak"] = 8 * GIB  # memory held by nothing Ollama reports
     assert guard.fragmentation(models) == pytest.approx(0.1)
+
+
+async def test_the_loaded_model_limit_is_enforced_before_ollama_evicts() -> None:
+    guard, unloaded = _guard(None)
+    guard.max_loaded = 2
+    models = _models(FakeGpu(0, 0), {"a:latest": GIB, "b:latest": GIB})
+    models.in_flight["a:latest"] = 1
+    await guard.before_load(models, ModelInfo("c:latest", 8192, ("completion",), GIB), 4096)
+    assert unloaded == ["b:latest"]  # the idle one, never the busy one
+    models.in_flight["c:latest"] = 1
+    models.loaded["c:latest"] = models.loaded["a:latest"]
+    with pytest.raises(GatewayError):
+        await guard.before_load(models, ModelInfo("d:latest", 8192, ("completion",), GIB), 4096)

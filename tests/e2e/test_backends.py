@@ -216,3 +216,21 @@ def test_model_listings_merge_every_backend(three: list[EmulatorServer], multi: 
     assert {"llama3.2:latest", "qwen2.5:0.5b"} <= loaded
     ids = {m["id"] for m in client.get("/v1/models").json()["data"]}
     assert "llama3.2:latest" in ids
+
+
+async def test_a_hot_model_spills_to_a_second_backend(
+    three: list[EmulatorServer], multi: Callable[..., ServerThread]
+) -> None:
+    for emulator in three:
+        emulator.emulator.token_interval = 0.02
+    server = multi(parallel=1, spill_wait=0.3, max_queue=200)
+    body = {**_body("llama3.2"), "options": {"num_predict": 5}}
+    async with httpx.AsyncClient(base_url=server.url + "/llm", headers=AUTH, timeout=60) as client:
+        for _ in range(3):  # the gateway learns the service time (about 0.1 s)
+            assert (await client.post("/api/chat", json=body)).status_code == 200
+        responses = await asyncio.gather(*(client.post("/api/chat", json=body) for _ in range(40)))
+    assert [r.status_code for r in responses] == [200] * 40
+    places = _where_loaded(three)["llama3.2:latest"]
+    assert len(places) == 2, places  # its home plus one spill backend, not all three
+    served = sorted(s.emulator.stats.completed for s in three)
+    assert served[0] == 0 and served[1] > 0
