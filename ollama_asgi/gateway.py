@@ -31,6 +31,7 @@ from ollama_asgi.relay import relay, stream_headers
 from ollama_asgi.responses import send_bytes, send_error
 from ollama_asgi.routing import Kind, Route, match_route, route_path
 from ollama_asgi.settings import ConfigError, Settings, parse_duration
+from ollama_asgi.state import StateUnavailable
 from ollama_asgi.telemetry import RequestRecord, Telemetry
 from ollama_asgi.types import Message, Receive, Scope, Send
 from ollama_asgi.upstream import Upstream, UpstreamError
@@ -123,6 +124,8 @@ class OllamaGateway:
                 {spec.name: spec.vram_budget for spec in self.settings.backends if spec.vram_budget}
             )
         self.telemetry = Telemetry(self)
+        self._backends_version = 0
+        self._backend_sync: asyncio.Task[None] | None = None
         self.shutting_down = False  # set by begin_shutdown(): new and queued requests get 503
         self._drain_timer: asyncio.Task[None] | None = None
 
@@ -295,6 +298,8 @@ class OllamaGateway:
     async def _exchange(self, request: _Request, send: Send, progress: _Progress) -> None:
         """Run the exchange on the chosen backend; retry once elsewhere if it failed before any byte."""
         self.placement.start()
+        if self.shared_state is not None and (self._backend_sync is None or self._backend_sync.done()):
+            self._backend_sync = asyncio.ensure_future(self._sync_backends())
         if request.route.name in _LISTINGS and len(self.placement.backends) > 1 and not request.head:
             await self._merged_listing(request, send, progress)
             return
@@ -522,7 +527,55 @@ class OllamaGateway:
             self.remove_backend(name)
         elif method != "GET" or action:
             raise GatewayError(405, "405 method not allowed")
+        if method != "GET":
+            await self._publish_backends()
         await send_bytes(send, 200, orjson.dumps({"backends": self.placement.snapshot()}))
+
+    # -- backend changes shared through Redis, so every worker and replica agrees ---------------------
+
+    def _backend_document(self) -> list[dict[str, object]]:
+        return [
+            {
+                "url": b.spec.url,
+                "name": b.name,
+                "weight": b.spec.weight,
+                "parallel": b.spec.parallel,
+                "vram_budget": b.spec.vram_budget,
+                "labels": dict(b.spec.labels),
+                "draining": b.draining,
+            }
+            for b in self.placement.backends
+        ]
+
+    async def _publish_backends(self) -> None:
+        if self.shared_state is None:
+            return
+        try:
+            self._backends_version = await self.shared_state.put_document("backends", self._backend_document())
+        except StateUnavailable:
+            logger.warning("backend change not shared: Redis is unavailable; other workers keep their view")
+
+    async def _sync_backends(self) -> None:
+        """Apply backend changes other workers published (checked every health interval)."""
+        assert self.shared_state is not None
+        while True:
+            await asyncio.sleep(self.settings.health_interval)
+            try:
+                found = await self.shared_state.get_document("backends", newer_than=self._backends_version)
+            except StateUnavailable:
+                continue
+            if found is None:
+                continue
+            version, document = found
+            self._backends_version = version
+            wanted = {str(entry["name"]): entry for entry in document if isinstance(entry, dict)}
+            for backend in list(self.placement.backends):
+                if backend.name not in wanted and len(self.placement.backends) > 1:
+                    self.remove_backend(backend.name)
+            for name, entry in wanted.items():
+                if self.placement.by_name(name) is None:
+                    self.add_backend({k: v for k, v in entry.items() if k != "draining"})
+                self.placement.drain(name, bool(entry.get("draining")))
 
     def add_backend(self, entry: object) -> None:
         """Add a backend at run time (``entry`` as in ``upstreams``: a URL or a mapping)."""

@@ -17,6 +17,8 @@ import time
 import uuid
 from typing import Any
 
+import orjson
+
 from ollama_asgi.lifecycle import LoadLock
 from ollama_asgi.ratelimit import Decision
 from ollama_asgi.state import StateUnavailable
@@ -205,6 +207,35 @@ class RedisState:
     async def bucket(self, key: str, limit: int, cost: float, mode: str) -> tuple[bool, float, float]:
         allowed, level_milli, retry_ms = await self._call("bucket", [self._key("rl", key)], [limit, cost, mode])
         return bool(allowed), int(level_milli) / 1000.0, int(retry_ms) / 1000.0
+
+    # -- shared documents (backend lists) -------------------------------------------------------------
+
+    async def put_document(self, name: str, value: object) -> int:
+        """Store ``value`` as the newest version of document ``name``; return that version."""
+        client = self._ensure()
+        if not self._healthy:
+            raise StateUnavailable(self.last_error or "redis unavailable")
+        try:
+            version = int(await client.incr(self._key("doc", name, "version")))
+            await client.set(self._key("doc", name), orjson.dumps({"version": version, "value": value}))
+            return version
+        except (RedisError, OSError) as exc:
+            self._mark_down(exc)
+            raise StateUnavailable(str(exc)) from exc
+
+    async def get_document(self, name: str, *, newer_than: int) -> tuple[int, Any] | None:
+        client = self._ensure()
+        if not self._healthy:
+            raise StateUnavailable(self.last_error or "redis unavailable")
+        try:
+            raw = await client.get(self._key("doc", name))
+        except (RedisError, OSError) as exc:
+            self._mark_down(exc)
+            raise StateUnavailable(str(exc)) from exc
+        if raw is None:
+            return None
+        data = orjson.loads(raw)
+        return (int(data["version"]), data["value"]) if int(data["version"]) > newer_than else None
 
     # -- background ---------------------------------------------------------------------------------
 

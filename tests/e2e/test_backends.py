@@ -234,3 +234,33 @@ async def test_a_hot_model_spills_to_a_second_backend(
     assert len(places) == 2, places  # its home plus one spill backend, not all three
     served = sorted(s.emulator.stats.completed for s in three)
     assert served[0] == 0 and served[1] > 0
+
+
+async def test_backend_changes_reach_every_worker_through_redis(
+    three: list[EmulatorServer], redis_server: RedisServer
+) -> None:
+    env = {
+        "OLLAMA_ASGI_UPSTREAMS": ",".join(s.url for s in three[:2]),
+        "OLLAMA_ASGI_REDIS_URL": redis_server.url,
+        "OLLAMA_ASGI_HEALTH_INTERVAL": "0.2",
+        "OLLAMA_ASGI_API_KEYS": f"ci={API_KEY}",
+        "OLLAMA_ASGI_ADMIN_API_KEYS": "ops=test-admin-key-1",
+    }
+    workers = [GatewayProcess(env) for _ in range(2)]
+    try:
+        for worker in workers:
+            worker.wait_ready()
+        async with httpx.AsyncClient(headers=ADMIN, timeout=30) as client:
+            await client.get(workers[1].url + "/api/tags")  # worker 1 starts following changes
+            assert (await client.post(workers[0].url + "/_gateway/backends/backend-0/drain")).status_code == 200
+            added = await client.post(workers[0].url + "/_gateway/backends", json={"url": three[2].url, "name": "gpu2"})
+            assert added.status_code == 200
+            for _ in range(50):
+                view = (await client.get(workers[1].url + "/_gateway/backends")).json()["backends"]
+                if {b["name"]: b["draining"] for b in view} == {"backend-0": True, "backend-1": False, "gpu2": False}:
+                    break
+                await asyncio.sleep(0.1)
+            assert {b["name"]: b["draining"] for b in view} == {"backend-0": True, "backend-1": False, "gpu2": False}
+    finally:
+        for worker in workers:
+            worker.stop()
