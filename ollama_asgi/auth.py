@@ -86,6 +86,15 @@ def _user_attr(user: Any, *names: str) -> str | None:
     return None
 
 
+def _model_patterns(value: object) -> tuple[str, ...] | None:
+    """A user's ``ollama_models``: None (all), one pattern, or an iterable of patterns."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return tuple(p.strip() for p in value.split(",") if p.strip())
+    return tuple(str(p) for p in value) if isinstance(value, list | tuple | set | frozenset) else None
+
+
 class DefaultAuthorizer:
     """The policy in ``Settings.auth``: host user, API key, or (explicitly) nobody at all."""
 
@@ -128,7 +137,7 @@ class DefaultAuthorizer:
             id=ident,
             display_name=_user_attr(user, "display_name", "username") or ident,
             is_admin=is_admin,
-            models=getattr(user, "ollama_models", None),
+            models=_model_patterns(getattr(user, "ollama_models", None)),
             source="host",
         )
 

@@ -300,7 +300,10 @@ class OllamaGateway:
         self.placement.start()
         if self.shared_state is not None and (self._backend_sync is None or self._backend_sync.done()):
             self._backend_sync = asyncio.ensure_future(self._sync_backends())
-        if request.route.name in _LISTINGS and len(self.placement.backends) > 1 and not request.head:
+        restricted = request.principal is not None and (
+            request.principal.models is not None or self.settings.allowed_models is not None
+        )
+        if request.route.name in _LISTINGS and (len(self.placement.backends) > 1 or restricted) and not request.head:
             await self._merged_listing(request, send, progress)
             return
         model = request.parsed.model if request.parsed is not None else None
@@ -402,11 +405,19 @@ class OllamaGateway:
                 continue
             for entry in body.get(key) or []:
                 if isinstance(entry, dict):
-                    merged.setdefault(str(entry.get(field) or entry.get("name")), entry)
+                    name = str(entry.get(field) or entry.get("name"))
+                    if self._may_see(request.principal, name):
+                        merged.setdefault(name, entry)
         payload: dict[str, object] = {key: list(merged.values())}
         if request.route.name == "openai_models":
             payload = {"object": "list", "data": list(merged.values()) or None}
         await send_bytes(send, 200, orjson.dumps(payload), headers=[progress.record.id_header])
+
+    def _may_see(self, principal: Principal | None, model: str) -> bool:
+        """Listings show a caller only the models it may use."""
+        if principal is None:
+            return True
+        return model_allowed(principal.models, model) and model_allowed(self.settings.allowed_models, model)
 
     def _upstream_failure(self, backend: Upstream, exc: UpstreamError) -> GatewayError:
         logger.warning("upstream %s failed before answering: %s", backend.name, exc)

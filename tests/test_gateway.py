@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ollama_asgi import OllamaGateway, Settings
-from tests.conftest import AUTH
+from tests.conftest import ADMIN, AUTH
 from tests.support.hosts import starlette_host
 from tests.support.rawhttp import request
 from tests.support.server import ServerThread
@@ -180,3 +180,14 @@ def test_random_bodies_never_get_a_500(llm_url: str, path: str, body: bytes) -> 
     if response.status_code >= 400:
         payload = response.json()
         assert "error" in payload
+
+
+def test_listings_show_only_the_models_a_caller_may_use(host_factory: Callable[..., ServerThread]) -> None:
+    server = host_factory(api_keys=({"id": "embedder", "key": "embed-only-key", "models": ["nomic-embed-text"]},))
+    headers = {"Authorization": "Bearer embed-only-key"}
+    tags = httpx.get(server.url + "/llm/api/tags", headers=headers).json()["models"]
+    assert [m["model"] for m in tags] == ["nomic-embed-text:latest"]
+    ids = [m["id"] for m in httpx.get(server.url + "/llm/v1/models", headers=headers).json()["data"]]
+    assert ids == ["nomic-embed-text:latest"]
+    everyone = httpx.get(server.url + "/llm/api/tags", headers=ADMIN).json()["models"]
+    assert len(everyone) > 1
