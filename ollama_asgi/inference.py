@@ -232,6 +232,9 @@ class ModelLifecycle:
         models.in_flight[name] -= 1
         if models.in_flight[name] <= 0:
             del models.in_flight[name]
+            if self.settings.prewarm:
+                # A pre-warm refused while this model was busy may fit now that it is idle.
+                self._maybe_prewarm(models, self.traffic[models.backend.name], name)
 
     def _maybe_prewarm(self, models: BackendModels, traffic: TrafficModel, current: str) -> None:
         prediction = traffic.predict(current)

@@ -38,6 +38,7 @@ class TrafficModel:
     hits: int = 0  # a request found its model loaded because it had been pre-warmed
     misses: int = 0  # a request found its model cold
     warmed: set[str] = field(default_factory=set)
+    recent: deque[tuple[str, bool]] = field(default_factory=lambda: deque(maxlen=100))  # (model, cold)
 
     def observe(self, model: str, *, cold: bool, now: float | None = None) -> None:
         """Record one request for ``model`` (``cold``: it had to be loaded first)."""
@@ -53,6 +54,7 @@ class TrafficModel:
         self._last = model
         hour = time.localtime(now if now is not None else time.time()).tm_hour
         self._hours.setdefault(hour, Counter())[model] += 1
+        self.recent.append((model, cold))
         if cold:
             self.misses += 1
         elif model in self.warmed:

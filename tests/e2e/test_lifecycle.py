@@ -279,7 +279,7 @@ def test_prewarming_cuts_cold_starts_on_a_repeating_pattern(
     emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
 ) -> None:
     emulator.emulator.load_base_seconds = 0.05
-    trace = ["qwen2.5:0.5b", "qwen3:0.6b", "llama3.2"] * 20
+    trace = ["qwen2.5:0.5b", "qwen3:0.6b", "llama3.2"] * 15
     budget = int(2.7e9)  # two of the three models fit
     cold = {}
     for prewarm in (False, True):
@@ -288,8 +288,9 @@ def test_prewarming_cuts_cold_starts_on_a_repeating_pattern(
             httpx.post(emulator.url + "/api/generate", json={"model": name, "keep_alive": 0})
         wait_until(lambda: not emulator.emulator.loaded_models())
         server = host_factory(vram_budget=budget, prewarm=prewarm)
-        _replay(server, trace, think=0.12)
+        _replay(server, trace, think=0.25)
         gateway = next(r.app for r in server.app.routes if hasattr(r, "app") and hasattr(r.app, "lifecycle"))  # type: ignore[attr-defined]
-        cold[prewarm] = gateway.lifecycle.traffic["backend-0"].misses  # requests that found their model cold
-    assert cold[False] >= 50  # without pre-warming, two slots for three models thrash
+        traffic = gateway.lifecycle.traffic["backend-0"]
+        cold[prewarm] = traffic.misses  # requests that found their model cold
+    assert cold[False] >= 40  # without pre-warming, two slots for three models thrash
     assert cold[True] <= 0.2 * cold[False], cold
