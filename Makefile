@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 PORT   ?= 8000
 APP    ?= starlette
 
-.PHONY: install demo test lint typecheck check bench clean
+.PHONY: install demo test soak lint typecheck check bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,16 @@ test: install
 	$(MAKE) --no-print-directory lint typecheck
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
+soak: install
+	SOAK=full $(VENV)/bin/pytest -q -s -m soak $(PYTEST_ARGS)
+
 check: test
+
+# A few minutes, loopback only: every target in one interleaved run, then BENCHMARKS.md and docs/bench-*.png.
+# BASELINE=<git ref or dir> also measures the gateway as it was there; BENCH_ARGS passes more (see python -m bench -h).
+bench: install
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m bench $(if $(BASELINE),--baseline $(BASELINE)) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

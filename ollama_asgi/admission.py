@@ -22,7 +22,9 @@ import math
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.state import SharedSlots, StateUnavailable
@@ -171,6 +173,15 @@ class Pool:
         self.last_release = now
         self.dispatch()
 
+    def fail_waiters(self, error: Callable[[], GatewayError]) -> int:
+        """Answer every waiting request with a fresh ``error()`` (the gateway is stopping); return how many."""
+        failed = 0
+        while (waiter := self._pop_next()) is not None:
+            if not waiter.future.done():
+                waiter.future.set_exception(error())
+                failed += 1
+        return failed
+
 
 def retry_after(seconds: float) -> list[tuple[bytes, bytes]]:
     """A ``Retry-After`` header: whole seconds, rounded up, at least 1."""
@@ -225,6 +236,19 @@ class Admission:
         self.shared = shared
         self.fail_open = fail_open
         self._background: set[asyncio.Task[None]] = set()
+        self.closing: Callable[[], GatewayError] | None = None  # set once the gateway stops taking work
+
+    def close(self, error: Callable[[], GatewayError]) -> int:
+        """Refuse new requests and fail every queued one with ``error()``; slots in use stay until released."""
+        self.closing = error
+        return sum(pool.fail_waiters(error) for pool in self.pools.values())
+
+    async def aclose(self) -> None:
+        """Wait for shared-lease releases still on their way to the store."""
+        loop = asyncio.get_running_loop()
+        pending = [task for task in self._background if task.get_loop() is loop]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def pool(self, backend: str, kind: str) -> Pool:
         key = backend if kind != "embed" or self.embed_parallel is None else backend + "#embed"
@@ -250,6 +274,8 @@ class Admission:
         wait_limit: float,
     ) -> Lease:
         """Wait for a slot; raise a 503 ``GatewayError`` with Retry-After when none comes in time."""
+        if self.closing is not None:
+            raise self.closing()
         pool = self.pool(backend, kind)
         if self.shared is not None:
             return await self._admit_shared(pool, backend, principal, weight, priority, wait_limit)
@@ -342,6 +368,12 @@ class Admission:
                 retry_after(pool.expected_wait(ahead)),
                 reason="queue_full",
             )
+        if self.closing is not None:  # the gateway began stopping while this request talked to the store
+            try:
+                await self.shared.leave_queue(backend, waiter_id)
+            except StateUnavailable:
+                pass
+            raise self.closing()
         waiter = _Waiter(principal, weight, priority, now + wait_limit, asyncio.get_running_loop().create_future())
         pool._enqueue(waiter)
         if pool.dispatcher is None or pool.dispatcher.done():
@@ -382,8 +414,9 @@ class Admission:
             holder = uuid.uuid4().hex
             try:
                 leased = await self._shared_lease(pool, holder)
-            except GatewayError:
-                leased = False
+            except GatewayError as exc:  # fail-closed and the store is gone: no waiter here can be granted
+                pool.fail_waiters(partial(GatewayError, exc.status, exc.message, exc.headers, reason=exc.reason))
+                return
             if not leased:
                 await self.shared.wait_release(pool.name, 0.05)
                 continue

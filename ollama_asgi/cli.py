@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import math
+import socket
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ollama_asgi._version import __version__
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from ollama_asgi.gateway import OllamaGateway
 
 __all__ = ["main"]
 
@@ -23,10 +31,39 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    app = PrefixDispatcher(OllamaGateway(settings), args.prefix)
+    gateway = OllamaGateway(settings)
+    app = PrefixDispatcher(gateway, args.prefix)
     print(f"ollama-asgi {__version__}: gateway at http://{args.host}:{args.port}{app.prefix}", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=None)
-    return 0
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        # the gateway ends what is left at drain_timeout itself; uvicorn's cancel is the backstop
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout) + 2,
+    )
+    server = _draining_server(config, gateway)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    return 0 if server.started else 3
+
+
+def _draining_server(config: uvicorn.Config, gateway: OllamaGateway) -> uvicorn.Server:
+    """A uvicorn server that tells the gateway to drain as soon as shutdown begins.
+
+    uvicorn sends the lifespan shutdown event only after the last connection closed, too late to
+    answer queued requests; this hook runs first, while the listener closes.
+    """
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            gateway.begin_shutdown()
+            await super().shutdown(sockets=sockets)
+
+    return DrainingServer(config)
 
 
 def _doctor(args: argparse.Namespace) -> int:

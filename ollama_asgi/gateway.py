@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,7 +25,7 @@ from ollama_asgi.errors import GatewayError, stream_error_line
 from ollama_asgi.inference import ModelLifecycle, Prepared
 from ollama_asgi.openai_relay import relay_openai
 from ollama_asgi.placement import Backend, Placement
-from ollama_asgi.protocol import ParsedRequest, parse_request
+from ollama_asgi.protocol import ParsedRequest, canonical_model, parse_request
 from ollama_asgi.ratelimit import MemoryRateLimiter, rate_limit_headers
 from ollama_asgi.relay import relay, stream_headers
 from ollama_asgi.responses import send_bytes, send_error
@@ -34,7 +34,7 @@ from ollama_asgi.settings import ConfigError, Settings, parse_duration
 from ollama_asgi.state import StateUnavailable
 from ollama_asgi.telemetry import RequestRecord, Telemetry
 from ollama_asgi.types import Message, Receive, Scope, Send
-from ollama_asgi.upstream import Upstream, UpstreamError
+from ollama_asgi.upstream import Upstream, UpstreamError, UpstreamResponse
 
 if TYPE_CHECKING:
     from ollama_asgi.state.redis import RedisRateLimiter, RedisState
@@ -113,11 +113,13 @@ class OllamaGateway:
             failures_to_open=self.settings.breaker_failures,
             cooldown=self.settings.breaker_cooldown,
             spill_wait=self.settings.spill_wait,
+            strategy=self.settings.placement,
             health_interval=self.settings.health_interval,
             expected_wait=self._expected_wait,
             loaded_on=self._loaded_on,
             has_room=self._has_room,
             fits=self._fits,
+            memory_for=self._memory_for,
         )
         if self.lifecycle is not None:
             self.lifecycle.guard.budgets.update(
@@ -128,6 +130,7 @@ class OllamaGateway:
         self._backend_sync: asyncio.Task[None] | None = None
         self.shutting_down = False  # set by begin_shutdown(): new and queued requests get 503
         self._drain_timer: asyncio.Task[None] | None = None
+        self._relaying: set[UpstreamResponse] = set()  # upstream answers being relayed, ended at the drain timeout
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -170,9 +173,11 @@ class OllamaGateway:
 
     async def _end_in_flight_after(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
-        logger.warning("drain timeout of %gs reached: closing the upstream connections still open", seconds)
-        for backend in self.backends:
-            await backend.aclose()
+        logger.warning("drain timeout of %gs reached: ending %d relayed answer(s)", seconds, len(self._relaying))
+        for resp in list(self._relaying):
+            resp.close()  # the relay sees the connection end and closes its stream with an error line
+        if self.lifecycle is not None:
+            await self.lifecycle.loader.aclose()  # requests waiting for a load get 503 with Retry-After
 
     async def aclose(self) -> None:
         if self._drain_timer is not None:
@@ -241,7 +246,7 @@ class OllamaGateway:
                 if principal is not None:
                     self._check_model(principal, parsed)
             request = _Request(scope, route, parsed, principal, raw or None, head)
-            await _DisconnectWatcher(receive).run_until(asyncio.ensure_future(self._exchange(request, send, progress)))
+            await _DisconnectWatcher(receive).run_until(self._exchange(request, send, progress))
         except GatewayError as exc:
             record.error = exc
             if progress.started:
@@ -282,7 +287,24 @@ class OllamaGateway:
         return pool.expected_wait(pool.waiting)
 
     def _loaded_on(self, backend: str, model: str) -> bool:
-        return self.lifecycle is not None and self.lifecycle.models[backend].loaded_with(model) is not None
+        """Loaded there, or being loaded there (a cold burst follows its first request)."""
+        if self.lifecycle is None:
+            return False
+        return (
+            self.lifecycle.models[backend].loaded_with(model) is not None
+            or (backend, canonical_model(model)) in self.lifecycle.loader.loading
+        )
+
+    def _memory_for(self, backend: str, model: str) -> bool:
+        """The backend can load ``model`` without evicting anything (unknown sizes count as yes)."""
+        if self.lifecycle is None or not self.lifecycle.guard.active:
+            return True
+        name = canonical_model(model)
+        info = next((m.info[name] for m in self.lifecycle.models.values() if name in m.info), None)
+        if info is None:
+            return True
+        models = self.lifecycle.models[backend]
+        return self.lifecycle.guard.free_bytes(models) >= self.lifecycle.guard.expected_size(models, info, 0)
 
     def _has_room(self, backend: str) -> bool:
         pool = self.admission.pool(backend, "generate")
@@ -359,6 +381,9 @@ class OllamaGateway:
                 self.placement.record_failure(chosen, str(exc))
                 raise _Retryable(self._upstream_failure(backend, exc)) from exc
             record.responded(lease)
+            if resp.status == 503 and "Retry-After" not in resp.headers:
+                extra.append((b"retry-after", self._retry_after))  # Ollama's "server busy" names no time
+            self._relaying.add(resp)
             try:
                 if prepared is not None and prepared.openai_route is not None:
                     result = await relay_openai(resp, send, prepared, started=progress.started, extra_headers=extra)
@@ -366,6 +391,7 @@ class OllamaGateway:
                     result = await relay(resp, send, head=request.head, started=progress.started, extra_headers=extra)
             finally:
                 resp.close()
+                self._relaying.discard(resp)
             record.result = result
             ok = result.error is None and result.status < 500
             if ok or result.status == 503:  # 503 is Ollama saying "busy", not "broken"
@@ -411,7 +437,7 @@ class OllamaGateway:
         payload: dict[str, object] = {key: list(merged.values())}
         if request.route.name == "openai_models":
             payload = {"object": "list", "data": list(merged.values()) or None}
-        await send_bytes(send, 200, orjson.dumps(payload), headers=[progress.record.id_header])
+        await send_bytes(progress.record.capture(send), 200, orjson.dumps(payload))
 
     def _may_see(self, principal: Principal | None, model: str) -> bool:
         """Listings show a caller only the models it may use."""
@@ -722,33 +748,38 @@ class _DisconnectWatcher:
 
     The request body has been read by the time this runs, so the next ASGI message can only be
     ``http.disconnect``; cancelling the task closes the upstream connection within one loop turn.
+
+    The exchange runs in the request's own task and one listener task cancels it on disconnect: a
+    second task per request and ``asyncio.wait`` cost more than everything else this class does.
     """
 
-    __slots__ = ("_receive",)
+    __slots__ = ("_gone", "_receive")
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
+        self._gone = False
 
-    async def run_until(self, task: asyncio.Future[None]) -> None:
-        listener = asyncio.ensure_future(self._listen())
+    async def run_until(self, exchange: Awaitable[None]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        listener = asyncio.ensure_future(self._listen(task))
         try:
-            await asyncio.wait((task, listener), return_when=asyncio.FIRST_COMPLETED)
+            await exchange
         except asyncio.CancelledError:
-            task.cancel()
-            raise
+            if not self._gone or task.uncancel() > 0:
+                raise  # cancelled from outside (the server is stopping), not by the listener
+        else:
+            if self._gone:
+                task.uncancel()  # the exchange finished and swallowed the listener's cancellation
         finally:
             listener.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            return
-        task.result()
 
-    async def _listen(self) -> None:
+    async def _listen(self, task: asyncio.Task[object]) -> None:
         while True:
             message: Message = await self._receive()
             if message["type"] == "http.disconnect":
+                self._gone = True
+                task.cancel()
                 return
 
 

@@ -194,7 +194,11 @@ class ModelLifecycle:
                 self.reloads_avoided += 1
         options["num_ctx"] = choice.num_ctx
         body["options"] = options
-        cold = loaded is None or bool(loaded.num_ctx and loaded.num_ctx != choice.num_ctx)
+        # Cold: this request finds its model neither loaded nor already on its way in.
+        cold = (loaded is None or bool(loaded.num_ctx and loaded.num_ctx != choice.num_ctx)) and (
+            backend.name,
+            info.name,
+        ) not in self.loader.loading
         self.last_num_ctx[(backend.name, info.name)] = choice.num_ctx
         return Prepared(
             path=prepared_path,

@@ -92,6 +92,10 @@ class Loader:
         self.coalesced = 0
         self.failures = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self.on_loaded: Callable[[str, str, float], object] | None = None  # (backend, model, seconds)
+        # One load at a time per backend, as Ollama itself does: the VRAM guard's reading and the load
+        # it allows must not interleave with another model's, or both would count the same free memory.
+        self._backend_locks: dict[str, asyncio.Lock] = {}
 
     def expected_load_seconds(self, info: ModelInfo) -> float:
         return self.clock.expected(info)
@@ -135,13 +139,14 @@ class Loader:
         try:
             token = await self._lock(lock_key)
             try:
-                await models.refresh_ps()  # another worker may have loaded it while we waited
-                loaded = models.loaded_with(info.name)
-                if loaded is None or (loaded.num_ctx and loaded.num_ctx != num_ctx):
-                    if self.before_load is not None:
-                        await self.before_load(models, info, num_ctx)
-                    await self._send_load(models, info, num_ctx)
-                    await models.refresh_ps()
+                async with self._backend_locks.setdefault(models.backend.name, asyncio.Lock()):
+                    await models.refresh_ps()  # another worker may have loaded it while we waited
+                    loaded = models.loaded_with(info.name)
+                    if loaded is None or (loaded.num_ctx and loaded.num_ctx != num_ctx):
+                        if self.before_load is not None:
+                            await self.before_load(models, info, num_ctx)
+                        await self._send_load(models, info, num_ctx)
+                        await models.refresh_ps()
             finally:
                 if token is not None:
                     await self._unlock(lock_key, token)
@@ -155,6 +160,9 @@ class Loader:
             state.future.set_exception(GatewayError(502, f"loading model '{info.name}' failed: {exc}"))
         finally:
             self.loading.pop(key, None)
+            if not state.future.done():  # cancelled: the gateway is stopping
+                retry = [(b"retry-after", str(max(1, math.ceil(self.expected_load_seconds(info)))).encode())]
+                state.future.set_exception(GatewayError(503, f"loading model '{info.name}' was interrupted", retry))
             if state.future.done() and not state.future.cancelled():
                 state.future.exception()  # mark retrieved: waiters that timed out never read it
 
@@ -189,7 +197,10 @@ class Loader:
             message = answer.get("error") if isinstance(answer, dict) else None
             raise GatewayError(status if 400 <= status < 600 else 502, str(message or f"loading failed ({status})"))
         self.loads += 1
-        self.clock.record(info, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        self.clock.record(info, seconds)
+        if self.on_loaded is not None:
+            self.on_loaded(models.backend.name, info.name, seconds)
         logger.info("loaded %s on %s with num_ctx %d", info.name, models.backend.name, num_ctx)
 
     async def unload(self, models: BackendModels, model: str) -> None:
@@ -207,5 +218,10 @@ class Loader:
         models.loaded.pop(name, None)
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        loop = asyncio.get_running_loop()
+        mine = [task for task in tasks if task.get_loop() is loop]
+        if mine:  # let them release their load locks before the shared store closes
+            await asyncio.gather(*mine, return_exceptions=True)

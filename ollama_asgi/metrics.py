@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, start_http_server
-from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -49,6 +50,7 @@ PREFIX = "ollama_asgi_"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 _STREAMED_ROUTES = frozenset({"generate", "chat", "openai_chat", "openai_completions"})
+_M = TypeVar("_M", Counter, Histogram)
 
 
 def multiprocess_dir() -> str | None:
@@ -100,6 +102,7 @@ class GatewayMetrics:
         self._scrape = _OnScrape()
         self._register(self._scrape)
         self._server: WSGIServer | None = None
+        self._children: dict[tuple[object, ...], Any] = {}
 
         self.requests = self.counter(
             "requests_total", "Requests answered, by route, model and HTTP status.", ("route", "model", "status")
@@ -135,6 +138,19 @@ class GatewayMetrics:
         self.on_scrape(lambda: _build_info(started_at))
         self.on_scrape(lambda: _admission_families(gateway))
         self.on_scrape(lambda: _backend_families(health))
+        self.on_scrape(lambda: _placement_families(gateway))
+        if gateway.lifecycle is not None:
+            lifecycle = gateway.lifecycle
+            self.on_scrape(lambda: _lifecycle_families(gateway))
+            self.load_duration = self.histogram(
+                "model_load_duration_seconds",
+                "Time the gateway's own model loads took, from the load request to Ollama's answer.",
+                ("backend", "model"),
+                LATENCY_BUCKETS,
+            )
+            lifecycle.loader.on_loaded = lambda backend, model, seconds: self._child(
+                self.load_duration, backend, model
+            ).observe(seconds)
         if gateway.shared_state is not None:
             state = gateway.shared_state
             self.on_scrape(
@@ -196,23 +212,32 @@ class GatewayMetrics:
         model = ""
         if parsed is not None and parsed.model and result is not None and status not in (400, 404):
             model = canonical_model(parsed.model)
-        self.requests.labels(route, model, str(status)).inc()
-        self.duration.labels(route, model).observe(now - record.started)
+        child = self._child
+        child(self.requests, route, model, str(status)).inc()
+        child(self.duration, route, model).observe(now - record.started)
         if reason:
-            self.rejections.labels(route, reason).inc()
+            child(self.rejections, route, reason).inc()
         if record.queued is not None:
-            self.queue_wait.labels(record.backend).observe(record.queued)
+            child(self.queue_wait, record.backend).observe(record.queued)
         if result is None:
             return
-        self.response_bytes.labels(route).inc(result.sent)
+        child(self.response_bytes, route).inc(result.sent)
         streamed = parsed is not None and parsed.stream and route in _STREAMED_ROUTES
         if streamed and record.first_byte is not None and status == 200:
-            self.first_token.labels(route, model).observe(record.first_byte - record.started)
+            child(self.first_token, route, model).observe(record.first_byte - record.started)
         prompt, completion = usage_from(result.final)
         if prompt:
-            self.prompt_tokens.labels(model).inc(prompt)
+            child(self.prompt_tokens, model).inc(prompt)
         if completion:
-            self.completion_tokens.labels(model).inc(completion)
+            child(self.completion_tokens, model).inc(completion)
+
+    def _child(self, metric: _M, *labels: str) -> _M:
+        """``metric.labels(*labels)``, remembered: prometheus-client's lookup costs more than the update."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def render(self) -> tuple[bytes, bytes]:
         """The Prometheus text exposition and its content type."""
@@ -302,7 +327,100 @@ def _backend_families(health: BackendWatch) -> Iterable[Metric]:
     up = GaugeMetricFamily(
         PREFIX + "backend_up", "1 when the backend answered its last check or request, else 0.", labels=["backend"]
     )
-    for state in health.states.values():
+    for state in health.current():
         if state.up is not None:
             up.add_metric([state.name], float(state.up))
     return [up]
+
+
+def _placement_families(gateway: OllamaGateway) -> Iterable[Metric]:
+    available = GaugeMetricFamily(
+        PREFIX + "backend_available",
+        "1 when placement sends new requests to the backend (breaker closed, not draining), else 0.",
+        labels=["backend"],
+    )
+    opens = CounterMetricFamily(
+        PREFIX + "backend_breaker_opens", "Times the backend's circuit breaker opened.", labels=["backend"]
+    )
+    now = time.monotonic()
+    for backend in list(gateway.placement.backends):
+        available.add_metric([backend.name], float(backend.available(now)))
+        opens.add_metric([backend.name], backend.opens)
+    return [available, opens]
+
+
+def _lifecycle_families(gateway: OllamaGateway) -> Iterable[Metric]:
+    lifecycle = gateway.lifecycle
+    assert lifecycle is not None
+    loader, guard = lifecycle.loader, lifecycle.guard
+    yield CounterMetricFamily(PREFIX + "model_loads", "Model loads the gateway made.", value=loader.loads)
+    yield CounterMetricFamily(PREFIX + "model_load_failures", "Model loads that failed.", value=loader.failures)
+    yield CounterMetricFamily(
+        PREFIX + "model_load_waiters_coalesced",
+        "Requests that waited on a load already under way instead of starting their own.",
+        value=loader.coalesced,
+    )
+    yield _gauge("models_loading", "Model loads in progress now.", value=len(loader.loading))
+    yield CounterMetricFamily(
+        PREFIX + "model_evictions", "Idle models the VRAM guard unloaded to make room.", value=guard.evictions
+    )
+    yield CounterMetricFamily(
+        PREFIX + "model_load_refusals",
+        "Loads refused because only busy models could have made room.",
+        value=guard.refusals,
+    )
+    choices = CounterMetricFamily(
+        PREFIX + "num_ctx_choices", "How each request's num_ctx was chosen.", labels=["reason"]
+    )
+    for reason, count in sorted(lifecycle.context_choices.items()):
+        choices.add_metric([reason], count)
+    yield choices
+    sizes = CounterMetricFamily(
+        PREFIX + "num_ctx_requests", "Requests by the num_ctx sent to Ollama.", labels=["num_ctx"]
+    )
+    for size, count in sorted(lifecycle.context_sizes.items()):
+        sizes.add_metric([str(size)], count)
+    yield sizes
+    yield CounterMetricFamily(
+        PREFIX + "num_ctx_reloads_avoided",
+        "Requests that used the loaded runner's larger context instead of forcing a reload to a smaller bucket.",
+        value=lifecycle.reloads_avoided,
+    )
+    issued = CounterMetricFamily(PREFIX + "prewarm_loads", "Pre-warm loads started.", labels=["backend"])
+    hits = CounterMetricFamily(
+        PREFIX + "prewarm_hits", "Requests that found their model loaded thanks to pre-warming.", labels=["backend"]
+    )
+    cold = CounterMetricFamily(
+        PREFIX + "cold_requests", "Requests that found their model neither loaded nor loading.", labels=["backend"]
+    )
+    for name, traffic in sorted(lifecycle.traffic.items()):
+        issued.add_metric([name], traffic.issued)
+        hits.add_metric([name], traffic.hits)
+        cold.add_metric([name], traffic.misses)
+    yield from (issued, hits, cold)
+    loaded = GaugeMetricFamily(
+        PREFIX + "model_vram_bytes",
+        "GPU memory of each loaded model, from Ollama's /api/ps.",
+        labels=["backend", "model"],
+    )
+    fragmentation = GaugeMetricFamily(
+        PREFIX + "vram_fragmentation_ratio",
+        "GPU memory used by nothing the loaded models account for (CUDA contexts excluded), over total.",
+        labels=["backend"],
+    )
+    for name, models in sorted(lifecycle.models.items()):
+        for model in list(models.loaded.values()):
+            loaded.add_metric([name, model.name], model.size_vram)
+        score = guard.fragmentation(models)
+        if score is not None:
+            fragmentation.add_metric([name], score)
+    yield from (loaded, fragmentation)
+    readings = guard.readings()
+    if readings:
+        for kind, doc in (("total", "Total"), ("used", "Used"), ("free", "Free")):
+            family = GaugeMetricFamily(
+                PREFIX + f"gpu_memory_{kind}_bytes", f"{doc} GPU memory per device, from NVML.", labels=["device"]
+            )
+            for device in readings:
+                family.add_metric([str(device.index)], getattr(device, kind))
+            yield family

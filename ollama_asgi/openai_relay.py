@@ -15,7 +15,7 @@ from ollama_asgi.errors import GatewayError, stream_error_line
 from ollama_asgi.inference import Prepared
 from ollama_asgi.openai_compat import ChatStream, CompletionStream, embeddings_response, whole_response
 from ollama_asgi.relay import RelayResult, stream_headers
-from ollama_asgi.types import Send
+from ollama_asgi.types import Message, Send
 from ollama_asgi.upstream import UpstreamResponse
 
 __all__ = ["relay_openai"]
@@ -54,8 +54,13 @@ async def relay_openai(
                 tail = stream_error_line(message, sse=True)
                 await send({"type": "http.response.body", "body": tail, "more_body": False})
                 return RelayResult(resp.status, len(tail), None, message)
-            raise GatewayError(resp.status, message)
-        native = orjson.loads(raw)
+            raise GatewayError(resp.status, message, [h for h in extra if h[0] == b"retry-after"])
+        try:
+            native = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            native = None
+        if not isinstance(native, dict):
+            raise GatewayError(502, "Ollama answered with something that is not a JSON object")
         route = prepared.openai_route or ""
         if route == "openai_embeddings":
             answer = embeddings_response(prepared.model, native, prepared.encoding_format)
@@ -72,10 +77,10 @@ async def relay_openai(
         if prepared.openai_route == "openai_chat"
         else CompletionStream(prepared.model, prepared.include_usage)
     )
+    # The head goes out with the first event, so a failure before it still gets a real status.
+    head: Message | None = None
     if not started:
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": stream_headers(b"text/event-stream", extra)}
-        )
+        head = {"type": "http.response.start", "status": 200, "headers": stream_headers(b"text/event-stream", extra)}
     pending = b""
     sent = 0
     final: bytes | None = None
@@ -89,6 +94,9 @@ async def relay_openai(
                 if not line.strip():
                     continue
                 native = orjson.loads(line)
+                if not isinstance(native, dict):
+                    error = "Ollama sent a line that is not a JSON object"
+                    break
                 if "error" in native:
                     error = str(native["error"])
                     break
@@ -96,6 +104,9 @@ async def relay_openai(
                 if native.get("done"):
                     final = line
             if out:
+                if head is not None:
+                    await send(head)
+                    head = None
                 await send({"type": "http.response.body", "body": out, "more_body": True})
                 sent += len(out)
             if error:
@@ -111,6 +122,12 @@ async def relay_openai(
         error = "Ollama stopped sending for longer than the read timeout"
     except aiohttp.ClientError as exc:
         error = f"the connection to Ollama broke mid-stream: {exc.__class__.__name__}"
+    except (AttributeError, KeyError, TypeError):  # valid JSON in a shape Ollama never sends
+        error = "Ollama sent a chunk the gateway cannot translate"
+    if head is not None:
+        if error:
+            raise GatewayError(502, error)
+        await send(head)
     tail = stream_error_line(error, sse=True) if error else b""
     await send({"type": "http.response.body", "body": tail, "more_body": False})
     return RelayResult(200, sent + len(tail), final, error)

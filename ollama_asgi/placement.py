@@ -82,8 +82,11 @@ class Placement:
     loaded_on: Callable[[str, str], bool] = lambda backend, model: False
     has_room: Callable[[str], bool] = lambda backend: True
     fits: Callable[[str, str], bool] = lambda backend, model: True
+    memory_for: Callable[[str, str], bool] = lambda backend, model: True
+    strategy: str = "affinity"  # "round_robin" and "random" exist for comparison in benchmarks
     spills: dict[str, _Spill] = field(default_factory=dict)
     _checker: asyncio.Task[None] | None = None
+    _turn: int = 0
 
     # -- choosing ---------------------------------------------------------------------------------
 
@@ -92,6 +95,8 @@ class Placement:
 
     def ranking(self, model: str, candidates: list[Backend]) -> list[Backend]:
         """Backends ordered by rendezvous score for ``model``: the first is its home."""
+        if len(candidates) < 2:
+            return list(candidates)  # one backend is every model's home: skip the hashing
         key = canonical_model(model).encode()
 
         def score(backend: Backend) -> float:
@@ -110,15 +115,30 @@ class Placement:
             )
         if model is None:
             return min(candidates, key=lambda b: self.expected_wait(b.name, ""))
+        if self.strategy == "round_robin":
+            self._turn += 1
+            return candidates[self._turn % len(candidates)]
+        if self.strategy == "random":
+            return random.choice(candidates)
         name = canonical_model(model)
         fitting = [b for b in candidates if self.fits(b.name, name)] or candidates
         ranked = self.ranking(name, fitting)
         self._update_spill(name, ranked)
-        homes = ranked[:1] + [b for b in ranked[1:] if b.name in self._spilled_to(name)]
-        # Prefer a home that already holds the model and can start at once; then the least waiting home.
-        ready = [b for b in homes if self.loaded_on(b.name, name) and self.has_room(b.name)]
-        pool = ready or homes
-        return min(pool, key=lambda b: self.expected_wait(b.name, name))
+
+        def wait(backend: Backend) -> float:
+            return self.expected_wait(backend.name, name)
+
+        loaded = [b for b in ranked if self.loaded_on(b.name, name)]
+        ready = [b for b in loaded if self.has_room(b.name)]
+        if ready:  # loaded with a free slot: start at once
+            return min(ready, key=wait)
+        copies = 1 + len(self._spilled_to(name))
+        if loaded and len(loaded) >= copies:  # queue where it is loaded rather than load another copy
+            return min(loaded, key=wait)
+        # Load it: on the best-ranked backend with memory to spare, else on its home (evicting idle models).
+        unloaded = [b for b in ranked if b not in loaded]
+        roomy = [b for b in unloaded if self.memory_for(b.name, name)]
+        return (roomy or unloaded or ranked)[0]
 
     def _spilled_to(self, model: str) -> list[str]:
         spill = self.spills.get(model)

@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 
 from ollama_asgi.errors import GatewayError, stream_error_line
-from ollama_asgi.types import Send
+from ollama_asgi.types import Message, Send
 from ollama_asgi.upstream import UpstreamResponse
 
 __all__ = ["RelayResult", "relay", "stream_headers"]
@@ -101,8 +101,8 @@ async def relay(
     if extra_headers:
         headers.extend(extra_headers)
     ctype = resp.headers.get("Content-Type", "").encode("latin-1")
-    await send({"type": "http.response.start", "status": resp.status, "headers": stream_headers(ctype, headers)})
-    return await _relay_frames(resp, send, separator)
+    start = {"type": "http.response.start", "status": resp.status, "headers": stream_headers(ctype, headers)}
+    return await _relay_frames(resp, send, separator, start)
 
 
 async def _relay_whole(
@@ -141,7 +141,15 @@ async def _error_into_started_stream(resp: UpstreamResponse, send: Send) -> Rela
     return RelayResult(resp.status, len(tail), None, message)
 
 
-async def _relay_frames(resp: UpstreamResponse, send: Send, separator: bytes) -> RelayResult:
+async def _relay_frames(
+    resp: UpstreamResponse, send: Send, separator: bytes, start: Message | None = None
+) -> RelayResult:
+    """Forward whole frames; ``start``, when given, is sent with the first one.
+
+    Ollama sends its response head together with the first line, so holding the head until that
+    line costs no latency and lets a stream that fails before its first line (or whose first line is
+    not JSON: a proxy's error page, a wrong server) be answered with a real 502.
+    """
     sse = separator == b"\n\n"
     marker = b'"usage"' if sse else b'"done":true'
     pending = b""
@@ -162,6 +170,11 @@ async def _relay_frames(resp: UpstreamResponse, send: Send, separator: bytes) ->
             cut += len(separator)
             pending = chunk[cut:]
             body = chunk[:cut]
+            if start is not None:
+                if not sse and not _json_object(body[: body.find(separator)]):
+                    raise GatewayError(502, "Ollama answered with something that is not JSON")
+                await send(start)
+                start = None
             await send({"type": "http.response.body", "body": body, "more_body": True})
             sent += cut
             if marker in body:
@@ -173,9 +186,20 @@ async def _relay_frames(resp: UpstreamResponse, send: Send, separator: bytes) ->
         error = "Ollama stopped sending for longer than the read timeout"
     except aiohttp.ClientError as exc:
         error = f"the connection to Ollama broke mid-stream: {exc.__class__.__name__}"
+    if start is not None:  # not one whole line arrived
+        if error:
+            raise GatewayError(502, error)
+        await send(start)
     tail = stream_error_line(error, sse=sse) if error else b""
     await send({"type": "http.response.body", "body": tail, "more_body": False})
     return RelayResult(resp.status, sent + len(tail), final, error)
+
+
+def _json_object(line: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(line), dict)
+    except orjson.JSONDecodeError:
+        return False
 
 
 def _last_frame_with(body: bytes, marker: bytes, separator: bytes) -> bytes:

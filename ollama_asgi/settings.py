@@ -550,6 +550,14 @@ class Settings:
             "How long an open breaker waits before its probe (doubles while it keeps failing).", _pos_duration
         ),
     )
+    placement: str = field(
+        default="affinity",
+        metadata=_doc(
+            "How requests pick a backend: affinity (model-aware, the default), or round_robin / random "
+            "(for comparison; they load models everywhere).",
+            lambda v, f: _choice(v, f, ("affinity", "round_robin", "random")),
+        ),
+    )
     spill_wait: float = field(
         default=10.0,
         metadata=_doc("Queue wait on a model's home backend above which it spills to a second one.", _pos_duration),

@@ -48,21 +48,36 @@ class BackendState:
 
 
 class BackendWatch:
-    """Checks each backend's ``/api/ps`` on demand, at most once per ``ttl`` however many ask."""
+    """Checks each backend's ``/api/ps`` on demand, at most once per ``ttl`` however many ask.
+
+    ``backends`` is the gateway's own list, which changes when backends are added or removed at run
+    time; states follow it by name.
+    """
 
     def __init__(self, backends: list[Upstream], *, ttl: float = 1.0, timeout: float = 1.0) -> None:
         self.backends = backends
         self.ttl = ttl
         self.timeout = timeout
-        self.states = {b.name: BackendState(b.name, b.base_url) for b in backends}
+        self.states: dict[str, BackendState] = {}
         self._refreshed = 0.0
         self._task: asyncio.Future[None] | None = None
 
+    def current(self) -> list[BackendState]:
+        """What is known of the backends in service now (read-only: safe from another thread)."""
+        states = self.states
+        return [state for b in list(self.backends) if (state := states.get(b.name)) is not None]
+
+    def _state(self, backend: Upstream) -> BackendState:
+        state = self.states.get(backend.name)
+        if state is None or state.url != backend.base_url:
+            state = self.states[backend.name] = BackendState(backend.name, backend.base_url)
+        return state
+
     def note(self, backend: str, up: bool) -> None:
         """A request just reached (or failed to reach) ``backend``: the freshest health there is."""
-        state = self.states.get(backend)
-        if state is not None:
-            state.up = up
+        for upstream in self.backends:
+            if upstream.name == backend:
+                self._state(upstream).up = up
 
     async def refresh(self) -> list[BackendState]:
         loop = asyncio.get_running_loop()
@@ -74,14 +89,17 @@ class BackendWatch:
         ):
             task = self._task = asyncio.ensure_future(self._check_all())
         await asyncio.shield(task)
-        return list(self.states.values())
+        return self.current()
 
     def refresh_from_thread(self, loop: asyncio.AbstractEventLoop, *, timeout: float) -> None:
         """``refresh`` for code on another thread (the metrics port), run on the gateway's loop."""
         asyncio.run_coroutine_threadsafe(self.refresh(), loop).result(timeout)
 
     async def _check_all(self) -> None:
-        await asyncio.gather(*(self._check(b, self.states[b.name]) for b in self.backends))
+        backends = list(self.backends)
+        names = {b.name for b in backends}
+        self.states = {name: state for name, state in self.states.items() if name in names}
+        await asyncio.gather(*(self._check(b, self._state(b)) for b in backends))
         self._refreshed = time.monotonic()
 
     async def _check(self, backend: Upstream, state: BackendState) -> None:
@@ -169,6 +187,7 @@ class StatusPage:
                     "refill_gaps_seconds": [round(g, 6) for g in list(pool.refill_gaps)[-_RECENT_GAPS:]],
                 }
             )
+        placed = {b.name: b for b in gateway.placement.backends}
         redis: dict[str, Any] | None = None
         if gateway.shared_state is not None:
             state = gateway.shared_state
@@ -185,12 +204,15 @@ class StatusPage:
                     "up": b.up,
                     "latency_seconds": None if b.latency is None else round(b.latency, 6),
                     "error": b.error,
+                    "breaker": placed[b.name].breaker if b.name in placed else None,
+                    "draining": placed[b.name].draining if b.name in placed else False,
                     "models": b.models,
                 }
                 for b in backends
             ],
             "queues": queues,
             "redis": redis,
+            "lifecycle": _lifecycle_report(gateway),
         }
 
     async def answer(self, scope: Scope) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
@@ -216,3 +238,19 @@ class StatusPage:
             ]
             self._html = html.encode()
         return self._html
+
+
+def _lifecycle_report(gateway: OllamaGateway) -> dict[str, Any] | None:
+    """Loads in progress, loaded models with memory and expiry, GPU readings and decisions."""
+    lifecycle = gateway.lifecycle
+    if lifecycle is None:
+        return None
+    report = lifecycle.snapshot()
+    guard = lifecycle.guard
+    report["gpus"] = [
+        {"index": d.index, "total_bytes": d.total, "used_bytes": d.used, "free_bytes": d.free} for d in guard.readings()
+    ]
+    report["nvml"] = guard.source is not None
+    report["recent_load_seconds"] = {name: round(t, 3) for name, t in lifecycle.loader.clock.per_model.items()}
+    report["guard_decisions"] = guard.history[-10:]
+    return report

@@ -115,6 +115,16 @@ class VramGuard:
     def readings(self) -> list[DeviceMemory]:
         return list(self.source.read()) if self.source is not None else []
 
+    def calibrate(self, models: BackendModels) -> None:
+        """With nothing loaded, whatever NVML counts as used belongs to no model (driver reservation,
+        CUDA contexts): take it as the reserve when it is larger than the configured one."""
+        if models.loaded or self.source is None:
+            return
+        used = sum(d.used for d in self.readings())
+        if used > self.reserved:
+            logger.info("GPU memory held with no model loaded: %s; counting it as reserved", _gib(used))
+            self.reserved = used
+
     def free_bytes(self, models: BackendModels) -> int:
         accounted = sum(m.size_vram or m.size for m in models.loaded.values())
         budget = self.budget_for(models.backend.name)
@@ -140,6 +150,7 @@ class VramGuard:
     async def before_load(self, models: BackendModels, info: ModelInfo, num_ctx: int) -> None:
         if not self.active:
             return
+        self.calibrate(models)
         need = self.expected_size(models, info, num_ctx)
         free = self.free_bytes(models)
         victims = self._victims(models, exclude=info.name)

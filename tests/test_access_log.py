@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
+from ollama_asgi.testing import EmulatorServer
 from tests.conftest import ADMIN, AUTH
 from tests.support.processes import free_port
-from tests.support.rawhttp import wait_until
+from tests.support.rawhttp import request, wait_until
 from tests.support.server import ServerThread
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "a secret prompt", "images": ["aGk="]}]}
@@ -120,3 +122,19 @@ def test_unusable_request_ids_are_replaced(llm_url: str, given: str) -> None:
 def test_a_request_without_an_id_gets_a_fresh_one(llm_url: str) -> None:
     ids = {httpx.get(llm_url + "/api/tags", headers=AUTH).headers["x-request-id"] for _ in range(3)}
     assert len(ids) == 3
+
+
+def test_a_stream_that_started_while_queued_carries_the_request_id(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    emulator.emulator.token_interval = 0.05
+    server = host_factory(parallel=1, sse_keepalive=0.1)
+    blocking = {"model": "llama3.2", "prompt": "b", "options": {"num_predict": 10}}
+    blocker = request(server.url + "/llm/api/generate", body=json.dumps(blocking).encode(), headers=AUTH)
+    time.sleep(0.1)
+    body = json.dumps({"model": "llama3.2", "stream": True, "messages": [{"role": "user", "content": "k"}]}).encode()
+    response = request(server.url + "/llm/v1/chat/completions", body=body, headers={**AUTH, "X-Request-Id": "queued-1"})
+    chunks = response.chunks()
+    assert chunks[0].startswith(b": ")  # the head went out with a keep-alive comment, before Ollama answered
+    assert response.headers["x-request-id"] == "queued-1"
+    blocker.chunks()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -19,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ollama_asgi import ConfigError, OllamaGateway, Settings, __version__
 from ollama_asgi.testing import EmulatorServer
 from tests.conftest import ADMIN, API_KEY, AUTH
+from tests.support.hosts import starlette_host
 from tests.support.processes import GatewayProcess, free_port
 from tests.support.redis_server import RedisServer
 from tests.support.server import ServerThread
@@ -128,6 +130,8 @@ def test_a_scripted_workload_is_counted_exactly(host_factory: Callable[..., Serv
     assert value(metrics, "ollama_asgi_slots", backend="backend-0", pool="generate") == 1
     assert value(metrics, "ollama_asgi_queue_limit", backend="backend-0") == 64
     assert value(metrics, "ollama_asgi_backend_up", backend="backend-0") == 1
+    assert value(metrics, "ollama_asgi_backend_available", backend="backend-0") == 1
+    assert value(metrics, "ollama_asgi_backend_breaker_opens_total", backend="backend-0") == 0
     assert value(metrics, "ollama_asgi_build_info", version=__version__) == 1
 
     again = scrape(llm + "/_gateway/metrics", ADMIN)
@@ -140,7 +144,7 @@ def test_queue_depth_and_in_flight_are_read_live(
     emulator.emulator.token_interval = 0.05
     server = host_factory(parallel=1)
     llm = server.url + "/llm"
-    body = {"model": "llama3.2", "prompt": "w", "stream": False, "options": {"num_predict": 40}}
+    body = {"model": "llama3.2", "prompt": "w", "stream": False, "options": {"num_predict": 12}}
     threads = [threading.Thread(target=_generate, args=(llm, body)) for _ in range(3)]
     for thread in threads:
         thread.start()
@@ -285,7 +289,11 @@ def test_the_dashboard_and_alerts_use_only_metrics_the_gateway_exports(
     exprs = _dashboard_exprs() + [str(rule["expr"]) for rule in _alert_rules()]
     used = {name for expr in exprs for name in _METRIC.findall(expr)}
     assert {"ollama_asgi_queue_depth", "ollama_asgi_backend_up", "ollama_asgi_redis_up"} <= used
-    assert used <= exported, f"not exported: {sorted(used - exported)}"
+    # GPU readings exist only where NVML sees a GPU; they must at least be declared by the gateway.
+    gpu_only = {n for n in used if n.startswith(("ollama_asgi_vram_", "ollama_asgi_gpu_"))}
+    source = (Path(__file__).resolve().parent.parent / "ollama_asgi" / "metrics.py").read_text()
+    assert all(n.removeprefix("ollama_asgi_") in source or n.split("_bytes")[0][12:] in source for n in gpu_only)
+    assert used - gpu_only <= exported, f"not exported: {sorted(used - gpu_only - exported)}"
 
 
 def test_the_alert_rules_are_well_formed() -> None:
@@ -296,3 +304,70 @@ def test_the_alert_rules_are_well_formed() -> None:
         assert {"alert", "expr", "for", "labels", "annotations"} <= set(rule), rule
         assert rule["labels"]["severity"] in ("warning", "critical")  # type: ignore[index]
         assert "summary" in rule["annotations"]  # type: ignore[operator]
+
+
+def test_without_prometheus_client_the_gateway_serves_and_says_what_to_install(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ollama_asgi.metrics", None)  # as if prometheus-client were missing
+    settings = Settings(
+        upstreams=(emulator.url,), api_keys=(f"ci={API_KEY}",), admin_api_keys=("ops=test-admin-key-1",)
+    )
+    with ServerThread(starlette_host(OllamaGateway(settings))) as server:
+        assert httpx.post(server.url + "/llm/api/chat", json=_chat(), headers=AUTH).status_code == 200
+        response = httpx.get(server.url + "/llm/_gateway/metrics", headers=ADMIN)
+    assert response.status_code == 501 and "ollama-asgi[metrics]" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "bad"), [("metrics_access", "everyone"), ("metrics_port", 70000), ("metrics_registry", "mine")]
+)
+def test_metrics_settings_are_validated(setting: str, bad: object) -> None:
+    with pytest.raises(ConfigError, match=setting):
+        Settings(**{setting: bad})
+
+
+def test_listings_merged_across_backends_are_counted_as_answered(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    with EmulatorServer() as other:
+        server = host_factory(upstreams=(emulator.url, other.url))
+        response = httpx.get(server.url + "/llm/api/tags", headers={**AUTH, "X-Request-Id": "tags-1"})
+        assert response.status_code == 200 and response.headers["x-request-id"] == "tags-1"
+        metrics = scrape_when(
+            server.url + "/llm/_gateway/metrics", lambda m: value(m, "ollama_asgi_requests_total") > 0, ADMIN
+        )
+    assert value(metrics, "ollama_asgi_requests_total", route="tags", status="200") == 1
+    assert value(metrics, "ollama_asgi_backend_up") == 2
+
+
+def test_lifecycle_metrics_count_loads_coalescing_and_context_choices(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    import asyncio
+
+    emulator.emulator.load_base_seconds = 0.3
+    server = host_factory(parallel=2, vram_budget=int(2.7e9))
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+
+    async def workload() -> None:
+        async with httpx.AsyncClient(base_url=server.url + "/llm", headers=AUTH, timeout=30) as client:
+            responses = await asyncio.gather(*(client.post("/api/chat", json=body) for _ in range(10)))
+            assert [r.status_code for r in responses] == [200] * 10
+            assert (await client.post("/api/chat", json={**body, "model": "qwen2.5:0.5b"})).status_code == 200
+
+    asyncio.run(workload())
+    url = server.url + "/llm/_gateway/metrics"
+    samples = scrape_when(url, lambda s: value(s, "ollama_asgi_requests_total") >= 11, ADMIN)
+    assert value(samples, "ollama_asgi_model_loads_total") == 2
+    assert value(samples, "ollama_asgi_model_load_waiters_coalesced_total") == 9
+    assert value(samples, "ollama_asgi_model_load_duration_seconds_count", model="llama3.2:latest") == 1
+    assert value(samples, "ollama_asgi_model_load_duration_seconds_sum", model="llama3.2:latest") >= 0.3
+    assert value(samples, "ollama_asgi_num_ctx_choices_total") == 11
+    assert value(samples, "ollama_asgi_num_ctx_requests_total", num_ctx="2048") == 11
+    assert value(samples, "ollama_asgi_cold_requests_total", backend="backend-0") == 2
+    assert value(samples, "ollama_asgi_model_vram_bytes", model="llama3.2:latest") > 2e9
+    assert value(samples, "ollama_asgi_models_loading") == 0
+    status = httpx.get(server.url + "/llm/_gateway/status", headers=ADMIN).json()["lifecycle"]
+    assert status["loads"] == 2 and "llama3.2:latest" in status["backends"]["backend-0"]["loaded"]
+    assert status["recent_load_seconds"]["llama3.2:latest"] >= 0.3

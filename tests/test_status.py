@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from ollama_asgi import OllamaGateway, Principal, Settings
-from ollama_asgi.status import prefers_html
+from ollama_asgi.status import BackendWatch, prefers_html
 from ollama_asgi.testing import EmulatorServer
+from ollama_asgi.upstream import Upstream
 from tests.conftest import ADMIN, AUTH
 from tests.support.hosts import starlette_host
 from tests.support.processes import free_port
@@ -42,6 +43,7 @@ def test_status_reports_backends_loaded_models_and_queues(host_factory: Callable
     assert status["version"] and status["uptime_seconds"] >= 0 and status["started_at"].endswith("Z")
     (backend,) = status["backends"]
     assert backend["name"] == "backend-0" and backend["up"] is True and backend["error"] is None
+    assert backend["breaker"] == "closed" and backend["draining"] is False
     (model,) = backend["models"]
     assert model["name"] == "llama3.2:latest" and model["size_vram"] > 0 and model["expires_at"]
     (queue,) = status["queues"]
@@ -96,6 +98,22 @@ def test_many_status_readers_cost_ollama_one_ps_call_per_second(
     emulator.emulator.clear()
     asyncio.run(read_many())
     assert len([r for r in emulator.emulator.requests if r.path == "/api/ps"]) == 1
+
+
+async def test_backends_added_and_removed_at_run_time_are_followed(emulator: EmulatorServer) -> None:
+    first = Upstream(emulator.url, connect_timeout=1, read_timeout=1, name="backend-0")
+    second = Upstream(f"http://127.0.0.1:{free_port()}", connect_timeout=1, read_timeout=1, name="backend-1")
+    backends = [first]
+    watch = BackendWatch(backends, ttl=0)
+    try:
+        assert [(s.name, s.up) for s in await watch.refresh()] == [("backend-0", True)]
+        backends.append(second)
+        assert [(s.name, s.up) for s in await watch.refresh()] == [("backend-0", True), ("backend-1", False)]
+        backends.remove(first)
+        assert [s.name for s in await watch.refresh()] == ["backend-1"] and set(watch.states) == {"backend-1"}
+    finally:
+        await first.aclose()
+        await second.aclose()
 
 
 @pytest.mark.parametrize(

@@ -103,3 +103,14 @@ async def test_the_loaded_model_limit_is_enforced_before_ollama_evicts() -> None
     models.loaded["c:latest"] = models.loaded["a:latest"]
     with pytest.raises(GatewayError):
         await guard.before_load(models, ModelInfo("d:latest", 8192, ("completion",), GIB), 4096)
+
+
+def test_memory_held_with_nothing_loaded_counts_as_reserved() -> None:
+    gpu = FakeGpu(80 * GIB, int(1.24 * GIB))  # driver reservation plus a CUDA context, as on an H100
+    guard, _ = _guard(gpu)
+    models = _models(gpu, {})
+    guard.calibrate(models)
+    assert guard.reserved == int(1.24 * GIB)
+    gpu.models["a"] = 10 * GIB
+    models.loaded["a"] = Loaded("a", 4096, 10 * GIB, 10 * GIB, time.time() + 60)
+    assert guard.fragmentation(models) == pytest.approx(0.0)

@@ -247,6 +247,10 @@ class RedisState:
             client = self._client
             try:
                 if not self._healthy:
+                    # Pooled connections to a restarted server fail once each on first use; drop them
+                    # all, or the first requests after the comeback mark Redis down again and skip
+                    # their lease releases (slots then stay taken until lease_ttl).
+                    await client.connection_pool.disconnect()
                     await client.ping()
                     logger.warning("redis at %s is reachable again", self.url)
                     self._healthy = True

@@ -36,6 +36,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -109,17 +110,21 @@ def fit_load_profile(samples: Iterable[tuple[int, float]], source: str = "") -> 
     return LoadProfile(0.0, float(f"{rate:.4g}"), source)
 
 
-# Measured with bench/gpu/run.py on an NVIDIA H100 80GB HBM3 (figures in BENCHMARKS.md, "GPU"):
-# loads of 8-19 GiB models by the GPU emulator, weights file -> pinned staging -> device.
+# Measured with bench/gpu/run.py on an NVIDIA H100 80GB HBM3 (driver 580.159.04, CUDA 13.0, PyTorch 2.11),
+# two runs, least squares over every load: weights file -> 64 MiB pinned staging buffers -> device.
+# Warm: 89 loads of 1-17.9 GiB with the file in the page cache (4.2-6.9 GB/s each, median 5.07).
+# Cold: 7 loads of 2-16 GiB with the file dropped from the page cache (1.41-1.55 GB/s each).
+# Neither includes starting a runner process; a fresh CUDA context took a further 0.17 s there.
+# Figures and plots: BENCHMARKS.md, section "GPU".
 LOAD_PROFILE_H100 = LoadProfile(
-    base_seconds=0.0,
-    bytes_per_second=6.1e9,
-    source="H100 80GB HBM3, weights in the page cache (warm), bench/gpu/run.py",
+    base_seconds=0.01,
+    bytes_per_second=5.0e9,
+    source="H100 80GB HBM3, weights in the page cache (warm); bench/gpu/run.py, BENCHMARKS.md 'GPU'",
 )
 LOAD_PROFILE_H100_COLD = LoadProfile(
-    base_seconds=0.0,
-    bytes_per_second=1.43e9,
-    source="H100 80GB HBM3, weights read from local disk (page cache dropped), bench/gpu/run.py",
+    base_seconds=0.18,
+    bytes_per_second=1.57e9,
+    source="H100 80GB HBM3, weights read from local disk (page cache dropped); bench/gpu/run.py",
 )
 
 
@@ -314,8 +319,18 @@ class TorchDevice:
         with torch.cuda.device(index):
             self._copy_stream = torch.cuda.Stream(device=self.device)
             self._x = torch.randn(1, token_dim, device=self.device, dtype=torch.bfloat16)
-            torch.cuda.synchronize(self.device)
         self._staging: dict[tuple[int, bool], list[Any]] = {}
+        # Tokens are computed on one thread: cuBLAS keeps a handle and workspace per thread, and this
+        # way they are made once, now, and belong to the context like the rest of its fixed memory.
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cuda{index}-tokens")
+        self._compute.submit(self._warm_up).result()
+
+    def _warm_up(self) -> None:
+        torch = self._torch
+        with torch.cuda.device(self.index):
+            (self._x @ torch.randn(self.token_dim, 16, device=self.device, dtype=torch.bfloat16)).sum().item()
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
 
     # allocation
 
@@ -387,6 +402,9 @@ class TorchDevice:
     # tokens
 
     def step(self, buffer: Any) -> None:
+        self._compute.submit(self._product, buffer).result()
+
+    def _product(self, buffer: Any) -> None:
         torch = self._torch
         dim = self.token_dim
         while dim > 16 and dim * dim * 2 > buffer.numel():
@@ -564,6 +582,8 @@ class GpuBackend:
             raise ApiError(500, f"{OOM_MESSAGE} ({exc})") from exc
         except OSError as exc:
             raise ApiError(500, f"llama runner process has terminated: error loading model: {exc}") from exc
+        except Exception as exc:  # a CUDA error: the runner would have died with it
+            raise ApiError(500, f"llama runner process has terminated: {exc}") from exc
 
     def _discard_cancelled(self, future: asyncio.Future[Allocation]) -> None:
         if not future.cancelled() and future.exception() is None:
