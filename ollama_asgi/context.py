@@ -12,12 +12,17 @@ a little pessimistic for most tokenizers, which errs on the side of a larger win
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any
 
 from ollama_asgi.errors import GatewayError
 
-__all__ = ["ContextChoice", "choose_num_ctx", "estimate_tokens", "truncate_messages"]
+__all__ = ["ContextChoice", "TokenCounter", "choose_num_ctx", "estimate_tokens", "truncate_messages"]
+
+logger = logging.getLogger("ollama_asgi.context")
 
 _BYTES_PER_TOKEN = 4.0
 _PER_MESSAGE = 4  # role markers and separators of a chat template
@@ -31,38 +36,91 @@ def _text_tokens(text: object) -> int:
     return int(len(text.encode("utf-8", "surrogatepass")) / _BYTES_PER_TOKEN) + 1
 
 
-def _message_tokens(message: object) -> int:
+def _message_tokens(message: object, text: Callable[[object], int]) -> int:
     if not isinstance(message, dict):
         return 0
-    tokens = _PER_MESSAGE + _text_tokens(message.get("content")) + _text_tokens(message.get("thinking"))
+    tokens = _PER_MESSAGE + text(message.get("content")) + text(message.get("thinking"))
     images = message.get("images")
     if isinstance(images, list):
         tokens += _PER_IMAGE * len(images)
     calls = message.get("tool_calls")
     if calls:
-        tokens += _text_tokens(repr(calls))
+        tokens += text(repr(calls))
     return tokens
 
 
-def estimate_tokens(body: dict[str, Any]) -> int:
-    """Estimated prompt tokens of a native ``/api/generate``, ``/api/chat`` or ``/api/embed`` body."""
+def estimate_tokens(body: dict[str, Any], text: Callable[[object], int] = _text_tokens) -> int:
+    """Prompt tokens of a native ``/api/generate``, ``/api/chat`` or ``/api/embed`` body.
+
+    ``text`` counts the tokens of one string: the length estimate by default, a real tokenizer
+    when one is configured for the model (see ``TokenCounter``).
+    """
     tokens = _TEMPLATE
     messages = body.get("messages")
     if isinstance(messages, list):
-        tokens += sum(_message_tokens(m) for m in messages)
-    tokens += _text_tokens(body.get("prompt")) + _text_tokens(body.get("system")) + _text_tokens(body.get("suffix"))
+        tokens += sum(_message_tokens(m, text) for m in messages)
+    tokens += text(body.get("prompt")) + text(body.get("system")) + text(body.get("suffix"))
     images = body.get("images")
     if isinstance(images, list):
         tokens += _PER_IMAGE * len(images)
     tools = body.get("tools")
     if tools:
-        tokens += _text_tokens(repr(tools))
+        tokens += text(repr(tools))
     embed_input = body.get("input")
     if isinstance(embed_input, str):
-        tokens += _text_tokens(embed_input)
+        tokens += text(embed_input)
     elif isinstance(embed_input, list):
-        tokens += max((_text_tokens(item) for item in embed_input), default=0)  # each input is its own sequence
+        tokens += max((text(item) for item in embed_input), default=0)  # each input is its own sequence
     return tokens
+
+
+class TokenCounter:
+    """Counts prompt tokens with a model's real tokenizer when one is configured, else estimates.
+
+    Tokenizers are ``tokenizer.json`` files (the Hugging Face ``tokenizers`` format) on local disk,
+    mapped to model name patterns; nothing is downloaded. A file that cannot be loaded is logged
+    once and the estimate is used for that model.
+    """
+
+    def __init__(self, files: tuple[tuple[str, str], ...] = ()) -> None:
+        self.files = files
+        self._loaded: dict[str, Callable[[object], int] | None] = {}
+
+    def _for(self, model: str) -> Callable[[object], int] | None:
+        if model in self._loaded:
+            return self._loaded[model]
+        path = next(
+            (
+                p
+                for pattern, p in self.files
+                if fnmatchcase(model, pattern) or fnmatchcase(model.removesuffix(":latest"), pattern)
+            ),
+            None,
+        )
+        counter: Callable[[object], int] | None = None
+        if path is not None:
+            try:
+                from tokenizers import Tokenizer
+
+                tokenizer = Tokenizer.from_file(path)
+
+                def count_text(text: object) -> int:
+                    if not isinstance(text, str) or not text:
+                        return 0
+                    return len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+                counter = count_text
+            except Exception as exc:  # a missing package or file must not take the gateway down
+                logger.warning("tokenizer %s for %s unusable, estimating instead: %s", path, model, exc)
+        self._loaded[model] = counter
+        return counter
+
+    def text_for(self, model: str) -> Callable[[object], int]:
+        """How one string of ``model``'s prompts is counted."""
+        return self._for(model) or _text_tokens
+
+    def count(self, body: dict[str, Any], model: str) -> int:
+        return estimate_tokens(body, self.text_for(model))
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +162,7 @@ def choose_num_ctx(
     return ContextChoice(cap, needed, cap, "cap")
 
 
-def truncate_messages(body: dict[str, Any], fits: int) -> int:
+def truncate_messages(body: dict[str, Any], fits: int, text: Callable[[object], int] = _text_tokens) -> int:
     """Drop the oldest non-system messages until the estimate fits in ``fits``; return how many went.
 
     The last message (the question being asked) is never dropped.
@@ -113,7 +171,7 @@ def truncate_messages(body: dict[str, Any], fits: int) -> int:
     if not isinstance(messages, list):
         return 0
     dropped = 0
-    while estimate_tokens(body) > fits:
+    while estimate_tokens(body, text) > fits:
         victim = next(
             (i for i, m in enumerate(messages[:-1]) if not (isinstance(m, dict) and m.get("role") == "system")), None
         )

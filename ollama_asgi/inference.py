@@ -20,7 +20,7 @@ import orjson
 
 from ollama_asgi.auth import Principal
 from ollama_asgi.catalog import BackendModels, ModelInfo
-from ollama_asgi.context import choose_num_ctx, estimate_tokens, truncate_messages
+from ollama_asgi.context import TokenCounter, choose_num_ctx, truncate_messages
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.lifecycle import Loader, LoadLock
 from ollama_asgi.openai_compat import to_native
@@ -92,6 +92,7 @@ class ModelLifecycle:
             before_load=self.guard.before_load,
         )
         self.traffic = {b.name: TrafficModel(threshold=settings.prewarm_threshold) for b in backends}
+        self.tokens = TokenCounter(settings.tokenizers)
         self.context_choices: Counter[str] = Counter()  # "bucket", "sticky", "client", "cap"
         self.context_sizes: Counter[int] = Counter()
         self.reloads_avoided = 0
@@ -171,11 +172,11 @@ class ModelLifecycle:
         answer = num_predict if num_predict > 0 else self.settings.num_predict_reserve
         if info.embedding_only or route.name in ("embed", "embeddings", "openai_embeddings"):
             answer = 0
-        prompt_tokens = estimate_tokens(body)
+        prompt_tokens = self.tokens.count(body, info.name)
         truncated = 0
         if prompt_tokens + min(answer, 16) > cap and self.settings.context_overflow == "truncate":
-            truncated = truncate_messages(body, cap - min(answer, cap // 4))
-            prompt_tokens = estimate_tokens(body)
+            truncated = truncate_messages(body, cap - min(answer, cap // 4), self.tokens.text_for(info.name))
+            prompt_tokens = self.tokens.count(body, info.name)
         loaded = models.loaded_with(info.name)
         choice = choose_num_ctx(
             prompt_tokens=prompt_tokens,

@@ -364,6 +364,20 @@ def _to_model_caps(value: object, field: str) -> tuple[tuple[str, int], ...]:
     return tuple(caps)
 
 
+def _to_pattern_paths(value: object, field: str) -> tuple[tuple[str, str], ...]:
+    items: list[object] = [f"{k}={v}" for k, v in value.items()] if isinstance(value, Mapping) else list(_split(value))
+    pairs = []
+    for item in items:
+        if isinstance(item, tuple | list) and len(item) == 2:
+            pattern, path = item
+        elif isinstance(item, str) and "=" in item:
+            pattern, _, path = item.partition("=")
+        else:
+            raise ConfigError(field, f"expected pattern=path, got {item!r}")
+        pairs.append((str(pattern).strip().lower(), str(path).strip()))
+    return tuple(pairs)
+
+
 def _to_str(value: object, field: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(field, f"expected a non-empty string, got {value!r}")
@@ -524,6 +538,14 @@ class Settings:
     model_max_num_ctx: tuple[tuple[str, int], ...] = field(
         default=(),
         metadata=_doc("Per-model context caps as pattern=tokens pairs, e.g. llama3*=16384.", _to_model_caps),
+    )
+    tokenizers: tuple[tuple[str, str], ...] = field(
+        default=(),
+        metadata=_doc(
+            "Real tokenizers for counting prompt tokens, as pattern=/path/to/tokenizer.json pairs (needs the "
+            "tokenizers package; never downloads). Models without one use a length estimate.",
+            _to_pattern_paths,
+        ),
     )
     context_overflow: str = field(
         default="reject",

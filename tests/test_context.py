@@ -55,3 +55,26 @@ def test_truncation_keeps_system_prompt_and_last_question() -> None:
     messages = body["messages"]
     assert dropped > 0 and estimate_tokens(body) <= 1500
     assert messages[0]["content"] == "rules" and messages[-1]["content"] == "last"
+
+
+def _word_tokenizer(path: str, words: list[str]) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator([" ".join(words)], trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
+    tokenizer.save(path)
+
+
+def test_a_configured_tokenizer_counts_real_tokens(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ollama_asgi.context import TokenCounter
+
+    path = str(tmp_path / "tokenizer.json")
+    word = "supercalifragilisticexpialidocious"
+    _word_tokenizer(path, [word, "hello"])
+    counter = TokenCounter((("tiny*", path),))
+    body = {"messages": [{"role": "user", "content": " ".join([word] * 100)}]}
+    assert counter.count(body, "tiny:latest") == 16 + 4 + 100  # template, message markers, one token a word
+    assert counter.count(body, "other:latest") == estimate_tokens(body) > 800  # no tokenizer: the estimate
+    broken = TokenCounter((("tiny*", str(tmp_path / "missing.json")),))
+    assert broken.count(body, "tiny:latest") == estimate_tokens(body)  # unusable file: estimate, no crash

@@ -335,3 +335,20 @@ async def test_concurrent_loads_of_different_models_stay_within_budget(
         if r.status_code == 503:
             assert int(r.headers["retry-after"]) >= 1
     assert 0 < peak <= 2.5e9  # two loads never counted the same free memory
+
+
+def test_a_real_tokenizer_lets_a_prompt_fit_that_the_estimate_would_refuse(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread], tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_context import _word_tokenizer
+
+    word = "pneumonoultramicroscopicsilicovolcanoconiosis"
+    path = str(tmp_path / "tokenizer.json")
+    _word_tokenizer(path, [word])
+    prompt = " ".join([word] * 400)  # ~4,600 tokens by length, 400 by the tokenizer
+    body = _chat(model="llava:7b", content=prompt, num_predict=64)
+    estimated = host_factory()
+    assert httpx.post(estimated.url + "/llm/api/chat", json=body, headers=AUTH).status_code == 400
+    counted = host_factory(tokenizers={"llava*": path})
+    assert httpx.post(counted.url + "/llm/api/chat", json=body, headers=AUTH).status_code == 200
+    assert _sent_num_ctx(emulator)[-1] == 2048
