@@ -91,6 +91,7 @@ class ModelLifecycle:
             lock=lock,
             before_load=self.guard.before_load,
         )
+        self.loader.warm_prompt = self._warm_prompt
         self.traffic = {b.name: TrafficModel(threshold=settings.prewarm_threshold) for b in backends}
         self.tokens = TokenCounter(settings.tokenizers)
         self.context_choices: Counter[str] = Counter()  # "bucket", "sticky", "client", "cap"
@@ -127,6 +128,12 @@ class ModelLifecycle:
         await self.loader.unload(models, name)
 
     # -- per request ----------------------------------------------------------------------------------
+
+    def _warm_prompt(self, model: str) -> str | None:
+        for pattern, prompt in self.settings.warm_prompts:
+            if fnmatchcase(model, pattern) or fnmatchcase(model.removesuffix(":latest"), pattern):
+                return prompt
+        return None
 
     def _cap(self, info: ModelInfo) -> int:
         cap = min(info.context_length or self.settings.max_num_ctx, self.settings.max_num_ctx)

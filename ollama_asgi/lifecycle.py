@@ -93,6 +93,8 @@ class Loader:
         self.failures = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_loaded: Callable[[str, str, float], object] | None = None  # (backend, model, seconds)
+        self.warm_prompt: Callable[[str], str | None] = lambda model: None  # a system prompt to pre-fill
+        self.prefix_warms = 0
         # One load at a time per backend, as Ollama itself does: the VRAM guard's reading and the load
         # it allows must not interleave with another model's, or both would count the same free memory.
         self._backend_locks: dict[str, asyncio.Lock] = {}
@@ -201,7 +203,28 @@ class Loader:
         self.clock.record(info, seconds)
         if self.on_loaded is not None:
             self.on_loaded(models.backend.name, info.name, seconds)
+        prefix = self.warm_prompt(info.name)
+        if prefix and not info.embedding_only:
+            await self._warm_prefix(models, info, num_ctx, prefix)
         logger.info("loaded %s on %s with num_ctx %d", info.name, models.backend.name, num_ctx)
+
+    async def _warm_prefix(self, models: BackendModels, info: ModelInfo, num_ctx: int, prefix: str) -> None:
+        """Evaluate a configured system prompt once, so Ollama's prompt cache holds it for real requests."""
+        body = {
+            "model": info.name,
+            "system": prefix,
+            "prompt": ".",
+            "stream": False,
+            "keep_alive": self.keep_alive,
+            "options": {"num_ctx": num_ctx, "num_predict": 1},
+        }
+        try:
+            status, _ = await models.backend.call_json("POST", "/api/generate", body, within=self.load_timeout)
+        except UpstreamError as exc:
+            logger.info("warming the prompt of %s failed: %s", info.name, exc)
+            return
+        if status == 200:
+            self.prefix_warms += 1
 
     async def unload(self, models: BackendModels, model: str) -> None:
         """Ask Ollama to unload ``model`` now (keep_alive 0); it frees memory once idle."""

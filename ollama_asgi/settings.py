@@ -624,6 +624,14 @@ class Settings:
             "Confidence (share of observed transitions) needed before pre-warming.", lambda v, f: _to_float(v, f)
         ),
     )
+    warm_prompts: tuple[tuple[str, str], ...] = field(
+        default=(),
+        metadata=_doc(
+            "System prompts to evaluate right after a model loads (pattern=prompt pairs), so the first real "
+            "request that starts with it reuses Ollama's prompt cache.",
+            _to_pattern_paths,
+        ),
+    )
     max_body_bytes: int = field(
         default=32 * 1024 * 1024,
         metadata=_doc("Largest request body accepted (413 above); blob uploads are exempt.", _pos_int),

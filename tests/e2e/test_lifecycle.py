@@ -352,3 +352,25 @@ def test_a_real_tokenizer_lets_a_prompt_fit_that_the_estimate_would_refuse(
     counted = host_factory(tokenizers={"llava*": path})
     assert httpx.post(counted.url + "/llm/api/chat", json=body, headers=AUTH).status_code == 200
     assert _sent_num_ctx(emulator)[-1] == 2048
+
+
+def test_a_configured_system_prompt_is_warmed_right_after_the_load(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    prefix = "You are the support assistant of Example Corp. Answer briefly."
+    server = host_factory(warm_prompts={"llama3.2*": prefix})
+    body = {"model": "llama3.2", "messages": [{"role": "system", "content": prefix}, {"role": "user", "content": "hi"}]}
+    assert httpx.post(server.url + "/llm/api/chat", json={**body, "stream": False}, headers=AUTH).status_code == 200
+    paths = [(r.path, (r.json or {}).get("system")) for r in emulator.emulator.requests if r.path.startswith("/api/")]
+    generate_calls = [p for p in paths if p[0] == "/api/generate"]
+    assert generate_calls[-1] == ("/api/generate", prefix)  # the warm-up, after the load and before the chat
+    assert paths.index(generate_calls[-1]) < paths.index(("/api/chat", None))
+    assert (
+        httpx.post(
+            server.url + "/llm/api/chat", json={**body, "model": "qwen2.5:0.5b", "stream": False}, headers=AUTH
+        ).status_code
+        == 200
+    )
+    assert (
+        sum(1 for r in emulator.emulator.requests if r.json and r.json.get("system") == prefix) == 1
+    )  # only for llama3.2
