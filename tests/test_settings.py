@@ -144,3 +144,11 @@ def test_settings_are_frozen() -> None:
 def test_every_setting_is_described() -> None:
     assert set(Settings.describe()) == set(Settings.field_names())
     assert all(Settings.describe().values())
+
+
+def test_the_readme_documents_every_setting() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [name for name in Settings.field_names() if f"| `{name}` |" not in readme]
+    assert not missing, f"README.md's settings table lacks {missing}"
