@@ -388,7 +388,14 @@ class OllamaGateway:
                 if prepared is not None and prepared.openai_route is not None:
                     result = await relay_openai(resp, send, prepared, started=progress.started, extra_headers=extra)
                 else:
-                    result = await relay(resp, send, head=request.head, started=progress.started, extra_headers=extra)
+                    result = await relay(
+                        resp,
+                        send,
+                        head=request.head,
+                        started=progress.started,
+                        extra_headers=extra,
+                        expect_final=request.route.name in ("generate", "chat"),
+                    )
             finally:
                 resp.close()
                 self._relaying.discard(resp)

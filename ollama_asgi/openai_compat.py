@@ -23,6 +23,7 @@ import orjson
 from ollama_asgi.errors import GatewayError
 
 __all__ = ["ChatStream", "CompletionStream", "embeddings_response", "to_native", "whole_response"]
+_rng = random.Random()  # a private generator: the host's global random state is not ours to advance
 
 
 def _options(req: dict[str, Any]) -> dict[str, Any]:
@@ -202,7 +203,7 @@ class ChatStream:
         self.model = model
         self.include_usage = include_usage
         self.head = {
-            "id": f"chatcmpl-{random.randrange(999)}",
+            "id": f"chatcmpl-{_rng.randrange(999)}",
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": model,
@@ -245,7 +246,7 @@ class CompletionStream:
     def __init__(self, model: str, include_usage: bool) -> None:
         self.include_usage = include_usage
         self.head = {
-            "id": f"cmpl-{random.randrange(999)}",
+            "id": f"cmpl-{_rng.randrange(999)}",
             "object": "text_completion",
             "created": int(time.time()),
             "model": model,
@@ -277,7 +278,7 @@ def whole_response(route: str, model: str, native: dict[str, Any]) -> dict[str, 
         if calls:
             out_message["tool_calls"] = calls
         return {
-            "id": f"chatcmpl-{random.randrange(999)}",
+            "id": f"chatcmpl-{_rng.randrange(999)}",
             "object": "chat.completion",
             "created": created,
             "model": model,
@@ -286,7 +287,7 @@ def whole_response(route: str, model: str, native: dict[str, Any]) -> dict[str, 
             "usage": _usage(native),
         }
     return {
-        "id": f"cmpl-{random.randrange(999)}",
+        "id": f"cmpl-{_rng.randrange(999)}",
         "object": "text_completion",
         "created": created,
         "model": model,

@@ -8,6 +8,8 @@ error event, which the openai client raises, instead of Ollama's silent stop.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import aiohttp
 import orjson
 
@@ -86,7 +88,7 @@ async def relay_openai(
     final: bytes | None = None
     error: str | None = None
     try:
-        async for chunk in resp.content.iter_any():
+        async for chunk in _closed_lines(resp):
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
             out = b""
@@ -131,3 +133,14 @@ async def relay_openai(
     tail = stream_error_line(error, sse=True) if error else b""
     await send({"type": "http.response.body", "body": tail, "more_body": False})
     return RelayResult(200, sent + len(tail), final, error)
+
+
+async def _closed_lines(resp: UpstreamResponse) -> AsyncIterator[bytes]:
+    """The body, then a newline if it ended without one: Ollama answers an empty prompt (a load)
+    with one JSON object and no newline, even when asked to stream."""
+    last = b""
+    async for chunk in resp.content.iter_any():
+        last = chunk or last
+        yield chunk
+    if last and not last.endswith(b"\n"):
+        yield b"\n"

@@ -32,6 +32,7 @@ from ollama_asgi.upstream import Upstream
 __all__ = ["Backend", "Placement"]
 
 logger = logging.getLogger("ollama_asgi.placement")
+_rng = random.Random()  # a private generator: the host's global random state is not ours to advance
 
 BreakerState = Literal["closed", "open", "half-open"]
 
@@ -119,7 +120,7 @@ class Placement:
             self._turn += 1
             return candidates[self._turn % len(candidates)]
         if self.strategy == "random":
-            return random.choice(candidates)
+            return _rng.choice(candidates)
         name = canonical_model(model)
         fitting = [b for b in candidates if self.fits(b.name, name)] or candidates
         ranked = self.ranking(name, fitting)
@@ -202,7 +203,7 @@ class Placement:
         while True:
             # Open breakers are probed as soon as their cooldown ends; the rest on the jittered interval.
             await asyncio.gather(*(self.check(b) for b in list(self.backends)))
-            pause = self.health_interval * random.uniform(0.8, 1.2)
+            pause = self.health_interval * _rng.uniform(0.8, 1.2)
             now = time.monotonic()
             for b in self.backends:
                 if b.breaker == "open":

@@ -84,8 +84,13 @@ async def relay(
     head: bool = False,
     started: bool = False,
     extra_headers: list[tuple[bytes, bytes]] | None = None,
+    expect_final: bool = False,
 ) -> RelayResult:
     """Send ``resp`` to the client.
+
+    ``expect_final`` (generate and chat streams) makes a stream that ends cleanly but without its
+    ``"done":true`` chunk or an error line end with an error line, so a client never takes a cut
+    answer for a whole one.
 
     ``started`` means the gateway already sent SSE headers (keep-alive comments while queued): the
     upstream's status can no longer be sent, so a failure becomes an SSE error event.
@@ -94,7 +99,7 @@ async def relay(
     if started:
         if separator != b"\n\n" or resp.status != 200:
             return await _error_into_started_stream(resp, send)
-        return await _relay_frames(resp, send, separator)
+        return await _relay_frames(resp, send, separator, expect_final=expect_final)
     if separator is None or head:
         return await _relay_whole(resp, send, head=head, extra_headers=extra_headers)
     headers = [(k, v) for k, v in _response_headers(resp) if k != b"content-type"]
@@ -102,7 +107,7 @@ async def relay(
         headers.extend(extra_headers)
     ctype = resp.headers.get("Content-Type", "").encode("latin-1")
     start = {"type": "http.response.start", "status": resp.status, "headers": stream_headers(ctype, headers)}
-    return await _relay_frames(resp, send, separator, start)
+    return await _relay_frames(resp, send, separator, start, expect_final=expect_final)
 
 
 async def _relay_whole(
@@ -142,7 +147,7 @@ async def _error_into_started_stream(resp: UpstreamResponse, send: Send) -> Rela
 
 
 async def _relay_frames(
-    resp: UpstreamResponse, send: Send, separator: bytes, start: Message | None = None
+    resp: UpstreamResponse, send: Send, separator: bytes, start: Message | None = None, *, expect_final: bool = False
 ) -> RelayResult:
     """Forward whole frames; ``start``, when given, is sent with the first one.
 
@@ -155,6 +160,7 @@ async def _relay_frames(
     pending = b""
     final: bytes | None = None
     sent = 0
+    last = b""
     error: str | None = None
     try:
         async for chunk in resp.content.iter_any():
@@ -177,11 +183,14 @@ async def _relay_frames(
                 start = None
             await send({"type": "http.response.body", "body": body, "more_body": True})
             sent += cut
+            last = body
             if marker in body:
                 final = _last_frame_with(body, marker, separator)
         else:
             if pending.strip():
                 error = "Ollama ended the stream in the middle of a line"
+            elif expect_final and final is None and b'"error"' not in last[last.rfind(separator, 0, -1) + 1 :]:
+                error = "Ollama ended the stream before its final chunk"
     except TimeoutError:
         error = "Ollama stopped sending for longer than the read timeout"
     except aiohttp.ClientError as exc:

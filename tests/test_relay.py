@@ -183,3 +183,12 @@ def test_without_lifecycle_requests_are_forwarded_byte_for_byte(
     assert response.status_code == 200
     (recorded,) = [r for r in emulator.emulator.requests if r.path == "/api/chat"]
     assert recorded.body == CHAT
+
+
+def test_a_stream_cut_cleanly_before_its_final_chunk_ends_with_an_error_line(
+    emulator: EmulatorServer, llm_url: str
+) -> None:
+    emulator.emulator.inject(Fault(path="/api/chat", kind="end_early", after_lines=3))
+    lines = _assert_whole_lines(request(llm_url + "/api/chat", body=CHAT, headers=AUTH).chunks())
+    assert len(lines) == 4 and all("message" in line for line in lines[:3])
+    assert "before its final chunk" in str(lines[-1]["error"])

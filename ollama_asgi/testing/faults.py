@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 FaultKind = Literal[
-    "http_error", "midstream_error", "close_midline", "garbage", "stall", "slow", "busy", "hang_headers"
+    "http_error", "midstream_error", "close_midline", "end_early", "garbage", "stall", "slow", "busy", "hang_headers"
 ]
 FAULT_KINDS: tuple[str, ...] = (
     "http_error",
     "midstream_error",
     "close_midline",
+    "end_early",
     "garbage",
     "stall",
     "slow",

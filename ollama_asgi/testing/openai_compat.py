@@ -24,6 +24,8 @@ from ollama_asgi.testing.wire import ApiError, EmptyBody, go_type_name
 if TYPE_CHECKING:
     from ollama_asgi.testing.emulator import OllamaEmulator
 
+_rng = random.Random()  # a private generator: tests that seed or watch the global one stay unaffected
+
 
 class MiddlewareError(ApiError):
     """An error raised by Ollama's /v1 middleware itself (gin ``AbortWithStatusJSON``)."""
@@ -168,7 +170,7 @@ async def chat_completions(emu: OllamaEmulator, ex: Exchange) -> None:
     }
     run = await prepare_chat(emu, ex, native)
     assert isinstance(run, Run)  # messages are never empty here, so never a load
-    ident, created = f"chatcmpl-{random.randrange(999)}", int(time.time())
+    ident, created = f"chatcmpl-{_rng.randrange(999)}", int(time.time())
     head = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": run.request_model}
     head["system_fingerprint"] = "fp_ollama"
     try:
@@ -225,7 +227,7 @@ async def completions(emu: OllamaEmulator, ex: Exchange) -> None:
     if req.get("suffix"):
         native["suffix"] = req["suffix"]
     outcome = await prepare_generate(emu, ex, native)
-    ident, created = f"cmpl-{random.randrange(999)}", int(time.time())
+    ident, created = f"cmpl-{_rng.randrange(999)}", int(time.time())
     head = {"id": ident, "object": "text_completion", "created": created}
     tail = {"model": native["model"], "system_fingerprint": "fp_ollama"}
     stream = bool(req.get("stream"))

@@ -82,7 +82,11 @@ class Responder:
     async def json(self, status: int, body: bytes, content_type: str = JSON) -> None:
         """A single JSON document, subject to the line faults (it counts as one line)."""
         fault = self.fault
-        if fault is None or fault.kind not in ("midstream_error", "close_midline", "stall") or fault.after_lines:
+        if (
+            fault is None
+            or fault.kind not in ("midstream_error", "close_midline", "end_early", "stall")
+            or fault.after_lines
+        ):
             await self.send(status, body, content_type)
             return
 
@@ -102,7 +106,8 @@ class Responder:
 
         The status line goes out with the first line. Stream faults apply here: after
         ``after_lines`` complete lines a ``midstream_error`` line ends the stream, ``close_midline``
-        sends half the next line and drops the connection, ``stall`` holds still for ``delay``.
+        sends half the next line and drops the connection, ``end_early`` ends the stream cleanly without
+        its final chunk (a proxy cut at a line boundary), ``stall`` holds still for ``delay``.
         """
         fault = self.fault
         kind = fault.kind if fault else None
@@ -116,6 +121,8 @@ class Responder:
                     if kind == "midstream_error":
                         assert fault is not None
                         await self._emit(pending, status, headers, error_line(fault.message), flush=True)
+                        break
+                    if kind == "end_early":
                         break
                     if kind == "close_midline":
                         await self._emit(pending, status, headers, line[: max(1, len(line) // 2)], flush=True)

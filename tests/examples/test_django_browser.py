@@ -38,6 +38,7 @@ def django_demo(tmp_path: Path) -> Iterator[str]:
     port = _free_port()
     env = {**os.environ, "PORT": str(port), "OLLAMA_HOST": f"http://127.0.0.1:{_free_port()}"}
     env["DJANGO_DEMO_DATA"] = str(tmp_path / "data")
+    env.pop("DJANGO_SETTINGS_MODULE", None)  # the host suite's embedded project sets it in this process
     process = subprocess.Popen(
         [sys.executable, "-m", "examples.django_app"],
         cwd=ROOT,
