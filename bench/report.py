@@ -43,6 +43,15 @@ def _spread(values: list[float]) -> float:
     return (max(values) - min(values)) / abs(mid) if mid else float("nan")
 
 
+def _iqr_spread(values: list[float]) -> float:
+    values = sorted(v for v in values if v is not None and not math.isnan(v))
+    if len(values) < 2:
+        return float("nan")
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    mid = statistics.median(values)
+    return (q[2] - q[0]) / abs(mid) if mid else float("nan")
+
+
 class Figures:
     """Medians over repeats for one results file, and the spread of each figure."""
 
@@ -50,6 +59,7 @@ class Figures:
         self.results = results
         self.rows = _index(results)
         self.spreads: list[float] = []
+        self.quartile_spreads: list[float] = []
 
     def values(self, family: str, step: str, target: str, metric: str) -> list[float]:
         out = []
@@ -62,6 +72,7 @@ class Figures:
         spread = _spread(values)
         if not math.isnan(spread):
             self.spreads.append(spread)
+            self.quartile_spreads.append(_iqr_spread(values))
         return _median(values)
 
     def _chunks_per_request(self, family: str, step: str, target: str) -> float:
@@ -294,7 +305,7 @@ def targets_check(fig: Figures) -> str:
         out.append(
             [
                 "added p50 at c=1 ≤ 1.5× plain aiohttp's (stretch ≤ 1.0×)",
-                f"{gw_added:.3f} ms vs {aio_added:.3f} ms = {r:.2f}×",
+                f"{gw_added:.3f} ms vs {aio_added:.3f} ms = {r:.2f}×" + _repeat_range(fig, fam, "small-c1", "added"),
                 _verdict(r <= 1.5, r <= 1.0),
             ]
         )
@@ -305,7 +316,7 @@ def targets_check(fig: Figures) -> str:
                 out.append(
                     [
                         f"throughput {s.split('-')[1].replace('c', 'c=')} ≥ 0.67× plain aiohttp's",
-                        f"{gw:,.0f} vs {aio:,.0f} req/s = {gw / aio:.2f}×",
+                        f"{gw:,.0f} vs {aio:,.0f} req/s = {gw / aio:.2f}×" + _repeat_range(fig, fam, s, "rps"),
                         _verdict(gw / aio >= 0.67),
                     ]
                 )
@@ -317,7 +328,7 @@ def targets_check(fig: Figures) -> str:
             out.append(
                 [
                     f"CPU per chunk ≤ plain aiohttp's (stretch ≤ 10 µs), {tokens[-1]}-token streams, c=1",
-                    f"{gw:.1f} vs {aio:.1f} µs",
+                    f"{gw:.1f} vs {aio:.1f} µs" + _repeat_range(fig, fam, s, "cpu_per_chunk_us"),
                     _verdict(gw <= aio, gw <= 10),
                 ]
             )
@@ -347,6 +358,20 @@ def targets_check(fig: Figures) -> str:
             ["added latency below LiteLLM's", "not measured: " + fig.results["targets"]["litellm"]["reason"], "—"]
         )
     return _table(["target (issue 9)", "this run", "status"], out)
+
+
+def _repeat_range(fig: Figures, fam: str, step: str, metric: str) -> str:
+    """The gateway ÷ plain-aiohttp ratio in each repeat (paired by round), lowest to highest."""
+    if metric == "added":
+        direct = fig.values(fam, step, "direct", "p50")
+        gw = [a - b for a, b in zip(fig.values(fam, step, "gateway", "p50"), direct, strict=False)]
+        aio = [a - b for a, b in zip(fig.values(fam, step, "plain-aiohttp", "p50"), direct, strict=False)]
+    else:
+        gw, aio = fig.values(fam, step, "gateway", metric), fig.values(fam, step, "plain-aiohttp", metric)
+    ratios = sorted(a / b for a, b in zip(gw, aio, strict=False) if b and not math.isnan(a / b))
+    if len(ratios) < 2:
+        return ""
+    return f" (per repeat: {ratios[0]:.2f}–{ratios[-1]:.2f}×)"
 
 
 def _verdict(met: bool, stretch: bool | None = None) -> str:
@@ -441,7 +466,8 @@ def overhead_section(results: dict[str, Any]) -> str:
     runs = {name: r for name, r in data.items() if r}
     if not runs:
         return "_Not measured._"
-    base = runs.get("gateway-baseline")
+    reference = next((name for name in ("gateway-baseline", "before") if name in runs), "")
+    base = runs.get(reference)
     base_req = _median([r["request_us"] for r in base]) if base else math.nan
     base_chunk = _median([r["chunk_us"] for r in base]) if base else math.nan
     rows = []
@@ -455,7 +481,7 @@ def overhead_section(results: dict[str, Any]) -> str:
         rows.append(row)
     header = ["package", "µs per small request", "spread", "µs per streamed chunk"]
     if base:
-        header += ["Δ request vs baseline (µs)", "Δ chunk vs baseline (µs)"]
+        header += [f"Δ request vs {reference} (µs)", f"Δ chunk vs {reference} (µs)"]
     return _table(header, rows)
 
 
@@ -515,10 +541,15 @@ def noise_line(fig: Figures) -> str:
     spreads = sorted(s for s in fig.spreads if not math.isnan(s))
     if not spreads:
         return "One repeat only: no spread to report."
+    quartiles = sorted(q for q in fig.quartile_spreads if not math.isnan(q))
     return (
-        f"Spread of each figure over the repeats ((max − min) ÷ median), across the {len(spreads)} figures above: "
-        f"median {statistics.median(spreads) * 100:.0f}%, 90th percentile {spreads[int(0.9 * (len(spreads) - 1))] * 100:.0f}%, "
-        f"worst {spreads[-1] * 100:.0f}%."
+        f"Across the {len(spreads)} figures above, how far each moved over the repeats: the interquartile range ÷ "
+        f"median is {statistics.median(quartiles) * 100:.0f}% for the median figure and "
+        f"{quartiles[int(0.9 * (len(quartiles) - 1))] * 100:.0f}% at the 90th percentile; the full range (max − min) "
+        f"÷ median is {statistics.median(spreads) * 100:.0f}% for the median figure, "
+        f"{spreads[int(0.9 * (len(spreads) - 1))] * 100:.0f}% at the 90th percentile and {spreads[-1] * 100:.0f}% "
+        "at worst (p99 latencies and the emulator-bound stream rates move most). The targets table gives each "
+        "ratio's range over the repeats, each repeat's pair measured back to back."
     )
 
 
@@ -538,8 +569,9 @@ def machine_section(results: dict[str, Any]) -> str:
         + f"; load generator: {results['loadgen']}"
         + (f" {m['wrk']}" if results["loadgen"] == "wrk" else "")
         + f"; nginx {m['nginx'] or 'absent'}.",
-        f"- Run started {m['started']}, took {results.get('seconds', '?')} s; results file "
-        f"`bench/results/run-*/results.json` (copied to `bench/results/latest.json`).",
+        f"- Run started {m['started']}, took {results.get('seconds', '?')} s, "
+        f"{results.get('plan', {}).get('repeats', '?')} repeats of every step; results in "
+        f"`bench/results/{results.get('run_dir', 'run-*')}/results.json` (git-ignored; also `bench/results/latest.json`).",
     ]
     missing = [f"{k}: {t['reason']}" for k, t in targets.items() if t.get("status") == "not measured"]
     if missing:
