@@ -54,7 +54,9 @@ def _body(model: str) -> tuple[str, dict[str, object]]:
     }
 
 
-def _start_gateway(urls: list[str], strategy: str) -> tuple[subprocess.Popen[bytes], str]:
+def _start_gateway(
+    urls: list[str], strategy: str, *, prewarm: bool = False, budget: str = "6GiB"
+) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_ASGI_")}
     env.update(
@@ -63,8 +65,9 @@ def _start_gateway(urls: list[str], strategy: str) -> tuple[subprocess.Popen[byt
             "OLLAMA_ASGI_PLACEMENT": strategy,
             "OLLAMA_ASGI_PARALLEL": "4",
             "OLLAMA_ASGI_MAX_QUEUE": "1000",
-            "OLLAMA_ASGI_VRAM_BUDGET": "6GiB",
-            "OLLAMA_ASGI_PREWARM": "false",
+            "OLLAMA_ASGI_VRAM_BUDGET": budget,
+            "OLLAMA_ASGI_PREWARM": "true" if prewarm else "false",
+            "OLLAMA_ASGI_METRICS_ACCESS": "public",
             "OLLAMA_ASGI_API_KEYS": f"bench={API_KEY}",
         }
     )
