@@ -128,10 +128,16 @@ async def closed_loop(
                     async with session.post(request.url, data=request.body, headers=request.headers) as resp:
                         if request.stream:
                             n = 0
+                            tail = b""  # a separator may straddle two reads ("\n" | "\n")
                             async for data in resp.content.iter_any():
                                 if not first:
                                     first = time.perf_counter()
-                                n += _count_chunks(data, request.sse)
+                                n += _count_chunks(tail + data, request.sse)
+                                tail = (
+                                    data[-1:]
+                                    if request.sse and data.endswith(b"\n") and not data.endswith(b"\n\n")
+                                    else b""
+                                )
                             chunks += n
                         else:
                             await resp.read()
