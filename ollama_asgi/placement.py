@@ -47,7 +47,6 @@ class Backend:
     failures: int = 0
     opened_at: float = 0.0
     cooldown: float = 0.0
-    probing: bool = False  # the half-open probe is in flight
     draining: bool = False
     last_error: str | None = None
     last_ok: float = 0.0
@@ -176,7 +175,6 @@ class Placement:
         backend.failures = 0
         backend.last_ok = time.monotonic()
         backend.last_error = None
-        backend.probing = False
         if backend.breaker != "closed":
             logger.warning("backend %s is healthy again: breaker closed", backend.name)
         backend.breaker = "closed"
@@ -185,7 +183,6 @@ class Placement:
     def record_failure(self, backend: Backend, error: str) -> None:
         backend.failures += 1
         backend.last_error = error
-        backend.probing = False
         if backend.breaker == "half-open" or (
             backend.breaker == "closed" and backend.failures >= self.failures_to_open
         ):
@@ -217,7 +214,6 @@ class Placement:
             if now - backend.opened_at < backend.cooldown:
                 return False
             backend.breaker = "half-open"
-        backend.probing = True
         ok = await backend.upstream.probe(within=min(2.0, self.health_interval))
         if ok:
             self.record_success(backend)

@@ -15,6 +15,7 @@ import orjson
 
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.routing import Route
+from ollama_asgi.settings import parse_duration
 
 __all__ = ["ParsedRequest", "canonical_model", "parse_keep_alive", "parse_request"]
 
@@ -94,8 +95,6 @@ def parse_keep_alive(value: object) -> float:
             if re.fullmatch(r"-?\d+(?:\.\d+)?", value.strip()):
                 raise _bad(f'time: missing unit in duration "{value}"')
             raise _bad(f'time: invalid duration "{value}"')
-        from ollama_asgi.settings import parse_duration
-
         negative = value.strip().startswith("-")
         seconds = parse_duration(value.strip().lstrip("-"), field="keep_alive")
         return -seconds if negative else seconds

@@ -348,23 +348,11 @@ def _optional_bytes(value: object, field: str) -> int | None:
 
 
 def _to_model_caps(value: object, field: str) -> tuple[tuple[str, int], ...]:
-    if isinstance(value, Mapping):
-        items: list[object] = [f"{k}={v}" for k, v in value.items()]
-    else:
-        items = list(_split(value))
-    caps = []
-    for item in items:
-        if isinstance(item, tuple | list) and len(item) == 2:
-            pattern, size = item
-        elif isinstance(item, str) and "=" in item:
-            pattern, _, size = item.partition("=")
-        else:
-            raise ConfigError(field, f"expected pattern=tokens, got {item!r}")
-        caps.append((str(pattern).strip(), _to_int(size, field, minimum=256)))
-    return tuple(caps)
+    return tuple((pattern, _to_int(size, field, minimum=256)) for pattern, size in _to_pattern_paths(value, field))
 
 
 def _to_pattern_paths(value: object, field: str) -> tuple[tuple[str, str], ...]:
+    """``pattern=value`` pairs from a mapping, a list of pairs or a comma-separated string."""
     items: list[object] = [f"{k}={v}" for k, v in value.items()] if isinstance(value, Mapping) else list(_split(value))
     pairs = []
     for item in items:

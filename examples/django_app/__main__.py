@@ -15,7 +15,7 @@ from contextlib import ExitStack
 
 import uvicorn
 
-from examples.django_app.upstream import choose_upstream
+from examples.upstream import choose_upstream
 
 BANNER = """
 ollama-asgi Django demo: {base}/

@@ -14,7 +14,7 @@ from contextlib import ExitStack
 import uvicorn
 
 from examples.litestar_app.app import DEMO_API_KEY, GATEWAY_PREFIX, create_app, demo_settings
-from examples.litestar_app.upstream import choose_upstream
+from examples.upstream import choose_upstream
 
 BANNER = """
 ollama-asgi Litestar demo: {base}/

@@ -14,36 +14,16 @@ import sys
 import urllib.request
 from contextlib import ExitStack
 from types import FrameType
-from urllib.parse import urlsplit
 
 import uvicorn
+
+from examples.upstream import choose_upstream
 
 from .accounts import ACCOUNTS
 from .app import DEMO_API_KEY, GATEWAY_PREFIX, create_app, demo_settings
 
-DEFAULT_OLLAMA = "http://127.0.0.1:11434"
-
 # Loopback probes must not go through an HTTP proxy configured in the environment.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def ollama_url(value: str) -> str:
-    """``OLLAMA_HOST`` as a base URL; like Ollama, a bare ``host`` or ``host:port`` means http and port 11434."""
-    value = value.strip().rstrip("/") or DEFAULT_OLLAMA
-    if "://" not in value:
-        value = "http://" + value
-        if urlsplit(value).port is None:
-            value += ":11434"
-    return value
-
-
-def ollama_is_running(url: str, timeout: float = 1.0) -> bool:
-    """True when ``GET /`` answers "Ollama is running", as Ollama (and the emulator) do."""
-    try:
-        with _opener.open(url + "/", timeout=timeout) as resp:
-            return resp.status == 200 and b"Ollama is running" in resp.read(256)
-    except (OSError, ValueError):
-        return False
 
 
 def model_names(url: str, timeout: float = 2.0) -> list[str]:
@@ -104,7 +84,6 @@ def main() -> int:
     except ValueError:
         print(f"error: PORT must be a number, got {os.environ['PORT']!r}", file=sys.stderr)
         return 2
-    ollama = ollama_url(os.environ.get("OLLAMA_HOST", ""))
     with ExitStack() as stack:
         sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -116,16 +95,7 @@ def main() -> int:
             )
             return 1
 
-        if ollama_is_running(ollama):
-            upstream, backend = ollama, f"Ollama at {ollama}"
-        else:
-            from ollama_asgi.testing import EmulatorServer
-
-            emulator = EmulatorServer(token_interval=0.03)
-            emulator.start()
-            stack.callback(emulator.stop)
-            upstream = emulator.url
-            backend = f"the built-in Ollama emulator at {upstream} (no Ollama answered at {ollama})"
+        upstream, backend = choose_upstream(os.environ.get("OLLAMA_HOST", ""), stack)
 
         print(banner(f"http://127.0.0.1:{port}", backend, model_names(upstream)), flush=True)
         config = uvicorn.Config(create_app(demo_settings(upstream)), host="127.0.0.1", port=port, log_level="info")

@@ -1,4 +1,7 @@
-"""Which Ollama the demo talks to: ``$OLLAMA_HOST`` when it answers, else the built-in emulator."""
+"""Which Ollama the example apps talk to: ``$OLLAMA_HOST`` when it answers, else the built-in emulator.
+
+Shared by the Starlette, Django and Litestar examples so ``make demo APP=...`` behaves the same.
+"""
 
 from __future__ import annotations
 
