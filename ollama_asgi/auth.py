@@ -95,14 +95,33 @@ def _model_patterns(value: object) -> tuple[str, ...] | None:
     return tuple(str(p) for p in value) if isinstance(value, list | tuple | set | frozenset) else None
 
 
+_ANONYMOUS = Principal(id="anonymous", source="anonymous")
+
+
+def _key_principal(key: ApiKey) -> Principal:
+    return Principal(
+        id=key.id,
+        display_name=key.id,
+        is_admin=key.admin,
+        models=key.models,
+        weight=key.weight,
+        priority="batch" if key.priority == "batch" else "interactive",
+        source="api_key",
+        requests_per_minute=key.requests_per_minute,
+        tokens_per_minute=key.tokens_per_minute,
+    )
+
+
 class DefaultAuthorizer:
     """The policy in ``Settings.auth``: host user, API key, or (explicitly) nobody at all."""
 
-    __slots__ = ("_keys", "_settings")
+    __slots__ = ("_keys", "_principals", "_settings")
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._keys: dict[str, ApiKey] = {k.sha256: k for k in (*settings.api_keys, *settings.admin_api_keys)}
+        # Principals are immutable: one per key, built once instead of on every request.
+        self._principals: dict[str, Principal] = {digest: _key_principal(k) for digest, k in self._keys.items()}
 
     def from_api_key(self, scope: Scope) -> Principal | None:
         token = bearer_token(scope)
@@ -112,17 +131,7 @@ class DefaultAuthorizer:
         key = self._keys.get(digest)
         if key is None or not hmac.compare_digest(key.sha256, digest):
             return None
-        return Principal(
-            id=key.id,
-            display_name=key.id,
-            is_admin=key.admin,
-            models=key.models,
-            weight=key.weight,
-            priority="batch" if key.priority == "batch" else "interactive",
-            source="api_key",
-            requests_per_minute=key.requests_per_minute,
-            tokens_per_minute=key.tokens_per_minute,
-        )
+        return self._principals[digest]
 
     def from_host_user(self, scope: Scope) -> Principal | None:
         user = scope.get("user")
@@ -142,9 +151,13 @@ class DefaultAuthorizer:
         )
 
     async def __call__(self, scope: Scope) -> Principal | None:
+        return self.resolve(scope)
+
+    def resolve(self, scope: Scope) -> Principal | None:
+        """The caller, or None; synchronous (the gateway calls it without a coroutine)."""
         mode = self._settings.auth
         if mode == "none":
-            return self.from_api_key(scope) or Principal(id="anonymous", source="anonymous")
+            return self.from_api_key(scope) or _ANONYMOUS
         principal = self.from_api_key(scope)
         if principal is None and mode == "host":
             principal = self.from_host_user(scope)

@@ -141,7 +141,11 @@ class BackendModels:
         return entry
 
     def touch(self, model: str) -> None:
-        self.usage.setdefault(canonical_model(model), _Usage()).touch(time.time())
+        name = canonical_model(model)
+        usage = self.usage.get(name)
+        if usage is None:
+            usage = self.usage[name] = _Usage()
+        usage.touch(time.time())
 
 
 def _parse_time(value: object) -> float:

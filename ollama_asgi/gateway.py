@@ -73,6 +73,7 @@ class OllamaGateway:
     def __init__(self, settings: Settings | None = None, *, authorize: Authorizer | None = None) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
         self._authorize: Authorizer = authorize or DefaultAuthorizer(self.settings)
+        self._default_authorizer = self._authorize if type(self._authorize) is DefaultAuthorizer else None
         self.backends = [
             Upstream(
                 spec.url,
@@ -234,9 +235,13 @@ class OllamaGateway:
                 return
             principal = None
             if route.kind is not Kind.PUBLIC:
-                principal = record.principal = await self._authenticate(scope, route)
+                if self._default_authorizer is not None:  # no coroutine for the built-in policy
+                    principal = self._default_authorizer.resolve(scope)
+                else:
+                    principal = await call_authorizer(self._authorize, scope)
+                principal = record.principal = self._authorized(principal, route)
             if route.streamed_body:
-                request = _Request(scope, route, None, principal, _stream_body(receive), head)
+                request = _Request(scope, path, route, None, principal, _stream_body(receive), head)
                 await self._exchange(request, send, progress)
                 return
             raw = await _read_body(scope, receive, self.settings.max_body_bytes)
@@ -245,7 +250,7 @@ class OllamaGateway:
                 parsed = record.parsed = parse_request(route, raw, max_num_ctx=self.settings.max_num_ctx)
                 if principal is not None:
                     self._check_model(principal, parsed)
-            request = _Request(scope, route, parsed, principal, raw or None, head)
+            request = _Request(scope, path, route, parsed, principal, raw or None, head)
             await _DisconnectWatcher(receive).run_until(self._exchange(request, send, progress))
         except GatewayError as exc:
             record.error = exc
@@ -259,8 +264,8 @@ class OllamaGateway:
         finally:
             self.telemetry.end(record)
 
-    async def _authenticate(self, scope: Scope, route: Route) -> Principal:
-        principal = await call_authorizer(self._authorize, scope)
+    @staticmethod
+    def _authorized(principal: Principal | None, route: Route) -> Principal:
         if principal is None:
             raise GatewayError(401, "authentication required", [(b"www-authenticate", b'Bearer realm="ollama"')])
         if route.kind is Kind.MANAGE and not principal.is_admin:
@@ -351,7 +356,7 @@ class OllamaGateway:
         backend = chosen.upstream
         scope = request.scope
         principal = request.principal
-        path: str = route_path(scope)
+        path = request.path
         body = request.body
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k in _FORWARD]
         record = progress.record
@@ -421,7 +426,7 @@ class OllamaGateway:
         backends = [b for b in self.placement.backends if b.available(now)]
         if not backends:
             raise GatewayError(503, "no Ollama backend is available right now", [(b"retry-after", self._retry_after)])
-        path = route_path(request.scope)
+        path = request.path
         answers = await asyncio.gather(
             *(b.upstream.call_json("GET", path, within=10.0) for b in backends), return_exceptions=True
         )
@@ -478,10 +483,18 @@ class OllamaGateway:
         if request.route.kind is Kind.INFERENCE and principal is not None:
             if not request.rate_checked:
                 request.rate_checked = True
-                await self._check_rate(principal)
+                if (
+                    principal.requests_per_minute
+                    or principal.tokens_per_minute
+                    or self.settings.rate_limit_rpm
+                    or self.settings.rate_limit_tpm
+                ):
+                    await self._check_rate(principal)
             parsed = request.parsed
             if self.lifecycle is not None and parsed is not None and parsed.model is not None:
-                prepared = await self.lifecycle.prepare(request.route, parsed, principal, backend)
+                prepared = self.lifecycle.prepare_now(request.route, parsed, principal, backend)
+                if prepared is None:
+                    prepared = await self.lifecycle.prepare(request.route, parsed, principal, backend)
                 path, body = prepared.path, prepared.body
                 headers = [(k, v) for k, v in headers if k != "content-type"] + [("Content-Type", "application/json")]
                 if prepared.truncated:
@@ -500,7 +513,12 @@ class OllamaGateway:
     ) -> Lease:
         # The model is loaded (once, whoever else waits for it) before the request takes a slot, so
         # slots are only ever held by requests Ollama can start at once.
-        if prepared is not None and self.lifecycle is not None and not prepared.load_only:
+        if (
+            prepared is not None
+            and self.lifecycle is not None
+            and not prepared.load_only
+            and not self.lifecycle.is_ready(prepared)
+        ):
             await self.lifecycle.ensure_loaded(prepared, wait_limit=self.settings.load_wait_timeout)
         return await self.admission.admit(
             backend.name,
@@ -540,6 +558,10 @@ class OllamaGateway:
                     priority = PRIORITIES["batch"]  # anyone may step down; nobody may step up
                 elif value.strip().lower() != b"interactive":
                     raise GatewayError(400, "X-Request-Priority must be 'interactive' or 'batch'")
+        if prepared is None or self.lifecycle is None or prepared.load_only or self.lifecycle.is_ready(prepared):
+            lease = self.admission.try_admit(backend.name, kind)
+            if lease is not None:
+                return lease
         admit = self._load_then_admit(backend, prepared, kind, principal, priority, wait_limit)
         interval = self.settings.sse_keepalive
         parsed = request.parsed
@@ -692,6 +714,7 @@ class _Request:
     """Everything known about a request once it is parsed and authenticated; passed forward only."""
 
     scope: Scope
+    path: str  # below the mount point
     route: Route
     parsed: ParsedRequest | None
     principal: Principal | None

@@ -25,7 +25,7 @@ from ollama_asgi.errors import GatewayError
 from ollama_asgi.lifecycle import Loader, LoadLock
 from ollama_asgi.openai_compat import to_native
 from ollama_asgi.prewarm import TrafficModel
-from ollama_asgi.protocol import ParsedRequest, parse_keep_alive
+from ollama_asgi.protocol import ParsedRequest, canonical_model, parse_keep_alive
 from ollama_asgi.routing import Route
 from ollama_asgi.settings import Settings
 from ollama_asgi.upstream import Upstream
@@ -100,6 +100,7 @@ class ModelLifecycle:
         self.last_num_ctx: dict[tuple[str, str], int] = {}
         self._poller: asyncio.Task[None] | None = None
         self._prewarming: set[asyncio.Task[None]] = set()
+        self._caps: dict[ModelInfo, int] = {}
 
     def add_backend(self, backend: Upstream) -> None:
         self.models[backend.name] = BackendModels(backend)
@@ -136,6 +137,13 @@ class ModelLifecycle:
         return None
 
     def _cap(self, info: ModelInfo) -> int:
+        """The largest ``num_ctx`` this gateway gives ``info`` (settings are frozen: computed once)."""
+        cap = self._caps.get(info)
+        if cap is None:
+            cap = self._caps[info] = self._compute_cap(info)
+        return cap
+
+    def _compute_cap(self, info: ModelInfo) -> int:
         cap = min(info.context_length or self.settings.max_num_ctx, self.settings.max_num_ctx)
         for pattern, limit in self.settings.model_max_num_ctx:
             if fnmatchcase(info.name, pattern.lower()) or fnmatchcase(
@@ -145,6 +153,24 @@ class ModelLifecycle:
         return cap
 
     async def prepare(self, route: Route, parsed: ParsedRequest, principal: Principal, backend: Upstream) -> Prepared:
+        """What goes upstream for this request; fetches the model's facts from Ollama the first time."""
+        assert parsed.model is not None
+        if route.openai:
+            to_native(route.name, dict(parsed.body))  # a malformed body is a 400 before the model is looked up
+        info = await self.models[backend.name].model_info(parsed.model)
+        return self.prepare_known(route, parsed, principal, backend, info)
+
+    def prepare_now(
+        self, route: Route, parsed: ParsedRequest, principal: Principal, backend: Upstream
+    ) -> Prepared | None:
+        """``prepare`` without a coroutine when the model's facts are known (every request but the first)."""
+        assert parsed.model is not None
+        info = self.models[backend.name].info.get(canonical_model(parsed.model))
+        return None if info is None else self.prepare_known(route, parsed, principal, backend, info)
+
+    def prepare_known(
+        self, route: Route, parsed: ParsedRequest, principal: Principal, backend: Upstream, info: ModelInfo
+    ) -> Prepared:
         self.start()
         models = self.models[backend.name]
         body: dict[str, Any] = dict(parsed.body)
@@ -157,7 +183,6 @@ class ModelLifecycle:
             openai_route = route.name
             encoding = body.get("encoding_format") if isinstance(body.get("encoding_format"), str) else None
             prepared_path, body, include_usage = to_native(route.name, body)
-        info = await models.model_info(parsed.model)
 
         client_keep_alive = body.get("keep_alive")
         load_only = _is_load_request(route.name, body)
@@ -223,6 +248,14 @@ class ModelLifecycle:
             cold=cold,
             load_only=load_only,
         )
+
+    def is_ready(self, prepared: Prepared) -> bool:
+        """Loaded with the chosen ``num_ctx`` already: nothing to wait for (the common case, checked
+        without a coroutine)."""
+        if not prepared.num_ctx:
+            return True
+        loaded = prepared.models.loaded_with(prepared.info.name)
+        return loaded is not None and (loaded.num_ctx == prepared.num_ctx or not loaded.num_ctx)
 
     async def ensure_loaded(self, prepared: Prepared, *, wait_limit: float) -> None:
         if prepared.num_ctx:

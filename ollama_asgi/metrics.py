@@ -21,14 +21,23 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from itertools import accumulate
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, start_http_server
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from ollama_asgi._version import __version__
 from ollama_asgi.protocol import canonical_model
@@ -50,7 +59,6 @@ PREFIX = "ollama_asgi_"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 _STREAMED_ROUTES = frozenset({"generate", "chat", "openai_chat", "openai_completions"})
-_M = TypeVar("_M", Counter, Histogram)
 
 
 def multiprocess_dir() -> str | None:
@@ -102,34 +110,38 @@ class GatewayMetrics:
         self._scrape = _OnScrape()
         self._register(self._scrape)
         self._server: WSGIServer | None = None
-        self._children: dict[tuple[object, ...], Any] = {}
+        # Request metrics are observed on every request: plain numbers by default (see _Tally),
+        # prometheus-client's objects where several workers must add up through its directory.
+        self._sink: _Sink = _Children() if multiprocess_dir() else _Tally()
 
-        self.requests = self.counter(
+        self.requests = self.request_counter(
             "requests_total", "Requests answered, by route, model and HTTP status.", ("route", "model", "status")
         )
-        self.duration = self.histogram(
+        self.duration = self.request_histogram(
             "request_duration_seconds",
             "Time from a request's arrival to the last byte of its answer.",
             ("route", "model"),
             LATENCY_BUCKETS,
         )
-        self.first_token = self.histogram(
+        self.first_token = self.request_histogram(
             "time_to_first_token_seconds",
             "Time from a streamed generation's arrival (queueing and loading included) to its first token.",
             ("route", "model"),
             LATENCY_BUCKETS,
         )
-        self.queue_wait = self.histogram(
+        self.queue_wait = self.request_histogram(
             "queue_wait_seconds", "Time an admitted request waited for a backend slot.", ("backend",), WAIT_BUCKETS
         )
-        self.prompt_tokens = self.counter(
+        self.prompt_tokens = self.request_counter(
             "prompt_tokens_total", "Prompt tokens Ollama evaluated, from its final chunk.", ("model",)
         )
-        self.completion_tokens = self.counter(
+        self.completion_tokens = self.request_counter(
             "completion_tokens_total", "Tokens Ollama generated, from its final chunk.", ("model",)
         )
-        self.response_bytes = self.counter("response_bytes_total", "Response body bytes sent to clients.", ("route",))
-        self.rejections = self.counter(
+        self.response_bytes = self.request_counter(
+            "response_bytes_total", "Response body bytes sent to clients.", ("route",)
+        )
+        self.rejections = self.request_counter(
             "rejections_total",
             "Requests the gateway answered itself instead of Ollama, by route and reason.",
             ("route", "reason"),
@@ -142,21 +154,23 @@ class GatewayMetrics:
         if gateway.lifecycle is not None:
             lifecycle = gateway.lifecycle
             self.on_scrape(lambda: _lifecycle_families(gateway))
-            self.load_duration = self.histogram(
+            self.load_duration = self.request_histogram(
                 "model_load_duration_seconds",
                 "Time the gateway's own model loads took, from the load request to Ollama's answer.",
                 ("backend", "model"),
                 LATENCY_BUCKETS,
             )
-            lifecycle.loader.on_loaded = lambda backend, model, seconds: self._child(
-                self.load_duration, backend, model
-            ).observe(seconds)
+            lifecycle.loader.on_loaded = lambda backend, model, seconds: self._sink.observe(
+                self.load_duration, (backend, model), seconds
+            )
         if gateway.shared_state is not None:
             state = gateway.shared_state
             self.on_scrape(
                 lambda: [_gauge("redis_up", "1 when the shared Redis answers, else 0.", value=state.healthy)]
             )
 
+        if isinstance(self._sink, _Tally):
+            self._register(self._sink)  # once every request metric is declared: registries check names
         multiproc = multiprocess_dir()
         if multiproc:
             # Request metrics of every worker come from the directory; live state from this worker.
@@ -172,11 +186,22 @@ class GatewayMetrics:
         try:
             self.registry.register(collector)
         except ValueError as exc:
+            self.close()  # a gateway that failed to start leaves nothing behind in a shared registry
             raise ConfigError(
                 "metrics_registry",
                 f"{exc}; only one gateway per process can use the global registry",
             ) from exc
         self._registered.append(collector)
+
+    def request_counter(self, name: str, documentation: str, labels: Sequence[str]) -> _RequestMetric:
+        """A counter updated per request (through the sink, see ``_Tally``)."""
+        return self._sink.declare(_RequestMetric(PREFIX + name, documentation, tuple(labels), None), self)
+
+    def request_histogram(
+        self, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> _RequestMetric:
+        """A histogram observed per request (through the sink, see ``_Tally``)."""
+        return self._sink.declare(_RequestMetric(PREFIX + name, documentation, tuple(labels), tuple(buckets)), self)
 
     def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
         metric = Counter(PREFIX + name, documentation, labels, registry=None)
@@ -212,32 +237,24 @@ class GatewayMetrics:
         model = ""
         if parsed is not None and parsed.model and result is not None and status not in (400, 404):
             model = canonical_model(parsed.model)
-        child = self._child
-        child(self.requests, route, model, str(status)).inc()
-        child(self.duration, route, model).observe(now - record.started)
+        sink = self._sink
+        sink.inc(self.requests, (route, model, _status_text(status)))
+        sink.observe(self.duration, (route, model), now - record.started)
         if reason:
-            child(self.rejections, route, reason).inc()
+            sink.inc(self.rejections, (route, reason))
         if record.queued is not None:
-            child(self.queue_wait, record.backend).observe(record.queued)
+            sink.observe(self.queue_wait, (record.backend,), record.queued)
         if result is None:
             return
-        child(self.response_bytes, route).inc(result.sent)
+        sink.inc(self.response_bytes, (route,), result.sent)
         streamed = parsed is not None and parsed.stream and route in _STREAMED_ROUTES
         if streamed and record.first_byte is not None and status == 200:
-            child(self.first_token, route, model).observe(record.first_byte - record.started)
+            sink.observe(self.first_token, (route, model), record.first_byte - record.started)
         prompt, completion = usage_from(result.final)
         if prompt:
-            child(self.prompt_tokens, model).inc(prompt)
+            sink.inc(self.prompt_tokens, (model,), prompt)
         if completion:
-            child(self.completion_tokens, model).inc(completion)
-
-    def _child(self, metric: _M, *labels: str) -> _M:
-        """``metric.labels(*labels)``, remembered: prometheus-client's lookup costs more than the update."""
-        key = (id(metric), *labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
+            sink.inc(self.completion_tokens, (model,), completion)
 
     def render(self) -> tuple[bytes, bytes]:
         """The Prometheus text exposition and its content type."""
@@ -272,6 +289,122 @@ class GatewayMetrics:
             for collector in self._registered:
                 REGISTRY.unregister(collector)
         self._registered.clear()
+
+
+_STATUS_TEXT = {code: str(code) for code in range(100, 600)}
+
+
+def _status_text(status: int) -> str:
+    return _STATUS_TEXT.get(status) or str(status)
+
+
+class _RequestMetric:
+    """A per-request counter (``buckets`` None) or histogram; its values live in the sink that declared it."""
+
+    __slots__ = ("buckets", "documentation", "labels", "name", "store", "values")
+
+    def __init__(
+        self, name: str, documentation: str, labels: tuple[str, ...], buckets: tuple[float, ...] | None
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.buckets = buckets
+        self.values: dict[tuple[str, ...], Any] = {}  # _Tally: label values -> number or [bucket counts..., sum]
+        self.store: Any = None  # _Children: the prometheus-client metric
+
+
+class _Sink(Protocol):
+    def declare(self, metric: _RequestMetric, owner: GatewayMetrics) -> _RequestMetric: ...
+
+    def inc(self, metric: _RequestMetric, labels: tuple[str, ...], amount: float = 1.0) -> None: ...
+
+    def observe(self, metric: _RequestMetric, labels: tuple[str, ...], value: float) -> None: ...
+
+
+class _Tally(Collector):
+    """Request metrics as plain numbers, turned into metric families when Prometheus scrapes.
+
+    prometheus-client's metric objects take a lock and a label lookup on every update; a request
+    makes six to eight of them, which was a tenth of the gateway's own CPU per request (see
+    BENCHMARKS.md). Here an update is a dict lookup and an addition, in the event loop's thread;
+    a scrape from the metrics port's thread reads copies, so at worst it misses an update that
+    lands while it reads.
+    """
+
+    def __init__(self) -> None:
+        self.metrics: list[_RequestMetric] = []
+
+    def declare(self, metric: _RequestMetric, owner: GatewayMetrics) -> _RequestMetric:
+        self.metrics.append(metric)
+        return metric
+
+    def inc(self, metric: _RequestMetric, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        values = metric.values
+        values[labels] = values.get(labels, 0.0) + amount
+
+    def observe(self, metric: _RequestMetric, labels: tuple[str, ...], value: float) -> None:
+        buckets = metric.buckets
+        assert buckets is not None
+        counts = metric.values.get(labels)
+        if counts is None:
+            counts = metric.values[labels] = [0] * (len(buckets) + 1) + [0.0]
+        counts[bisect_left(buckets, value)] += 1  # the first bucket whose bound is >= value
+        counts[-1] += value
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self.metrics:
+            values = list(metric.values.items())
+            if metric.buckets is None:
+                counter = CounterMetricFamily(metric.name, metric.documentation, labels=metric.labels)
+                for labels, value in values:
+                    counter.add_metric(labels, value)
+                yield counter
+                continue
+            histogram = HistogramMetricFamily(metric.name, metric.documentation, labels=metric.labels)
+            bounds = [*map(floatToGoString, metric.buckets), "+Inf"]
+            for labels, counts in values:
+                counts = list(counts)
+                cumulative = list(accumulate(counts[:-1]))
+                histogram.add_metric(labels, list(zip(bounds, cumulative, strict=True)), counts[-1])
+            yield histogram
+
+    def describe(self) -> Iterable[Metric]:
+        """The names, so that a registry refuses a second gateway's clashing metrics at registration."""
+        for metric in self.metrics:
+            if metric.buckets is None:
+                yield CounterMetricFamily(metric.name, metric.documentation, labels=metric.labels)
+            else:
+                yield HistogramMetricFamily(metric.name, metric.documentation, labels=metric.labels)
+
+
+class _Children:
+    """Request metrics on prometheus-client's objects: multiprocess mode writes them to its directory."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def declare(self, metric: _RequestMetric, owner: GatewayMetrics) -> _RequestMetric:
+        if metric.buckets is None:
+            metric.store = owner.counter(metric.name.removeprefix(PREFIX), metric.documentation, metric.labels)
+        else:
+            metric.store = owner.histogram(
+                metric.name.removeprefix(PREFIX), metric.documentation, metric.labels, metric.buckets
+            )
+        return metric
+
+    def _child(self, metric: _RequestMetric, labels: tuple[str, ...]) -> Any:
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.store.labels(*labels)
+        return found
+
+    def inc(self, metric: _RequestMetric, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        self._child(metric, labels).inc(amount)
+
+    def observe(self, metric: _RequestMetric, labels: tuple[str, ...], value: float) -> None:
+        self._child(metric, labels).observe(value)
 
 
 def _gauge(name: str, documentation: str, *, value: float | bool) -> GaugeMetricFamily:

@@ -108,6 +108,8 @@ class Placement:
 
     def choose(self, model: str | None, *, exclude: frozenset[str] = frozenset()) -> Backend:
         now = time.monotonic()
+        if len(self.backends) == 1 and not exclude and self.backends[0].available(now):
+            return self.backends[0]  # the common single-backend deployment: nothing to weigh
         candidates = [b for b in self.backends if b.name not in exclude and b.available(now)]
         if not candidates:
             raise GatewayError(

@@ -39,6 +39,8 @@ class TrafficModel:
     misses: int = 0  # a request found its model cold
     warmed: set[str] = field(default_factory=set)
     recent: deque[tuple[str, bool]] = field(default_factory=lambda: deque(maxlen=100))  # (model, cold)
+    _hour: int = -1
+    _hour_ends: float = 0.0  # time.time() at which the cached local hour ends
 
     def observe(self, model: str, *, cold: bool, now: float | None = None) -> None:
         """Record one request for ``model`` (``cold``: it had to be loaded first)."""
@@ -52,14 +54,26 @@ class TrafficModel:
                 if counts[old_to] <= 0:
                     del counts[old_to]
         self._last = model
-        hour = time.localtime(now if now is not None else time.time()).tm_hour
-        self._hours.setdefault(hour, Counter())[model] += 1
+        hour = self._local_hour(time.time() if now is None else now)
+        per_hour = self._hours.get(hour)
+        if per_hour is None:
+            per_hour = self._hours[hour] = Counter()
+        per_hour[model] += 1
         self.recent.append((model, cold))
         if cold:
             self.misses += 1
         elif model in self.warmed:
             self.hits += 1
         self.warmed.discard(model)
+
+    def _local_hour(self, now: float) -> int:
+        """The local hour of ``now``; ``localtime`` only runs when the hour changes (it is per request)."""
+        if self._hour_ends - 3600.0 <= now < self._hour_ends:
+            return self._hour
+        local = time.localtime(now)
+        self._hour = local.tm_hour
+        self._hour_ends = now - (local.tm_min * 60 + local.tm_sec + now % 1.0) + 3600.0
+        return self._hour
 
     def predict(self, current: str) -> Prediction | None:
         """The model most likely to be asked for after ``current``, if confident enough."""

@@ -64,11 +64,25 @@ class ParsedRequest:
     stream: bool
 
 
+_CANONICAL: dict[str, str] = {}
+_CANONICAL_MAX = 4096  # names come from clients: the memo is bounded
+
+
 def canonical_model(name: str) -> str:
-    """Ollama's lookup form: lower case, ``:latest`` when no tag is given."""
-    name = name.lower()
-    last = name.rsplit("/", 1)[-1]
-    return name if ":" in last else name + ":latest"
+    """Ollama's lookup form: lower case, ``:latest`` when no tag is given.
+
+    Memoised: every request asks for it several times (placement, loads, accounting).
+    """
+    found = _CANONICAL.get(name)
+    if found is not None:
+        return found
+    lowered = name.lower()
+    last = lowered.rsplit("/", 1)[-1]
+    found = lowered if ":" in last else lowered + ":latest"
+    if len(_CANONICAL) >= _CANONICAL_MAX:
+        _CANONICAL.clear()
+    _CANONICAL[name] = found
+    return found
 
 
 def _bad(message: str) -> GatewayError:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -58,7 +58,7 @@ def request_id_from(scope: Scope) -> str:
             if 0 < len(value) <= _MAX_REQUEST_ID and all(0x20 < c < 0x7F for c in value):
                 return bytes(value).decode("ascii")
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # same shape as a uuid4 hex, a fifth of the cost
 
 
 @dataclass(slots=True, eq=False)
