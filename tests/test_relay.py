@@ -98,6 +98,21 @@ def test_disconnect_while_waiting_for_a_non_streamed_answer_cancels_too(emulator
     wait_until(lambda: emulator.emulator.stats.cancellations == 1, timeout=1.5)
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_gone_at_once_is_noticed_although_the_gateway_watches_late(
+    emulator: EmulatorServer, llm_url: str, stream: bool
+) -> None:
+    """The disconnect listener starts after a short delay (cheaper for quick requests); a client
+    that leaves before then still stops the generation, within that delay."""
+    emulator.emulator.token_interval = 0.05
+    body = {"model": "llama3.2", "prompt": "x", "stream": stream, "options": {"num_predict": 60}}  # 3 s
+    response = request(llm_url + "/api/generate", body=json.dumps(body).encode(), headers=AUTH)
+    response.close()  # before the gateway has even reached Ollama
+    stats = emulator.emulator.stats
+    time.sleep(0.3)  # well past the watch delay, well short of the 3 s generation
+    assert stats.active == 0 and stats.completed == 0
+
+
 def test_idle_timeout_ends_the_stream_with_an_error_line(
     emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
 ) -> None:
