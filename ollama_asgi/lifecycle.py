@@ -93,6 +93,7 @@ class Loader:
         self.failures = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_loaded: Callable[[str, str, float], object] | None = None  # (backend, model, seconds)
+        self.changes = 0  # loads and unloads made, so views of Ollama's loaded models know they are stale
         self.warm_prompt: Callable[[str], str | None] = lambda model: None  # a system prompt to pre-fill
         self.prefix_warms = 0
         # One load at a time per backend, as Ollama itself does: the VRAM guard's reading and the load
@@ -199,6 +200,7 @@ class Loader:
             message = answer.get("error") if isinstance(answer, dict) else None
             raise GatewayError(status if 400 <= status < 600 else 502, str(message or f"loading failed ({status})"))
         self.loads += 1
+        self.changes += 1
         seconds = time.monotonic() - started
         self.clock.record(info, seconds)
         if self.on_loaded is not None:
@@ -239,6 +241,7 @@ class Loader:
         except UpstreamError as exc:
             logger.warning("unloading %s on %s failed: %s", name, models.backend.name, exc)
         models.loaded.pop(name, None)
+        self.changes += 1
 
     async def aclose(self) -> None:
         tasks = list(self._tasks)

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -51,15 +52,25 @@ class BackendWatch:
     """Checks each backend's ``/api/ps`` on demand, at most once per ``ttl`` however many ask.
 
     ``backends`` is the gateway's own list, which changes when backends are added or removed at run
-    time; states follow it by name.
+    time; states follow it by name. ``changed`` counts the loads and unloads the gateway made: a
+    check older than the last of them is stale whatever its age.
     """
 
-    def __init__(self, backends: list[Upstream], *, ttl: float = 1.0, timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        backends: list[Upstream],
+        *,
+        ttl: float = 1.0,
+        timeout: float = 1.0,
+        changed: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.backends = backends
         self.ttl = ttl
         self.timeout = timeout
+        self.changed = changed
         self.states: dict[str, BackendState] = {}
         self._refreshed = 0.0
+        self._seen = 0  # ``changed()`` when the last check started
         self._task: asyncio.Future[None] | None = None
 
     def current(self) -> list[BackendState]:
@@ -85,7 +96,7 @@ class BackendWatch:
         if (
             task is None
             or task.get_loop() is not loop
-            or (task.done() and time.monotonic() - self._refreshed >= self.ttl)
+            or (task.done() and (time.monotonic() - self._refreshed >= self.ttl or self.changed() != self._seen))
         ):
             task = self._task = asyncio.ensure_future(self._check_all())
         await asyncio.shield(task)
@@ -96,6 +107,7 @@ class BackendWatch:
         asyncio.run_coroutine_threadsafe(self.refresh(), loop).result(timeout)
 
     async def _check_all(self) -> None:
+        self._seen = self.changed()
         backends = list(self.backends)
         names = {b.name for b in backends}
         self.states = {name: state for name, state in self.states.items() if name in names}

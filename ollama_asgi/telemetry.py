@@ -132,7 +132,8 @@ class Telemetry:
         settings = gateway.settings
         self.settings = settings
         self.started_at = time.time()
-        self.health = BackendWatch(gateway.backends)
+        loader = gateway.lifecycle.loader if gateway.lifecycle is not None else None
+        self.health = BackendWatch(gateway.backends, changed=(lambda: loader.changes) if loader else (lambda: 0))
         self.access_log = AccessLog(log_prompts=settings.log_prompts)
         self.status_page = StatusPage(gateway, self.health, self.started_at)
         self.metrics: GatewayMetrics | None = None

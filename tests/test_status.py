@@ -60,6 +60,18 @@ def test_status_reports_backends_loaded_models_and_queues(host_factory: Callable
     assert status["max_queue"] == 64 and status["redis"] is None
 
 
+def test_a_load_by_the_gateway_shows_at_once_although_status_was_read_just_before(
+    host_factory: Callable[..., ServerThread],
+) -> None:
+    llm = host_factory().url + "/llm"
+    (backend,) = httpx.get(llm + "/_gateway/status", headers=ADMIN).json()["backends"]
+    assert backend["models"] == []  # read now, cached for a second
+    body = {"model": "llama3.2", "prompt": "x", "stream": False, "options": {"num_predict": 1}}
+    assert httpx.post(llm + "/api/generate", json=body, headers=AUTH).status_code == 200
+    (backend,) = httpx.get(llm + "/_gateway/status", headers=ADMIN).json()["backends"]
+    assert [m["name"] for m in backend["models"]] == ["llama3.2:latest"]
+
+
 @pytest.mark.parametrize(("headers", "status"), [({}, 401), (AUTH, 403)])
 def test_status_is_for_administrators(llm_url: str, headers: dict[str, str], status: int) -> None:
     for accept in ("application/json", BROWSER_ACCEPT):
