@@ -201,18 +201,26 @@ def start_targets(
         return wanted is None or name in wanted
 
     servers: dict[str, Server] = {}
+    # Every Python hop runs with the same garbage-collector settings (ollama_asgi.gc_tuning, which
+    # `ollama-asgi serve` applies), so the comparison is of the code; gateway-default-gc shows
+    # what the gateway costs where the host keeps CPython's defaults.
+    tuned = ("--gc", "tuned")
     if want("plain-httpx"):
         servers["plain-httpx"] = python_server(
-            "plain-httpx", "plain-httpx", free_port(), "--upstream", up, log=workdir / "plain-httpx.log"
+            "plain-httpx", "plain-httpx", free_port(), "--upstream", up, *tuned, log=workdir / "plain-httpx.log"
         )
     if want("plain-aiohttp"):
         servers["plain-aiohttp"] = python_server(
-            "plain-aiohttp", "plain-aiohttp", free_port(), "--upstream", up, log=workdir / "plain-aiohttp.log"
+            "plain-aiohttp", "plain-aiohttp", free_port(), "--upstream", up, *tuned, log=workdir / "plain-aiohttp.log"
         )
     gateway_args = ["--upstream", up, "--parallel", "64", "--max-queue", "512"]
     if want("gateway"):
         servers["gateway"] = python_server(
-            "gateway", "gateway", free_port(), *gateway_args, log=workdir / "gateway.log"
+            "gateway", "gateway", free_port(), *gateway_args, *tuned, log=workdir / "gateway.log"
+        )
+    if want("gateway-default-gc"):
+        servers["gateway-default-gc"] = python_server(
+            "gateway-default-gc", "gateway", free_port(), *gateway_args, log=workdir / "gateway-default-gc.log"
         )
     if baseline_dir is not None:
         servers["gateway-baseline"] = python_server(
@@ -220,6 +228,7 @@ def start_targets(
             "gateway",
             free_port(),
             *gateway_args,
+            *tuned,
             log=workdir / "gateway-baseline.log",
             package_path=str(baseline_dir),
         )
@@ -270,6 +279,18 @@ def start_targets(
                 auth,
                 servers["gateway"],
                 version=_version("ollama-asgi"),
+            )
+        )
+    if "gateway-default-gc" in servers:
+        targets.append(
+            Target(
+                "gateway-default-gc",
+                servers["gateway-default-gc"].url + "/llm",
+                ("native",),
+                auth,
+                servers["gateway-default-gc"],
+                version=_version("ollama-asgi"),
+                note="the same gateway, CPython's default garbage-collector settings",
             )
         )
     if "gateway-baseline" in servers:

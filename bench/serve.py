@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import os
 import sys
 import time
@@ -121,12 +122,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-interval", type=float, default=None)
     parser.add_argument("--load-seconds", type=float, default=None)
     parser.add_argument("--package-path", default=None, help="import ollama_asgi from this directory")
+    parser.add_argument(
+        "--gc",
+        choices=("default", "tuned"),
+        default="default",
+        help="tuned: freeze startup objects and raise the young-generation threshold once the app is built",
+    )
     args = parser.parse_args(argv)
     if args.package_path:
         sys.path.insert(0, os.path.abspath(args.package_path))
     import uvicorn
 
     app = build_app(args)
+    if args.gc == "tuned":
+        # What ollama_asgi.gc_tuning.tune_gc does, written out so every Python hop (and a baseline
+        # copy of the package that predates that module) gets exactly the same settings.
+        gc.freeze()
+        gc.set_threshold(10_000, *gc.get_threshold()[1:])
     config = uvicorn.Config(
         app,
         host="127.0.0.1",

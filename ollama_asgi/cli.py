@@ -33,6 +33,10 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     gateway = OllamaGateway(settings)
     app = PrefixDispatcher(gateway, args.prefix)
+    if not args.default_gc:
+        from ollama_asgi.gc_tuning import tune_gc
+
+        tune_gc()  # this process is ours: everything imported and built so far is frozen
     print(f"ollama-asgi {__version__}: gateway at http://{args.host}:{args.port}{app.prefix}", file=sys.stderr)
     config = uvicorn.Config(
         app,
@@ -82,6 +86,12 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--prefix", default="/llm")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="keep CPython's garbage-collector settings (by default serve freezes startup objects and "
+        "raises the young-generation threshold, see ollama_asgi.gc_tuning)",
+    )
     serve.set_defaults(func=_serve)
 
     from ollama_asgi.testing.cli import add_emulate_arguments, run_emulate

@@ -672,6 +672,15 @@ class Settings:
         default=False,
         metadata=_doc("Put prompts and messages in the access log (they often hold personal data).", _to_bool),
     )
+    tune_gc: bool = field(
+        default=False,
+        metadata=_doc(
+            "At the first request, freeze the objects alive (gc.freeze) and raise the young-generation GC "
+            "threshold to 10000: less collector time per request. Process-wide, hence off unless the host "
+            "opts in; ollama-asgi serve does it by default.",
+            _to_bool,
+        ),
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -38,7 +38,7 @@ def test_the_tiny_benchmark_measures_every_target_and_renders_its_report(tmp_pat
 
     results = json.loads((tmp_path / "latest.json").read_text())
     measured = {name for name, t in results["targets"].items() if t["status"] == "measured"}
-    assert measured == {"direct", "plain-httpx", "plain-aiohttp", "gateway"}
+    assert measured == {"direct", "plain-httpx", "plain-aiohttp", "gateway", "gateway-default-gc"}
     assert {r["target"] for r in results["measurements"]} == measured
     for row in results["measurements"]:
         assert row["result"]["errors"] == 0, row
