@@ -112,7 +112,7 @@ async def _measure(requests: int, tokens_list: tuple[int, ...]) -> dict[str, Any
     app = build("http://127.0.0.1:9", parallel=64, max_queue=512)
     gateway = app.routes[0].app
 
-    async def fake_open(method: str, path: str, *, query: bytes = b"", headers: Any = (), body: Any = None) -> Any:
+    async def fake_open(method: str, path: str, *, body: Any = None, **_: Any) -> Any:
         return _canned(method, path, body if isinstance(body, bytes) else None)
 
     for backend in gateway.backends:

@@ -221,11 +221,13 @@ class OllamaGateway:
         if self._gc_pending:
             self._gc_pending = False
             tune_gc()
+        # Asked once: CPython 3.11 makes a getpid() system call on every get_running_loop().
+        loop = asyncio.get_running_loop()
         path = route_path(scope)
         method: str = scope["method"]
         openai = path.startswith("/v1/")
         head = method == "HEAD"
-        record = self.telemetry.begin(scope)
+        record = self.telemetry.begin(scope, loop)
         progress = _Progress(record)
         try:
             route = record.route = match_route(path)
@@ -246,7 +248,7 @@ class OllamaGateway:
                     principal = await call_authorizer(self._authorize, scope)
                 principal = record.principal = self._authorized(principal, route)
             if route.streamed_body:
-                request = _Request(scope, path, route, None, principal, _stream_body(receive), head)
+                request = _Request(scope, path, route, None, principal, _stream_body(receive), head, loop)
                 await self._exchange(request, send, progress)
                 return
             raw = await _read_body(scope, receive, self.settings.max_body_bytes)
@@ -255,8 +257,8 @@ class OllamaGateway:
                 parsed = record.parsed = parse_request(route, raw, max_num_ctx=self.settings.max_num_ctx)
                 if principal is not None:
                     self._check_model(principal, parsed)
-            request = _Request(scope, path, route, parsed, principal, raw or None, head)
-            await _DisconnectWatcher(receive).run_until(self._exchange(request, send, progress))
+            request = _Request(scope, path, route, parsed, principal, raw or None, head, loop)
+            await _DisconnectWatcher(receive).run_until(self._exchange(request, send, progress), loop)
         except GatewayError as exc:
             record.error = exc
             if progress.started:
@@ -386,6 +388,7 @@ class OllamaGateway:
                     query=scope.get("query_string", b""),
                     headers=headers,
                     body=body,
+                    loop=request.loop,
                 )
             except UpstreamError as exc:
                 self.placement.record_failure(chosen, str(exc))
@@ -725,6 +728,7 @@ class _Request:
     principal: Principal | None
     body: bytes | AsyncIterator[bytes] | None
     head: bool
+    loop: asyncio.AbstractEventLoop
     rate_checked: bool = False
 
 
@@ -801,10 +805,10 @@ class _DisconnectWatcher:
         self._gone = False
         self._listener: asyncio.Task[None] | None = None
 
-    async def run_until(self, exchange: Awaitable[None]) -> None:
-        task = asyncio.current_task()
+    async def run_until(self, exchange: Awaitable[None], loop: asyncio.AbstractEventLoop) -> None:
+        task = asyncio.current_task(loop)
         assert task is not None
-        timer = task.get_loop().call_later(_WATCH_AFTER, self._start, task)
+        timer = loop.call_later(_WATCH_AFTER, self._start, task)
         try:
             await exchange
         except asyncio.CancelledError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +34,7 @@ __all__ = ["RequestRecord", "Telemetry", "request_id_from"]
 logger = logging.getLogger("ollama_asgi")
 
 _MAX_REQUEST_ID = 128
+_ids = random.Random()  # seeded from the OS; ids need to be unique, not secret
 
 # Statuses whose cause needs no further naming; a GatewayError's own ``reason`` wins over these.
 _REASONS = {
@@ -58,7 +59,7 @@ def request_id_from(scope: Scope) -> str:
             if 0 < len(value) <= _MAX_REQUEST_ID and all(0x20 < c < 0x7F for c in value):
                 return bytes(value).decode("ascii")
             break
-    return os.urandom(16).hex()  # same shape as a uuid4 hex, a fifth of the cost
+    return f"{_ids.getrandbits(128):032x}"  # a uuid4's shape, without its object or a system call
 
 
 @dataclass(slots=True, eq=False)
@@ -148,8 +149,8 @@ class Telemetry:
             else:
                 self.metrics = GatewayMetrics(gateway, self.health, self.started_at, lambda: self.loop)
 
-    def begin(self, scope: Scope) -> RequestRecord:
-        self.loop = asyncio.get_running_loop()  # the metrics port's thread checks backends on this loop
+    def begin(self, scope: Scope, loop: asyncio.AbstractEventLoop) -> RequestRecord:
+        self.loop = loop  # the metrics port's thread checks backends on this loop
         return RequestRecord(request_id_from(scope), time.monotonic(), scope["method"])
 
     def end(self, record: RequestRecord) -> None:

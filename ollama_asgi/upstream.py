@@ -37,8 +37,9 @@ class Upstream:
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
+    def _get_session(self, loop: asyncio.AbstractEventLoop | None = None) -> aiohttp.ClientSession:
+        if loop is None:
+            loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
             self._retire(self._session, self._loop)
             connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0, ttl_dns_cache=60)
@@ -67,13 +68,17 @@ class Upstream:
         query: bytes = b"",
         headers: Iterable[tuple[str, str]] = (),
         body: bytes | AsyncIterable[bytes] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> UpstreamResponse:
-        """Send a request and return once the response headers arrived; the caller must close it."""
+        """Send a request and return once the response headers arrived; the caller must close it.
+
+        ``loop`` is the running loop when the caller already has it (saves asking again per request).
+        """
         url = self.base_url + path
         if query:
             url += "?" + query.decode("latin-1")
         try:
-            return await self._get_session().request(
+            return await self._get_session(loop).request(
                 method, url, data=body, headers=list(headers), allow_redirects=False
             )
         except aiohttp.ClientConnectorError as exc:
