@@ -343,7 +343,7 @@ class OllamaGateway:
         model = request.parsed.model if request.parsed is not None else None
         tried: set[str] = set()
         while True:
-            backend = self.placement.choose(model, exclude=frozenset(tried))
+            backend = self.placement.choose(model, exclude=frozenset(tried) if tried else _NONE)
             try:
                 await self._exchange_on(backend, request, send, progress)
                 return
@@ -739,6 +739,7 @@ class _Progress:
 
 
 _LISTINGS = frozenset({"tags", "ps", "openai_models"})
+_NONE: frozenset[str] = frozenset()
 _EMBED_ROUTES = frozenset({"embed", "embeddings", "openai_embeddings"})
 _KEEPALIVE = b": waiting for a free slot\n\n"
 

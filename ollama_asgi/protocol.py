@@ -136,13 +136,21 @@ def _check_options(options: object, max_num_ctx: int) -> None:
         raise _bad(f"options.num_predict must be -1 (no limit), -2 (fill context) or positive, got {num_predict}")
 
 
+_VALID_NAMES: set[str] = set()  # names that passed, so the pattern runs once per name (bounded)
+
+
 def check_model_name(name: object) -> str:
+    if name.__class__ is str and name in _VALID_NAMES:
+        return name
     if not isinstance(name, str):
         raise _bad(f"model must be a string, got {_type_name(name)}")
     if not name:
         raise _bad("model is required")
     if len(name) > _MAX_MODEL_LEN or not _MODEL_NAME.fullmatch(name) or ".." in name:
         raise _bad(f"invalid model name {name[:100]!r}")
+    if len(_VALID_NAMES) >= _CANONICAL_MAX:
+        _VALID_NAMES.clear()
+    _VALID_NAMES.add(name)
     return name
 
 

@@ -65,7 +65,7 @@ def stream_headers(content_type: bytes, extra: list[tuple[bytes, bytes]] | None 
 
 
 def _response_headers(resp: UpstreamResponse) -> list[tuple[bytes, bytes]]:
-    return [(k.lower(), v) for k, v in resp.raw_headers if k.lower() not in _DROP]
+    return [(name, v) for k, v in resp.raw_headers if (name := k.lower()) not in _DROP]
 
 
 def _framing(resp: UpstreamResponse) -> bytes | None:
