@@ -252,10 +252,7 @@ class ModelLifecycle:
     def is_ready(self, prepared: Prepared) -> bool:
         """Loaded with the chosen ``num_ctx`` already: nothing to wait for (the common case, checked
         without a coroutine)."""
-        if not prepared.num_ctx:
-            return True
-        loaded = prepared.models.loaded_with(prepared.info.name)
-        return loaded is not None and (loaded.num_ctx == prepared.num_ctx or not loaded.num_ctx)
+        return not prepared.num_ctx or self.loader.ready(prepared.models, prepared.info, prepared.num_ctx)
 
     async def ensure_loaded(self, prepared: Prepared, *, wait_limit: float) -> None:
         if prepared.num_ctx:

@@ -103,11 +103,16 @@ class Loader:
     def expected_load_seconds(self, info: ModelInfo) -> float:
         return self.clock.expected(info)
 
+    @staticmethod
+    def ready(models: BackendModels, info: ModelInfo, num_ctx: int) -> bool:
+        """Loaded on ``models.backend`` with ``num_ctx`` (or a runner whose context is not known)."""
+        loaded = models.loaded_with(info.name)
+        return loaded is not None and (loaded.num_ctx == num_ctx or not loaded.num_ctx)
+
     async def ensure_loaded(self, models: BackendModels, info: ModelInfo, num_ctx: int, *, wait_limit: float) -> None:
         """Return once ``info`` is loaded on ``models.backend`` with ``num_ctx``; start the load if needed."""
         while True:
-            loaded = models.loaded_with(info.name)
-            if loaded is not None and (loaded.num_ctx == num_ctx or not loaded.num_ctx):
+            if self.ready(models, info, num_ctx):
                 return
             key = (models.backend.name, info.name)
             state = self.loading.get(key)
