@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ollama_asgi.usage import usage_from
+from ollama_asgi.usage import Usage
 
 if TYPE_CHECKING:
     from ollama_asgi.telemetry import RequestRecord
@@ -38,7 +38,9 @@ class AccessLog:
     def __init__(self, *, log_prompts: bool = False) -> None:
         self.log_prompts = log_prompts
 
-    def write(self, record: RequestRecord, status: int, reason: str, error: str | None, now: float) -> None:
+    def write(
+        self, record: RequestRecord, status: int, reason: str, error: str | None, now: float, usage: Usage
+    ) -> None:
         route = record.route.name if record.route is not None else None
         if status >= 500 or (error and status < 400):
             level = logging.WARNING  # an upstream failure, or a stream that broke after it started
@@ -49,7 +51,7 @@ class AccessLog:
         if not logger.isEnabledFor(level):
             return
         result = record.result
-        prompt_tokens, completion_tokens = usage_from(result.final if result is not None else None)
+        prompt_tokens, completion_tokens = usage
         parsed = record.parsed
         fields: dict[str, Any] = {
             "ts": round(time.time(), 3),

@@ -96,6 +96,7 @@ def _model_patterns(value: object) -> tuple[str, ...] | None:
 
 
 _ANONYMOUS = Principal(id="anonymous", source="anonymous")
+_MAX_VERIFIED = 4096  # distinct header spellings of valid keys remembered (a key has few)
 
 
 def _key_principal(key: ApiKey) -> Principal:
@@ -115,23 +116,42 @@ def _key_principal(key: ApiKey) -> Principal:
 class DefaultAuthorizer:
     """The policy in ``Settings.auth``: host user, API key, or (explicitly) nobody at all."""
 
-    __slots__ = ("_keys", "_principals", "_settings")
+    __slots__ = ("_keys", "_principals", "_settings", "_verified")
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._keys: dict[str, ApiKey] = {k.sha256: k for k in (*settings.api_keys, *settings.admin_api_keys)}
         # Principals are immutable: one per key, built once instead of on every request.
         self._principals: dict[str, Principal] = {digest: _key_principal(k) for digest, k in self._keys.items()}
+        # Authorization header values already proven to hold a configured key: a dict lookup instead
+        # of a SHA-256 per request. Only valid keys enter, so unknown tokens cannot grow it; settings
+        # are frozen, so an entry never goes stale.
+        self._verified: dict[bytes, Principal] = {}
 
     def from_api_key(self, scope: Scope) -> Principal | None:
+        if not self._keys:
+            return None
+        header = None
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                header = value
+                break
+        if header is None:
+            return None
+        principal = self._verified.get(header)
+        if principal is not None:
+            return principal
         token = bearer_token(scope)
-        if token is None or not self._keys:
+        if token is None:
             return None
         digest = hashlib.sha256(token.encode()).hexdigest()
         key = self._keys.get(digest)
         if key is None or not hmac.compare_digest(key.sha256, digest):
             return None
-        return self._principals[digest]
+        principal = self._principals[digest]
+        if len(self._verified) < _MAX_VERIFIED:
+            self._verified[bytes(header)] = principal
+        return principal
 
     def from_host_user(self, scope: Scope) -> Principal | None:
         user = scope.get("user")

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -48,6 +48,8 @@ logger = logging.getLogger("ollama_asgi")
 # Only these request headers reach Ollama: the host's cookies, Authorization, Origin and Host
 # stay behind (Ollama answers a foreign Host or Origin with an empty 403 when bound to loopback).
 _FORWARD = frozenset({b"content-type", b"accept", b"user-agent"})
+_FORWARD_JSON = _FORWARD - {b"content-type"}  # the gateway re-encodes the body: its own Content-Type
+_ADMISSION_HEADERS = frozenset({b"x-request-timeout", b"x-request-priority"})
 
 
 class _Retryable(Exception):
@@ -209,15 +211,11 @@ class OllamaGateway:
     # -- request path ----------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
-        elif kind == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The HTTP path is written out here rather than in a helper coroutine: one frame less on
+        # every request.
+        if scope["type"] != "http":
+            await self._not_http(scope, receive, send)
+            return
         if self._gc_pending:
             self._gc_pending = False
             tune_gc()
@@ -258,7 +256,24 @@ class OllamaGateway:
                 if principal is not None:
                     self._check_model(principal, parsed)
             request = _Request(scope, path, route, parsed, principal, raw or None, head, loop)
-            await _DisconnectWatcher(receive).run_until(self._exchange(request, send, progress), loop)
+            # The body is read: the next ASGI message can only be http.disconnect. A listener for it
+            # starts after _WATCH_AFTER (see _DisconnectWatcher); written out here, not as a wrapper
+            # coroutine, since it is on every request.
+            watcher = _DisconnectWatcher(receive)
+            task = asyncio.current_task(loop)
+            assert task is not None
+            timer = loop.call_later(_WATCH_AFTER, watcher.start, task)
+            try:
+                await self._exchange(request, send, progress)
+            except asyncio.CancelledError:
+                if not watcher.gone or task.uncancel() > 0:
+                    raise  # cancelled from outside (the server is stopping), not by the listener
+            else:
+                if watcher.gone:
+                    task.uncancel()  # the exchange finished and swallowed the listener's cancellation
+            finally:
+                timer.cancel()
+                watcher.stop()
         except GatewayError as exc:
             record.error = exc
             if progress.started:
@@ -270,6 +285,12 @@ class OllamaGateway:
             return
         finally:
             self.telemetry.end(record)
+
+    async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
 
     @staticmethod
     def _authorized(principal: Principal | None, route: Route) -> Principal:
@@ -365,20 +386,28 @@ class OllamaGateway:
         principal = request.principal
         path = request.path
         body = request.body
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k in _FORWARD]
         record = progress.record
         record.backend = backend.name
         extra: list[tuple[bytes, bytes]] = [record.id_header]
         lease = prepared = None
-        try:
-            lease, prepared, path, body, headers = await self._before_upstream(
-                request, backend, send, progress, path, body, headers, extra
-            )
-        except UpstreamError as exc:
-            self.placement.record_failure(chosen, str(exc))
-            raise _Retryable(self._upstream_failure(backend, exc)) from exc
-        if prepared is not None and self.lifecycle is not None:
-            self.lifecycle.begin(prepared)
+        if request.route.kind is Kind.INFERENCE and principal is not None:
+            try:
+                lease, prepared = self._take_slot_now(request, backend)
+                if lease is None:
+                    lease, prepared = await self._before_upstream(request, backend, send, progress, prepared)
+            except UpstreamError as exc:
+                self.placement.record_failure(chosen, str(exc))
+                raise _Retryable(self._upstream_failure(backend, exc)) from exc
+        if prepared is not None:
+            path, body = prepared.path, prepared.body
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k in _FORWARD_JSON]
+            headers.append(("Content-Type", "application/json"))
+            if prepared.truncated:
+                extra.append((b"x-context-truncated", str(prepared.truncated).encode()))
+            if self.lifecycle is not None:
+                self.lifecycle.begin(prepared)
+        else:
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k in _FORWARD]
         ok = False
         try:
             try:
@@ -474,41 +503,53 @@ class OllamaGateway:
         error.__cause__ = exc  # telemetry tells an unreachable upstream from other 503s by this
         return error
 
+    def _rate_limited(self, principal: Principal) -> bool:
+        return bool(
+            principal.requests_per_minute
+            or principal.tokens_per_minute
+            or self.settings.rate_limit_rpm
+            or self.settings.rate_limit_tpm
+        )
+
+    def _take_slot_now(self, request: _Request, backend: Upstream) -> tuple[Lease | None, Prepared | None]:
+        """The common case without a coroutine: no rate limit to ask, the model's facts known, its
+        runner loaded, a slot free. ``(None, prepared)`` sends the request through ``_before_upstream``
+        (with what was already prepared, so nothing is counted twice)."""
+        principal = request.principal
+        assert principal is not None
+        if not request.rate_checked and self._rate_limited(principal):
+            return None, None
+        prepared = None
+        parsed = request.parsed
+        lifecycle = self.lifecycle
+        if lifecycle is not None and parsed is not None and parsed.model is not None:
+            prepared = lifecycle.prepare_now(request.route, parsed, principal, backend)
+            if prepared is None:
+                return None, None
+            if not prepared.load_only and not lifecycle.is_ready(prepared):
+                return None, prepared
+        for name, _ in request.scope["headers"]:
+            if name in _ADMISSION_HEADERS:
+                return None, prepared  # read and checked by _admit
+        kind = "embed" if request.route.name in _EMBED_ROUTES else "generate"
+        return self.admission.try_admit(backend.name, kind), prepared
+
     async def _before_upstream(
-        self,
-        request: _Request,
-        backend: Upstream,
-        send: Send,
-        progress: _Progress,
-        path: str,
-        body: bytes | AsyncIterator[bytes] | None,
-        headers: list[tuple[str, str]],
-        extra: list[tuple[bytes, bytes]],
-    ) -> tuple[Lease | None, Prepared | None, str, bytes | AsyncIterator[bytes] | None, list[tuple[str, str]]]:
+        self, request: _Request, backend: Upstream, send: Send, progress: _Progress, prepared: Prepared | None
+    ) -> tuple[Lease, Prepared | None]:
         """Rate limit, size the context, load the model and take a slot: everything before Ollama."""
         principal = request.principal
-        lease = prepared = None
-        if request.route.kind is Kind.INFERENCE and principal is not None:
-            if not request.rate_checked:
-                request.rate_checked = True
-                if (
-                    principal.requests_per_minute
-                    or principal.tokens_per_minute
-                    or self.settings.rate_limit_rpm
-                    or self.settings.rate_limit_tpm
-                ):
-                    await self._check_rate(principal)
-            parsed = request.parsed
-            if self.lifecycle is not None and parsed is not None and parsed.model is not None:
-                prepared = self.lifecycle.prepare_now(request.route, parsed, principal, backend)
-                if prepared is None:
-                    prepared = await self.lifecycle.prepare(request.route, parsed, principal, backend)
-                path, body = prepared.path, prepared.body
-                headers = [(k, v) for k, v in headers if k != "content-type"] + [("Content-Type", "application/json")]
-                if prepared.truncated:
-                    extra.append((b"x-context-truncated", str(prepared.truncated).encode()))
-            lease = await self._admit(backend, request, send, progress, prepared)
-        return lease, prepared, path, body, headers
+        assert principal is not None
+        if not request.rate_checked:
+            request.rate_checked = True
+            if self._rate_limited(principal):
+                await self._check_rate(principal)
+        parsed = request.parsed
+        if prepared is None and self.lifecycle is not None and parsed is not None and parsed.model is not None:
+            prepared = self.lifecycle.prepare_now(request.route, parsed, principal, backend)
+            if prepared is None:
+                prepared = await self.lifecycle.prepare(request.route, parsed, principal, backend)
+        return await self._admit(backend, request, send, progress, prepared), prepared
 
     async def _load_then_admit(
         self,
@@ -799,39 +840,27 @@ class _DisconnectWatcher:
     first moments runs at most that long before it is cancelled.
     """
 
-    __slots__ = ("_gone", "_listener", "_receive")
+    __slots__ = ("gone", "_listener", "_receive")
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
-        self._gone = False
+        self.gone = False
         self._listener: asyncio.Task[None] | None = None
 
-    async def run_until(self, exchange: Awaitable[None], loop: asyncio.AbstractEventLoop) -> None:
-        task = asyncio.current_task(loop)
-        assert task is not None
-        timer = loop.call_later(_WATCH_AFTER, self._start, task)
-        try:
-            await exchange
-        except asyncio.CancelledError:
-            if not self._gone or task.uncancel() > 0:
-                raise  # cancelled from outside (the server is stopping), not by the listener
-        else:
-            if self._gone:
-                task.uncancel()  # the exchange finished and swallowed the listener's cancellation
-        finally:
-            timer.cancel()
-            if self._listener is not None:
-                self._listener.cancel()
-
-    def _start(self, task: asyncio.Task[object]) -> None:
+    def start(self, task: asyncio.Task[object]) -> None:
+        """Start listening (the timer calls this once the exchange has run for ``_WATCH_AFTER``)."""
         if not task.done():
             self._listener = task.get_loop().create_task(self._listen(task))
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
 
     async def _listen(self, task: asyncio.Task[object]) -> None:
         while True:
             message: Message = await self._receive()
             if message["type"] == "http.disconnect":
-                self._gone = True
+                self.gone = True
                 task.cancel()
                 return
 

@@ -42,7 +42,7 @@ from prometheus_client.utils import floatToGoString
 from ollama_asgi._version import __version__
 from ollama_asgi.protocol import canonical_model
 from ollama_asgi.settings import ConfigError
-from ollama_asgi.usage import usage_from
+from ollama_asgi.usage import Usage
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -227,8 +227,11 @@ class GatewayMetrics:
 
     # -- observing and serving -----------------------------------------------------------------
 
-    def observe(self, record: RequestRecord, status: int, reason: str, now: float) -> None:
-        """Everything one finished request contributes; called once, after its last byte."""
+    def observe(self, record: RequestRecord, status: int, reason: str, now: float, usage: Usage) -> None:
+        """Everything one finished request contributes; called once, after its last byte.
+
+        ``usage`` is the request's token counts, read once from its final chunk by the caller.
+        """
         route = record.route.name if record.route is not None else "unmatched"
         result = record.result
         parsed = record.parsed
@@ -250,7 +253,7 @@ class GatewayMetrics:
         streamed = parsed is not None and parsed.stream and route in _STREAMED_ROUTES
         if streamed and record.first_byte is not None and status == 200:
             sink.observe(self.first_token, (route, model), record.first_byte - record.started)
-        prompt, completion = usage_from(result.final)
+        prompt, completion = usage
         if prompt:
             sink.inc(self.prompt_tokens, (model,), prompt)
         if completion:

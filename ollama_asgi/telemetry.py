@@ -22,6 +22,7 @@ from ollama_asgi.relay import RelayResult
 from ollama_asgi.routing import Route
 from ollama_asgi.types import Message, Scope, Send
 from ollama_asgi.upstream import UpstreamError
+from ollama_asgi.usage import Usage, usage_from
 
 if TYPE_CHECKING:
     from ollama_asgi.admission import Lease
@@ -34,6 +35,7 @@ __all__ = ["RequestRecord", "Telemetry", "request_id_from"]
 logger = logging.getLogger("ollama_asgi")
 
 _MAX_REQUEST_ID = 128
+_NO_USAGE = Usage((0, 0))
 _ids = random.Random()  # seeded from the OS; ids need to be unique, not secret
 
 # Statuses whose cause needs no further naming; a GatewayError's own ``reason`` wins over these.
@@ -162,9 +164,11 @@ class Telemetry:
                 self.health.note(record.backend, True)
             elif reason == "upstream_unreachable":
                 self.health.note(record.backend, False)
+        result = record.result
+        usage = usage_from(result.final) if result is not None else _NO_USAGE
         if self.metrics is not None:
-            self.metrics.observe(record, status, reason, now)
-        self.access_log.write(record, status, reason, error, now)
+            self.metrics.observe(record, status, reason, now, usage)
+        self.access_log.write(record, status, reason, error, now, usage)
 
     async def endpoint(self, name: str, scope: Scope, send: Send, record: RequestRecord, authorize: Authorizer) -> None:
         """``/_gateway/status`` (administrators) and ``/_gateway/metrics`` (as ``metrics_access`` says)."""

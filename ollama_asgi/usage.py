@@ -1,8 +1,12 @@
-"""Token counts from Ollama's final chunk (native) or ``usage`` object (OpenAI-compatible)."""
+"""Token counts from Ollama's final chunk (native) or ``usage`` object (OpenAI-compatible).
+
+Read by a byte search, not a JSON parse: it runs for every request (metrics, access log, token
+rate limits) on what can be a whole non-streamed answer. Ollama writes its counters after the
+message, so the last occurrence of a key is the top-level one even when a tool call's arguments
+repeat the name; a key inside a JSON string cannot match, since its quotes are escaped there.
+"""
 
 from __future__ import annotations
-
-import orjson
 
 __all__ = ["Usage", "usage_from"]
 
@@ -15,22 +19,33 @@ class Usage(tuple[int, int]):
         return self[0] + self[1]
 
 
+_NONE = Usage((0, 0))
+
+
 def usage_from(final: bytes | None) -> Usage:
     if not final:
-        return Usage((0, 0))
-    if final.startswith(b"data:"):
-        final = final[5:]
-    try:
-        data = orjson.loads(final)
-    except orjson.JSONDecodeError:
-        return Usage((0, 0))
-    if not isinstance(data, dict):
-        return Usage((0, 0))
-    usage = data.get("usage")
-    if isinstance(usage, dict):
-        return Usage((_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))))
-    return Usage((_int(data.get("prompt_eval_count")), _int(data.get("eval_count"))))
+        return _NONE
+    prompt = _count(final, b'"prompt_eval_count":')
+    completion = _count(final, b'"eval_count":')
+    if prompt >= 0 or completion >= 0:  # native (embeddings carry only the prompt's count)
+        return Usage((max(prompt, 0), max(completion, 0)))
+    at = final.rfind(b'"usage":')
+    if at < 0:
+        return _NONE
+    # OpenAI-compatible: everything a client or model wrote is inside JSON strings there.
+    usage = final[at:]
+    return Usage((max(_count(usage, b'"prompt_tokens":'), 0), max(_count(usage, b'"completion_tokens":'), 0)))
 
 
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+def _count(data: bytes, key: bytes) -> int:
+    """The non-negative integer after the last ``key``; 0 when it is something else, -1 when absent."""
+    at = data.rfind(key)
+    if at < 0:
+        return -1
+    start = at + len(key)
+    while start < len(data) and data[start] in b" \t":
+        start += 1
+    end = start
+    while end < len(data) and 0x30 <= data[end] <= 0x39:
+        end += 1
+    return int(data[start:end]) if end > start else 0
