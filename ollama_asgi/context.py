@@ -63,7 +63,10 @@ def estimate_tokens(body: dict[str, Any], text: Callable[[object], int] = _text_
             tokens += _chat_estimate(messages)
         else:
             tokens += sum(_message_tokens(m, text) for m in messages)
-    tokens += text(body.get("prompt")) + text(body.get("system")) + text(body.get("suffix"))
+    for key in ("prompt", "system", "suffix"):
+        value = body.get(key)
+        if value:  # absent or empty counts 0 either way
+            tokens += text(value)
     images = body.get("images")
     if isinstance(images, list):
         tokens += _PER_IMAGE * len(images)
@@ -141,10 +144,12 @@ class TokenCounter:
         return self._for(model) or _text_tokens
 
     def count(self, body: dict[str, Any], model: str) -> int:
+        if not self.files:
+            return estimate_tokens(body)
         return estimate_tokens(body, self.text_for(model))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ContextChoice:
     num_ctx: int
     needed: int  # estimated prompt + answer tokens

@@ -8,6 +8,8 @@ repeat the name; a key inside a JSON string cannot match, since its quotes are e
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["Usage", "usage_from"]
 
 
@@ -20,6 +22,7 @@ class Usage(tuple[int, int]):
 
 
 _NONE = Usage((0, 0))
+_NUMBER = re.compile(rb"[ \t]*([0-9]+)")
 
 
 def usage_from(final: bytes | None) -> Usage:
@@ -42,10 +45,5 @@ def _count(data: bytes, key: bytes) -> int:
     at = data.rfind(key)
     if at < 0:
         return -1
-    start = at + len(key)
-    while start < len(data) and data[start] in b" \t":
-        start += 1
-    end = start
-    while end < len(data) and 0x30 <= data[end] <= 0x39:
-        end += 1
-    return int(data[start:end]) if end > start else 0
+    number = _NUMBER.match(data, at + len(key))
+    return int(number[1]) if number is not None else 0

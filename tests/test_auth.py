@@ -80,3 +80,30 @@ async def test_auth_none_gives_an_anonymous_non_admin() -> None:
 )
 def test_model_patterns(patterns: tuple[str, ...] | None, model: str, allowed: bool) -> None:
     assert model_allowed(patterns, model) is allowed
+
+
+def test_a_remembered_key_still_needs_the_exact_header_and_wrong_tokens_are_not_remembered() -> None:
+    authorizer = DefaultAuthorizer(SETTINGS)
+    first = authorizer.resolve(scope(token="ci-secret-key"))
+    assert first is not None and first.id == "ci"
+    assert authorizer.resolve(scope(token="ci-secret-key")) is first  # answered from memory, same Principal
+    # A near miss of a remembered header is checked afresh and refused.
+    for wrong in ("ci-secret-keY", "ci-secret-ke", "ops-secret-key-x", "xci-secret-key"):
+        assert authorizer.resolve(scope(token=wrong)) is None
+    assert authorizer.resolve({"type": "http", "headers": [(b"authorization", b"Basic ci-secret-key")]}) is None
+    admin = authorizer.resolve(scope(token="ops-secret-key"))
+    assert admin is not None and admin.is_admin
+    assert len(authorizer._verified) == 2  # the two valid headers; refused ones leave nothing behind
+
+
+def test_remembered_keys_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ollama_asgi.auth as auth
+
+    monkeypatch.setattr(auth, "_MAX_VERIFIED", 3)
+    authorizer = DefaultAuthorizer(SETTINGS)
+    # Header spellings of one valid key (the scheme is case-insensitive, extra spaces are stripped).
+    spellings = [b"Bearer ci-secret-key", b"bearer ci-secret-key", b"BEARER ci-secret-key", b"Bearer  ci-secret-key"]
+    for header in spellings:
+        principal = authorizer.resolve({"type": "http", "headers": [(b"authorization", header)]})
+        assert principal is not None and principal.id == "ci"
+    assert len(authorizer._verified) == 3
