@@ -135,16 +135,20 @@ class BackendModels:
 
     def loaded_with(self, model: str, *, margin: float = 2.0) -> Loaded | None:
         """The loaded runner of ``model`` if it will not expire within ``margin`` seconds."""
-        entry = self.loaded.get(canonical_model(model))
+        entry = self.loaded.get(model)  # callers mostly hold the canonical name already
+        if entry is None:
+            entry = self.loaded.get(canonical_model(model))
         if entry is None or entry.expires_at < time.time() + margin:
             return None
         return entry
 
     def touch(self, model: str) -> None:
-        name = canonical_model(model)
-        usage = self.usage.get(name)
+        usage = self.usage.get(model)
         if usage is None:
-            usage = self.usage[name] = _Usage()
+            name = canonical_model(model)
+            usage = self.usage.get(name)
+            if usage is None:
+                usage = self.usage[name] = _Usage()
         usage.touch(time.time())
 
 

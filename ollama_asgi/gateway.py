@@ -274,7 +274,8 @@ class OllamaGateway:
             finally:
                 timer.cancel()
                 watcher.stop()
-        except GatewayError as exc:
+        except (GatewayError, _Retryable) as caught:
+            exc = caught.error if isinstance(caught, _Retryable) else caught
             record.error = exc
             if progress.started:
                 tail = stream_error_line(exc.message, sse=True)
@@ -350,18 +351,29 @@ class OllamaGateway:
         info = self.lifecycle.models[backend].info.get(model)
         return budget is None or info is None or info.size <= budget
 
-    async def _exchange(self, request: _Request, send: Send, progress: _Progress) -> None:
-        """Run the exchange on the chosen backend; retry once elsewhere if it failed before any byte."""
+    def _exchange(self, request: _Request, send: Send, progress: _Progress) -> Coroutine[None, None, None]:
+        """The exchange on the chosen backend (the coroutine to await); with several backends, one
+        that failed before any byte is retried once elsewhere.
+
+        A single backend has nowhere to retry: its exchange is returned as it is, one coroutine
+        less per request; its ``_Retryable`` reaches ``__call__``, which answers with the error.
+        """
         self.placement.start()
         if self.shared_state is not None and (self._backend_sync is None or self._backend_sync.done()):
             self._backend_sync = asyncio.ensure_future(self._sync_backends())
-        restricted = request.principal is not None and (
-            request.principal.models is not None or self.settings.allowed_models is not None
+        principal = request.principal
+        restricted = principal is not None and (
+            principal.models is not None or self.settings.allowed_models is not None
         )
-        if request.route.name in _LISTINGS and (len(self.placement.backends) > 1 or restricted) and not request.head:
-            await self._merged_listing(request, send, progress)
-            return
+        several = len(self.placement.backends) > 1
+        if request.route.name in _LISTINGS and (several or restricted) and not request.head:
+            return self._merged_listing(request, send, progress)
         model = request.parsed.model if request.parsed is not None else None
+        if not several:
+            return self._exchange_on(self.placement.choose(model), request, send, progress)
+        return self._exchange_retrying(model, request, send, progress)
+
+    async def _exchange_retrying(self, model: str | None, request: _Request, send: Send, progress: _Progress) -> None:
         tried: set[str] = set()
         while True:
             backend = self.placement.choose(model, exclude=frozenset(tried) if tried else _NONE)

@@ -35,6 +35,8 @@ __all__ = ["ModelLifecycle", "Prepared"]
 
 logger = logging.getLogger("ollama_asgi.lifecycle")
 
+_NUMBER = (int, float)  # a tuple: ``int | float`` would build a union object on every request
+_EMBED_ROUTES = frozenset({"embed", "embeddings", "openai_embeddings"})
 _NATIVE_PATHS = {
     "generate": "/api/generate",
     "chat": "/api/chat",
@@ -100,7 +102,7 @@ class ModelLifecycle:
         self.last_num_ctx: dict[tuple[str, str], int] = {}
         self._poller: asyncio.Task[None] | None = None
         self._prewarming: set[asyncio.Task[None]] = set()
-        self._caps: dict[ModelInfo, int] = {}
+        self._caps: dict[str, tuple[ModelInfo, int]] = {}
 
     def add_backend(self, backend: Upstream) -> None:
         self.models[backend.name] = BackendModels(backend)
@@ -137,10 +139,16 @@ class ModelLifecycle:
         return None
 
     def _cap(self, info: ModelInfo) -> int:
-        """The largest ``num_ctx`` this gateway gives ``info`` (settings are frozen: computed once)."""
-        cap = self._caps.get(info)
-        if cap is None:
-            cap = self._caps[info] = self._compute_cap(info)
+        """The largest ``num_ctx`` this gateway gives ``info`` (settings are frozen: computed once).
+
+        Kept by name with the facts it was computed from: hashing a whole ``ModelInfo`` per
+        request costs more than the lookup saves.
+        """
+        cached = self._caps.get(info.name)
+        if cached is not None and cached[0] is info:
+            return cached[1]
+        cap = self._compute_cap(info)
+        self._caps[info.name] = (info, cap)
         return cap
 
     def _compute_cap(self, info: ModelInfo) -> int:
@@ -171,82 +179,87 @@ class ModelLifecycle:
     def prepare_known(
         self, route: Route, parsed: ParsedRequest, principal: Principal, backend: Upstream, info: ModelInfo
     ) -> Prepared:
-        self.start()
+        if self._poller is None or self._poller.done():
+            self.start()
+        settings = self.settings
         models = self.models[backend.name]
         body: dict[str, Any] = dict(parsed.body)
         assert parsed.model is not None
-        prepared_path = _NATIVE_PATHS.get(route.name, "")
+        name = route.name
+        prepared_path = _NATIVE_PATHS.get(name, "")
         include_usage = False
         openai_route = None
         encoding = None
         if route.openai:
-            openai_route = route.name
+            openai_route = name
             encoding = body.get("encoding_format") if isinstance(body.get("encoding_format"), str) else None
-            prepared_path, body, include_usage = to_native(route.name, body)
+            prepared_path, body, include_usage = to_native(name, body)
 
         client_keep_alive = body.get("keep_alive")
-        load_only = _is_load_request(route.name, body)
+        load_only = _is_load_request(name, body)
         if load_only and client_keep_alive is not None and parse_keep_alive(client_keep_alive) == 0:
             if not principal.is_admin:
                 raise GatewayError(403, "unloading models is restricted to administrators")
             return Prepared(prepared_path, orjson.dumps(body), parsed.model, info, models, 0, False, load_only=True)
         if client_keep_alive is None or not principal.is_admin:
-            body["keep_alive"] = self.settings.keep_alive  # the gateway owns model lifetimes
+            body["keep_alive"] = settings.keep_alive  # the gateway owns model lifetimes
 
         options = body.get("options")
         options = dict(options) if isinstance(options, dict) else {}
         cap = self._cap(info)
-        requested = options.get("num_ctx") if self.settings.honour_client_num_ctx else None
+        requested = options.get("num_ctx") if settings.honour_client_num_ctx else None
         num_predict = options.get("num_predict")
-        num_predict = int(num_predict) if isinstance(num_predict, int | float) else -1
+        num_predict = int(num_predict) if isinstance(num_predict, _NUMBER) else -1
         if num_predict == -2:  # "fill the context"
             num_predict = -1
-        answer = num_predict if num_predict > 0 else self.settings.num_predict_reserve
-        if info.embedding_only or route.name in ("embed", "embeddings", "openai_embeddings"):
+        answer = num_predict if num_predict > 0 else settings.num_predict_reserve
+        if info.embedding_only or name in _EMBED_ROUTES:
             answer = 0
         prompt_tokens = self.tokens.count(body, info.name)
         truncated = 0
-        if prompt_tokens + min(answer, 16) > cap and self.settings.context_overflow == "truncate":
+        if prompt_tokens + min(answer, 16) > cap and settings.context_overflow == "truncate":
             truncated = truncate_messages(body, cap - min(answer, cap // 4), self.tokens.text_for(info.name))
             prompt_tokens = self.tokens.count(body, info.name)
         loaded = models.loaded_with(info.name)
+        loaded_ctx = loaded.num_ctx if loaded is not None and loaded.num_ctx else None
         choice = choose_num_ctx(
             prompt_tokens=prompt_tokens,
             num_predict=answer if answer > 0 else 1,
-            buckets=self.settings.num_ctx_buckets,
+            buckets=settings.num_ctx_buckets,
             cap=cap,
-            loaded=loaded.num_ctx if loaded is not None and loaded.num_ctx else None,
-            requested=int(requested) if isinstance(requested, int | float) else None,
-            reserve=self.settings.num_predict_reserve,
+            loaded=loaded_ctx,
+            requested=int(requested) if isinstance(requested, _NUMBER) else None,
+            reserve=settings.num_predict_reserve,
         )
+        num_ctx = choice.num_ctx
         self.context_choices[choice.reason] += 1
-        self.context_sizes[choice.num_ctx] += 1
+        self.context_sizes[num_ctx] += 1
         if choice.reason == "sticky":
-            bucket_choice = next((b for b in self.settings.num_ctx_buckets if b >= choice.needed), None)
-            if bucket_choice is not None and bucket_choice != choice.num_ctx:
-                self.reloads_avoided += 1
-        options["num_ctx"] = choice.num_ctx
+            for bucket in settings.num_ctx_buckets:
+                if bucket >= choice.needed:
+                    if bucket != num_ctx:
+                        self.reloads_avoided += 1
+                    break
+        options["num_ctx"] = num_ctx
         body["options"] = options
+        key = (backend.name, info.name)
         # Cold: this request finds its model neither loaded nor already on its way in.
-        cold = (loaded is None or bool(loaded.num_ctx and loaded.num_ctx != choice.num_ctx)) and (
-            backend.name,
-            info.name,
-        ) not in self.loader.loading
-        self.last_num_ctx[(backend.name, info.name)] = choice.num_ctx
+        cold = (loaded is None or (loaded_ctx is not None and loaded_ctx != num_ctx)) and key not in self.loader.loading
+        self.last_num_ctx[key] = num_ctx
         return Prepared(
-            path=prepared_path,
-            body=orjson.dumps(body),
-            model=parsed.model,
-            info=info,
-            models=models,
-            num_ctx=choice.num_ctx,
-            stream=bool(body.get("stream", route.stream_default)) if not route.openai else parsed.stream,
-            openai_route=openai_route,
-            include_usage=include_usage,
-            encoding_format=encoding,
-            truncated=truncated,
-            cold=cold,
-            load_only=load_only,
+            prepared_path,
+            orjson.dumps(body),
+            parsed.model,
+            info,
+            models,
+            num_ctx,
+            parsed.stream if route.openai else bool(body.get("stream", route.stream_default)),
+            openai_route,
+            include_usage,
+            encoding,
+            truncated,
+            cold,
+            load_only,
         )
 
     def is_ready(self, prepared: Prepared) -> bool:

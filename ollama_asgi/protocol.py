@@ -85,6 +85,10 @@ def canonical_model(name: str) -> str:
     return found
 
 
+_NUMBER = (int, float)  # tuples: ``int | float`` builds a union object each time it runs
+_NUMBER_OR_TEXT = (int, float, str)
+
+
 def _bad(message: str) -> GatewayError:
     return GatewayError(400, message)
 
@@ -102,7 +106,7 @@ def _type_name(value: object) -> str:
 
 def parse_keep_alive(value: object) -> float:
     """Seconds, as Ollama reads ``keep_alive``: numbers are seconds, strings Go durations; < 0 is forever."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+    if isinstance(value, bool) or not isinstance(value, _NUMBER_OR_TEXT):
         raise _bad(f"keep_alive: Unsupported type: '{_type_name(value)}'")
     if isinstance(value, str):
         if not _GO_DURATION.fullmatch(value.strip()):
@@ -122,11 +126,11 @@ def _check_options(options: object, max_num_ctx: int) -> None:
         if key in _INT_OPTIONS:
             if (
                 isinstance(value, bool)
-                or not isinstance(value, int | float)
+                or not isinstance(value, _NUMBER)
                 or (isinstance(value, float) and not value.is_integer())
             ):
                 raise _bad(f'option "{key}" must be of type integer')
-        elif key in _FLOAT_OPTIONS and (isinstance(value, bool) or not isinstance(value, int | float)):
+        elif key in _FLOAT_OPTIONS and (isinstance(value, bool) or not isinstance(value, _NUMBER)):
             raise _bad(f'option "{key}" must be of type number')
     num_ctx = options.get("num_ctx")
     if num_ctx is not None and not 1 <= num_ctx <= max_num_ctx:
