@@ -1,0 +1,169 @@
+"""Instructions per request under callgrind: ``python -m bench.instructions [--baseline REF] [...]``.
+
+Wall-clock and CPU-time figures move with whatever else a shared machine is doing; the number of
+instructions a server executes for a request does not (valgrind counts them, it does not time
+them: the same binary and inputs give the same count to a fraction of a percent). That makes it
+the figure to compare two versions of the hot path by, in one run or across days.
+
+Each target (the plain aiohttp proxy, the gateway in its Starlette host, and with ``--baseline``
+the gateway as it was at a git ref) runs under ``valgrind --tool=callgrind`` in front of the
+emulator, which runs normally. After warm-up requests the counters are zeroed
+(``callgrind_control -z``), ``--requests`` small ``/api/chat`` requests are sent one after another
+over one keep-alive connection, and the counters are dumped. Everything the process executed in
+between is counted, including background work the gateway does on a timer (``/api/ps`` polls and
+health probes every 5 s): valgrind runs the server some 50× slower, so that work weighs a few
+percent more here than at full speed. It is the same for the gateway and its baseline.
+
+Needs valgrind (Debian's package); prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.gateway_host import BENCH_KEY
+from bench.procs import ROOT, Server, free_port, python_server
+from bench.run import MESSAGES, MODEL
+
+_BODY = json.dumps(
+    {"model": MODEL, "messages": MESSAGES, "stream": False, "options": {"num_predict": 1}}, separators=(",", ":")
+).encode()
+
+
+def _send(port: int, path: str, count: int) -> None:
+    """``count`` requests in a row on one keep-alive connection; every answer must be a 200."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
+    try:
+        for _ in range(count):
+            connection.request("POST", path, _BODY, headers)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{path} answered {response.status}")
+    finally:
+        connection.close()
+
+
+def _totals(dump: Path) -> int:
+    for line in dump.read_text().splitlines():
+        if line.startswith(("totals:", "summary:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {dump}")
+
+
+def measure(
+    name: str,
+    kind: str,
+    upstream: str,
+    workdir: Path,
+    *,
+    requests: int,
+    warmup: int,
+    package_path: str | None = None,
+) -> int:
+    """Instructions per request of one target."""
+    port = free_port()
+    out = workdir / f"callgrind.{name}"
+    args = [
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        "-m",
+        "bench.serve",
+        kind,
+        "--port",
+        str(port),
+        "--upstream",
+        upstream,
+        "--gc",
+        "tuned",
+    ]
+    if kind == "gateway":
+        args += ["--parallel", "64", "--max-queue", "512"]
+    if package_path:
+        args += ["--package-path", package_path]
+    server = Server(name, args, port, env={"PYTHONHASHSEED": "0"}, log=workdir / f"{name}.log")
+    server.start(timeout=300)
+    assert server.proc is not None
+    pid = str(server.proc.pid)  # valgrind runs the tool in the process it was started as
+    path = "/llm/api/chat" if kind == "gateway" else "/api/chat"
+    try:
+        _send(port, path, warmup)
+        subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
+        _send(port, path, requests)
+        subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
+    finally:
+        server.stop()
+    dumps = sorted(workdir.glob(f"callgrind.{name}.*"))
+    if not dumps:
+        raise RuntimeError(f"callgrind wrote no dump for {name}")
+    return _totals(dumps[0]) // requests
+
+
+def _baseline(ref: str, workdir: Path) -> str:
+    if (Path(ref) / "ollama_asgi").is_dir():
+        return str(Path(ref).resolve())
+    dest = workdir / "baseline"
+    dest.mkdir()
+    archive = subprocess.run(["git", "archive", ref, "ollama_asgi"], cwd=ROOT, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return str(dest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
+    parser.add_argument("--baseline", default=None, help="also count the gateway at this git ref (or directory)")
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=300)
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print(json.dumps({"error": "valgrind is not installed (Debian: apt-get install valgrind)"}))
+        return 1
+    with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
+        workdir = Path(tmp)
+        emulator = python_server("emulator", "emulator", free_port(), "--parallel", "256", log=workdir / "emu.log")
+        emulator.start()
+        result: dict[str, Any] = {"requests": args.requests, "python": sys.version.split()[0]}
+        try:
+            targets: list[tuple[str, str, str | None]] = [("plain-aiohttp", "plain-aiohttp", None)]
+            targets.append(("gateway", "gateway", None))
+            if args.baseline:
+                targets.append(("gateway-baseline", "gateway", _baseline(args.baseline, workdir)))
+                result["baseline"] = args.baseline
+            counts = {}
+            for name, kind, package in targets:
+                counts[name] = measure(
+                    name,
+                    kind,
+                    emulator.url,
+                    workdir,
+                    requests=args.requests,
+                    warmup=args.warmup,
+                    package_path=package,
+                )
+                print(f"{name}: {counts[name]:,} instructions per request", file=sys.stderr)
+        finally:
+            emulator.stop()
+        result["instructions_per_request"] = counts
+        plain = counts["plain-aiohttp"]
+        result["ratio_to_plain"] = {k: round(v / plain, 3) for k, v in counts.items()}
+        if "gateway-baseline" in counts:
+            result["gateway_vs_baseline"] = round(counts["gateway"] / counts["gateway-baseline"], 3)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.exit(main())
