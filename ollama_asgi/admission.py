@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from heapq import heapify, heappop, heappush
 
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.state import SharedSlots, StateUnavailable
@@ -34,6 +35,7 @@ logger = logging.getLogger("ollama_asgi.admission")
 __all__ = ["Admission", "Lease", "Pool", "PRIORITIES"]
 
 PRIORITIES = {"interactive": 0, "batch": 1}
+_MAX_PROMISED = 4096  # refused requests remembered until the time they were told to come back
 
 
 @dataclass(slots=True, eq=False)
@@ -81,6 +83,10 @@ class Pool:
         self.shared = False  # grants need a shared lease too; a dispatcher task hands them out
         self.released = asyncio.Event()
         self.dispatcher: asyncio.Task[None] | None = None
+        # Refused requesters and when they were told to come back (see refusal_wait), with a heap
+        # of those times to forget them once the time has passed.
+        self._promised: dict[tuple[str, str], float] = {}
+        self._promise_times: list[tuple[float, tuple[str, str]]] = []
 
     # -- queue --------------------------------------------------------------------------------
 
@@ -160,6 +166,34 @@ class Pool:
     def expected_wait(self, ahead: int) -> float:
         """Seconds until a request with ``ahead`` requests in front of it gets a slot."""
         return (ahead + 1) * self.service_time() / self.capacity
+
+    def refusal_wait(self, ahead: int, requester: tuple[str, str] | None = None) -> float:
+        """Seconds to advertise in a refused request's ``Retry-After``.
+
+        Under sustained overload the queue refills as soon as places free up, so the ``ahead``
+        requests queued now are not all that stands before this requester: so does every other
+        requester refused earlier and told to come back before it. Counting those, until the time
+        they were given passes, makes the advice grow with the overload as the real wait does,
+        instead of staying at one queue's drain time. ``requester`` (principal, client host) is
+        counted once however often it asks: a client that polls instead of waiting must not
+        inflate everyone's advice. Without one, only the queue counts.
+        """
+        now = time.monotonic()
+        promised = self._promised
+        times = self._promise_times
+        while times and times[0][0] <= now:
+            when, key = heappop(times)
+            if promised.get(key) == when:
+                del promised[key]
+        others = len(promised) - (1 if requester in promised else 0)
+        wait = self.expected_wait(ahead + others)
+        if requester is not None and (requester in promised or len(promised) < _MAX_PROMISED):
+            promised[requester] = now + wait
+            heappush(times, (now + wait, requester))
+            if len(times) > 4 * _MAX_PROMISED:  # re-promised requesters leave stale entries behind
+                self._promise_times = [(when, key) for key, when in promised.items()]
+                heapify(self._promise_times)
+        return wait
 
     def release(self, granted_at: float, *, record: bool) -> None:
         self.in_flight -= 1
@@ -283,13 +317,18 @@ class Admission:
         weight: float = 1.0,
         priority: int = 0,
         wait_limit: float,
+        client: str = "",
     ) -> Lease:
-        """Wait for a slot; raise a 503 ``GatewayError`` with Retry-After when none comes in time."""
+        """Wait for a slot; raise a 503 ``GatewayError`` with Retry-After when none comes in time.
+
+        ``client`` (the caller's host) tells requesters of one principal apart for Retry-After.
+        """
         if self.closing is not None:
             raise self.closing()
         pool = self.pool(backend, kind)
+        requester = (principal, client)
         if self.shared is not None:
-            return await self._admit_shared(pool, backend, principal, weight, priority, wait_limit)
+            return await self._admit_shared(pool, backend, principal, weight, priority, wait_limit, requester)
         now = time.monotonic()
         granted_at = pool.grant_now()
         if granted_at is not None:
@@ -299,7 +338,7 @@ class Admission:
             raise GatewayError(
                 503,
                 f"the gateway's queue for this backend is full ({self.max_queue} waiting); try again later",
-                retry_after(pool.expected_wait(ahead)),
+                retry_after(pool.refusal_wait(ahead, requester)),
                 reason="queue_full",
             )
         waiter = _Waiter(principal, weight, priority, now + wait_limit, asyncio.get_running_loop().create_future())
@@ -313,7 +352,7 @@ class Admission:
                 raise GatewayError(
                     503,
                     f"no slot became free within {wait_limit:g}s; the backend is at capacity",
-                    retry_after(pool.expected_wait(pool.waiting)),
+                    retry_after(pool.refusal_wait(pool.waiting, requester)),
                     reason="deadline",
                 ) from None
         except asyncio.CancelledError:
@@ -351,7 +390,14 @@ class Admission:
         task.add_done_callback(self._background.discard)
 
     async def _admit_shared(
-        self, pool: Pool, backend: str, principal: str, weight: float, priority: int, wait_limit: float
+        self,
+        pool: Pool,
+        backend: str,
+        principal: str,
+        weight: float,
+        priority: int,
+        wait_limit: float,
+        requester: tuple[str, str],
     ) -> Lease:
         assert self.shared is not None
         now = time.monotonic()
@@ -376,7 +422,7 @@ class Admission:
             raise GatewayError(
                 503,
                 f"the gateway's queue for this backend is full ({self.max_queue} waiting); try again later",
-                retry_after(pool.expected_wait(ahead)),
+                retry_after(pool.refusal_wait(ahead, requester)),
                 reason="queue_full",
             )
         if self.closing is not None:  # the gateway began stopping while this request talked to the store
@@ -398,7 +444,7 @@ class Admission:
                 raise GatewayError(
                     503,
                     f"no slot became free within {wait_limit:g}s; the backend is at capacity",
-                    retry_after(pool.expected_wait(pool.waiting)),
+                    retry_after(pool.refusal_wait(pool.waiting, requester)),
                     reason="deadline",
                 ) from None
         except asyncio.CancelledError:

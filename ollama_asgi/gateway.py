@@ -571,6 +571,7 @@ class OllamaGateway:
         principal: Principal,
         priority: int,
         wait_limit: float,
+        client: str,
     ) -> Lease:
         # The model is loaded (once, whoever else waits for it) before the request takes a slot, so
         # slots are only ever held by requests Ollama can start at once.
@@ -584,6 +585,7 @@ class OllamaGateway:
         return await self.admission.admit(
             backend.name,
             kind=kind,
+            client=client,
             principal=principal.id,
             weight=principal.weight,
             priority=priority,
@@ -623,7 +625,9 @@ class OllamaGateway:
             lease = self.admission.try_admit(backend.name, kind)
             if lease is not None:
                 return lease
-        admit = self._load_then_admit(backend, prepared, kind, principal, priority, wait_limit)
+        peer = request.scope.get("client")
+        client = str(peer[0]) if peer else ""
+        admit = self._load_then_admit(backend, prepared, kind, principal, priority, wait_limit, client)
         interval = self.settings.sse_keepalive
         parsed = request.parsed
         if not (interval and request.route.openai and parsed is not None and parsed.stream):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -182,3 +183,58 @@ async def test_a_freed_slot_is_refilled_without_delay() -> None:
     assert pool.in_flight == 1 and pool.waiting == 0  # granted inside release(), before any await
     (await task).release()
     assert len(pool.refill_gaps) == 1
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_retry_after_counts_requesters_refused_earlier_until_their_time_comes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ollama_asgi.admission as admission_module
+
+    clock = _Clock()
+    monkeypatch.setattr(admission_module, "time", clock)
+    pool = admission_module.Pool("b0", capacity=2)
+    pool.clock.record(0.5)  # 0.5 s per answer on 2 slots: one place frees every 0.25 s
+    # Four queued: the first refused requester waits for those four and itself.
+    assert pool.refusal_wait(4, ("key", "10.0.0.1")) == pytest.approx(1.25)
+    # The next one also waits for the first, who was told to come back before it.
+    assert pool.refusal_wait(4, ("key", "10.0.0.2")) == pytest.approx(1.5)
+    assert pool.refusal_wait(4, ("other-key", "10.0.0.1")) == pytest.approx(1.75)
+    # A requester asking again before its time is counted once, not once per request.
+    for _ in range(5):
+        assert pool.refusal_wait(4, ("key", "10.0.0.2")) == pytest.approx(1.75)
+    # Once the times given have passed, those requesters are back (or gone): the queue alone counts.
+    clock.now += 2.0
+    assert pool.refusal_wait(4, ("key", "10.0.0.9")) == pytest.approx(1.25)
+    # Without a requester, nothing is remembered.
+    clock.now += 2.0
+    assert pool.refusal_wait(4) == pytest.approx(1.25)
+    assert pool.refusal_wait(4) == pytest.approx(1.25)
+
+
+async def test_refusals_from_a_full_queue_advertise_a_growing_wait() -> None:
+    admission = Admission(parallel=1, embed_parallel=None, max_queue=1)
+    held = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+    await asyncio.sleep(0.2)
+    held.release()
+    held = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+    queued = asyncio.ensure_future(admission.admit("b0", kind="generate", principal="u", wait_limit=5))
+    await asyncio.sleep(0)
+    advised = []
+    for client in range(12):
+        with pytest.raises(GatewayError) as info:
+            await admission.admit("b0", kind="generate", principal="u", wait_limit=5, client=f"10.0.0.{client}")
+        advised.append(int(dict(info.value.headers)[b"retry-after"]))
+    # About 0.2 s per answer on one slot: the first refused waits behind 1 queued (about 0.4 s,
+    # shown as 1 s); the twelfth behind that one and the 11 refused before it (about 2.6 s).
+    service = admission.pool("b0", "generate").service_time()
+    assert advised[0] == math.ceil(2 * service) == 1
+    assert advised[-1] == math.ceil(13 * service) >= 3
+    assert advised == sorted(advised)
+    held.release()
+    (await queued).release()
