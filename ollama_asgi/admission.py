@@ -36,6 +36,7 @@ __all__ = ["Admission", "Lease", "Pool", "PRIORITIES"]
 
 PRIORITIES = {"interactive": 0, "batch": 1}
 _MAX_PROMISED = 4096  # refused requests remembered until the time they were told to come back
+_MAX_ADVICE = 600.0  # seconds: beyond this a Retry-After says nothing a client can plan with
 
 
 @dataclass(slots=True, eq=False)
@@ -186,7 +187,7 @@ class Pool:
             if promised.get(key) == when:
                 del promised[key]
         others = len(promised) - (1 if requester in promised else 0)
-        wait = self.expected_wait(ahead + others)
+        wait = min(self.expected_wait(ahead + others), _MAX_ADVICE)
         if requester is not None and (requester in promised or len(promised) < _MAX_PROMISED):
             promised[requester] = now + wait
             heappush(times, (now + wait, requester))

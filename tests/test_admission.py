@@ -215,6 +215,12 @@ def test_retry_after_counts_requesters_refused_earlier_until_their_time_comes(mo
     clock.now += 2.0
     assert pool.refusal_wait(4) == pytest.approx(1.25)
     assert pool.refusal_wait(4) == pytest.approx(1.25)
+    # A flood of distinct requesters cannot push the advice past ten minutes.
+    clock.now += 2.0
+    pool.clock.record(60.0)
+    for host in range(200):
+        advice = pool.refusal_wait(4, ("key", f"10.9.0.{host}"))
+    assert advice == 600.0
 
 
 async def test_refusals_from_a_full_queue_advertise_a_growing_wait() -> None:
