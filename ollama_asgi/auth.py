@@ -138,6 +138,10 @@ class DefaultAuthorizer:
                 break
         if header is None:
             return None
+        if header.__class__ is not bytes:  # ASGI says bytes; a bytearray would not hash
+            header = bytes(header)
+        # A dict lookup compares the keyed 64-bit hash before any byte, so its timing says nothing
+        # about how close a wrong token came to a valid one.
         principal = self._verified.get(header)
         if principal is not None:
             return principal
@@ -150,7 +154,7 @@ class DefaultAuthorizer:
             return None
         principal = self._principals[digest]
         if len(self._verified) < _MAX_VERIFIED:
-            self._verified[bytes(header)] = principal
+            self._verified[header] = principal
         return principal
 
     def from_host_user(self, scope: Scope) -> Principal | None:

@@ -107,3 +107,12 @@ def test_remembered_keys_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         principal = authorizer.resolve({"type": "http", "headers": [(b"authorization", header)]})
         assert principal is not None and principal.id == "ci"
     assert len(authorizer._verified) == 3
+
+
+def test_header_values_given_as_bytearray_are_accepted() -> None:
+    authorizer = DefaultAuthorizer(SETTINGS)
+    for _ in range(2):  # checked, then remembered
+        principal = authorizer.resolve(
+            {"type": "http", "headers": [(b"authorization", bytearray(b"Bearer ci-secret-key"))]}
+        )
+        assert principal is not None and principal.id == "ci"
