@@ -11,8 +11,8 @@ emulator, which runs normally. After warm-up requests the counters are zeroed
 (``callgrind_control -z``), ``--requests`` small ``/api/chat`` requests are sent one after another
 over one keep-alive connection, and the counters are dumped. Everything the process executed in
 between is counted, including background work the gateway does on a timer (``/api/ps`` polls and
-health probes every 5 s): valgrind runs the server some 50× slower, so that work weighs a few
-percent more here than at full speed. It is the same for the gateway and its baseline.
+health probes every 5 s): valgrind runs the server some 50× slower, so that work weighs more here
+than at full speed, but little (with both made hourly the gateway's count fell by 0.4%).
 
 Needs valgrind (Debian's package); prints one JSON object.
 """
