@@ -32,7 +32,7 @@ from typing import Any
 
 from bench.gateway_host import BENCH_KEY
 from bench.procs import ROOT, Server, free_port, python_server
-from bench.run import MESSAGES, MODEL
+from bench.run import MESSAGES, MODEL, baseline_copy
 
 _BODY = json.dumps(
     {"model": MODEL, "messages": MESSAGES, "stream": False, "options": {"num_predict": 1}}, separators=(",", ":")
@@ -111,16 +111,6 @@ def measure(
     return _totals(dumps[0]) // requests
 
 
-def _baseline(ref: str, workdir: Path) -> str:
-    if (Path(ref) / "ollama_asgi").is_dir():
-        return str(Path(ref).resolve())
-    dest = workdir / "baseline"
-    dest.mkdir()
-    archive = subprocess.run(["git", "archive", ref, "ollama_asgi"], cwd=ROOT, capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
-    return str(dest)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     parser.add_argument("--baseline", default=None, help="also count the gateway at this git ref (or directory)")
@@ -139,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             targets: list[tuple[str, str, str | None]] = [("plain-aiohttp", "plain-aiohttp", None)]
             targets.append(("gateway", "gateway", None))
             if args.baseline:
-                targets.append(("gateway-baseline", "gateway", _baseline(args.baseline, workdir)))
+                targets.append(("gateway-baseline", "gateway", str(baseline_copy(args.baseline, workdir))))
                 result["baseline"] = args.baseline
             counts = {}
             for name, kind, package in targets:

@@ -174,7 +174,7 @@ def machine_info() -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ targets
 
 
-def _baseline_copy(ref: str, workdir: Path) -> Path:
+def baseline_copy(ref: str, workdir: Path) -> Path:
     """``ollama_asgi`` as it is at git ``ref`` (or a directory holding a copy), exported next to the results."""
     if (Path(ref) / "ollama_asgi").is_dir():
         return Path(ref).resolve()
@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {"machine": machine_info(), "loadgen": loadgen, "tiny": args.tiny}
     log(f"bench: {results['machine']['cores']} cores, {results['machine']['cpu']}, load generator {loadgen}")
-    baseline_dir = _baseline_copy(args.baseline, workdir) if args.baseline else None
+    baseline_dir = baseline_copy(args.baseline, workdir) if args.baseline else None
     emulator, targets, skipped = start_targets(args, workdir, log, baseline_dir)
     try:
         results["targets"] = {

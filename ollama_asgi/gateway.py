@@ -30,7 +30,7 @@ from ollama_asgi.protocol import ParsedRequest, canonical_model, parse_request
 from ollama_asgi.ratelimit import MemoryRateLimiter, rate_limit_headers
 from ollama_asgi.relay import relay, stream_headers
 from ollama_asgi.responses import send_bytes, send_error
-from ollama_asgi.routing import Kind, Route, match_route, route_path
+from ollama_asgi.routing import EMBED_ROUTES, Kind, Route, match_route, route_path
 from ollama_asgi.settings import ConfigError, Settings, parse_duration
 from ollama_asgi.state import StateUnavailable
 from ollama_asgi.telemetry import RequestRecord, Telemetry
@@ -39,7 +39,6 @@ from ollama_asgi.upstream import Upstream, UpstreamError, UpstreamResponse
 
 if TYPE_CHECKING:
     from ollama_asgi.state.redis import RedisRateLimiter, RedisState
-from ollama_asgi.usage import usage_from
 
 __all__ = ["OllamaGateway"]
 
@@ -467,7 +466,7 @@ class OllamaGateway:
         if principal is not None and request.route.kind is Kind.INFERENCE:
             tpm = principal.tokens_per_minute or self.settings.rate_limit_tpm
             if tpm:
-                await self.rate_limiter.charge_tokens(principal.id, tpm, usage_from(result.final).total)
+                await self.rate_limiter.charge_tokens(principal.id, tpm, record.usage().total)
 
     async def _merged_listing(self, request: _Request, send: Send, progress: _Progress) -> None:
         """``/api/tags``, ``/api/ps`` and ``/v1/models`` over every available backend, one entry per model."""
@@ -538,13 +537,21 @@ class OllamaGateway:
             prepared = lifecycle.prepare_now(request.route, parsed, principal, backend)
             if prepared is None:
                 return None, None
-            if not prepared.load_only and not lifecycle.is_ready(prepared):
+            if self._must_load(prepared):
                 return None, prepared
         for name, _ in request.scope["headers"]:
             if name in _ADMISSION_HEADERS:
                 return None, prepared  # read and checked by _admit
-        kind = "embed" if request.route.name in _EMBED_ROUTES else "generate"
-        return self.admission.try_admit(backend.name, kind), prepared
+        return self.admission.try_admit(backend.name, _pool_kind(request.route)), prepared
+
+    def _must_load(self, prepared: Prepared | None) -> bool:
+        """The request's model is not yet loaded with its ``num_ctx``: it loads before taking a slot."""
+        return (
+            prepared is not None
+            and self.lifecycle is not None
+            and not prepared.load_only
+            and not self.lifecycle.is_ready(prepared)
+        )
 
     async def _before_upstream(
         self, request: _Request, backend: Upstream, send: Send, progress: _Progress, prepared: Prepared | None
@@ -575,12 +582,8 @@ class OllamaGateway:
     ) -> Lease:
         # The model is loaded (once, whoever else waits for it) before the request takes a slot, so
         # slots are only ever held by requests Ollama can start at once.
-        if (
-            prepared is not None
-            and self.lifecycle is not None
-            and not prepared.load_only
-            and not self.lifecycle.is_ready(prepared)
-        ):
+        if self._must_load(prepared):
+            assert prepared is not None and self.lifecycle is not None
             await self.lifecycle.ensure_loaded(prepared, wait_limit=self.settings.load_wait_timeout)
         return await self.admission.admit(
             backend.name,
@@ -593,10 +596,9 @@ class OllamaGateway:
         )
 
     async def _check_rate(self, principal: Principal) -> None:
+        """Ask the rate limiter (only called when ``_rate_limited``); 429 when over a limit."""
         rpm = principal.requests_per_minute or self.settings.rate_limit_rpm
         tpm = principal.tokens_per_minute or self.settings.rate_limit_tpm
-        if not rpm and not tpm:
-            return
         decision = await self.rate_limiter.check(principal.id, rpm, tpm)
         if decision is not None and not decision.allowed:
             raise GatewayError(
@@ -610,7 +612,7 @@ class OllamaGateway:
     ) -> Lease:
         principal = request.principal
         assert principal is not None
-        kind = "embed" if request.route.name in _EMBED_ROUTES else "generate"
+        kind = _pool_kind(request.route)
         priority = PRIORITIES[principal.priority]
         wait_limit = self.settings.queue_timeout
         for name, value in request.scope["headers"]:
@@ -621,7 +623,7 @@ class OllamaGateway:
                     priority = PRIORITIES["batch"]  # anyone may step down; nobody may step up
                 elif value.strip().lower() != b"interactive":
                     raise GatewayError(400, "X-Request-Priority must be 'interactive' or 'batch'")
-        if prepared is None or self.lifecycle is None or prepared.load_only or self.lifecycle.is_ready(prepared):
+        if not self._must_load(prepared):
             lease = self.admission.try_admit(backend.name, kind)
             if lease is not None:
                 return lease
@@ -797,7 +799,6 @@ class _Progress:
 
 _LISTINGS = frozenset({"tags", "ps", "openai_models"})
 _NONE: frozenset[str] = frozenset()
-_EMBED_ROUTES = frozenset({"embed", "embeddings", "openai_embeddings"})
 _KEEPALIVE = b": waiting for a free slot\n\n"
 
 
@@ -828,6 +829,11 @@ async def _with_sse_keepalive(
     except asyncio.CancelledError:
         task.cancel()
         raise
+
+
+def _pool_kind(route: Route) -> str:
+    """Which slots a request takes: embeddings may have their own (``embed_parallel``)."""
+    return "embed" if route.name in EMBED_ROUTES else "generate"
 
 
 def _header_seconds(value: bytes, cap: float) -> float:

@@ -25,8 +25,8 @@ from ollama_asgi.errors import GatewayError
 from ollama_asgi.lifecycle import Loader, LoadLock
 from ollama_asgi.openai_compat import to_native
 from ollama_asgi.prewarm import TrafficModel
-from ollama_asgi.protocol import ParsedRequest, canonical_model, parse_keep_alive
-from ollama_asgi.routing import Route
+from ollama_asgi.protocol import NUMBER_TYPES, ParsedRequest, canonical_model, parse_keep_alive
+from ollama_asgi.routing import EMBED_ROUTES, Route
 from ollama_asgi.settings import Settings
 from ollama_asgi.upstream import Upstream
 from ollama_asgi.vram import NvmlSource, VramGuard, VramSource
@@ -35,8 +35,6 @@ __all__ = ["ModelLifecycle", "Prepared"]
 
 logger = logging.getLogger("ollama_asgi.lifecycle")
 
-_NUMBER = (int, float)  # a tuple: ``int | float`` would build a union object on every request
-_EMBED_ROUTES = frozenset({"embed", "embeddings", "openai_embeddings"})
 _NATIVE_PATHS = {
     "generate": "/api/generate",
     "chat": "/api/chat",
@@ -209,11 +207,11 @@ class ModelLifecycle:
         cap = self._cap(info)
         requested = options.get("num_ctx") if settings.honour_client_num_ctx else None
         num_predict = options.get("num_predict")
-        num_predict = int(num_predict) if isinstance(num_predict, _NUMBER) else -1
+        num_predict = int(num_predict) if isinstance(num_predict, NUMBER_TYPES) else -1
         if num_predict == -2:  # "fill the context"
             num_predict = -1
         answer = num_predict if num_predict > 0 else settings.num_predict_reserve
-        if info.embedding_only or name in _EMBED_ROUTES:
+        if info.embedding_only or name in EMBED_ROUTES:
             answer = 0
         prompt_tokens = self.tokens.count(body, info.name)
         truncated = 0
@@ -228,7 +226,7 @@ class ModelLifecycle:
             buckets=settings.num_ctx_buckets,
             cap=cap,
             loaded=loaded_ctx,
-            requested=int(requested) if isinstance(requested, _NUMBER) else None,
+            requested=int(requested) if isinstance(requested, NUMBER_TYPES) else None,
             reserve=settings.num_predict_reserve,
         )
         num_ctx = choice.num_ctx

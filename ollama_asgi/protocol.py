@@ -85,7 +85,8 @@ def canonical_model(name: str) -> str:
     return found
 
 
-_NUMBER = (int, float)  # tuples: ``int | float`` builds a union object each time it runs
+# Tuples for isinstance: ``int | float`` builds a union object each time it runs (per request).
+NUMBER_TYPES = (int, float)
 _NUMBER_OR_TEXT = (int, float, str)
 
 
@@ -126,11 +127,11 @@ def _check_options(options: object, max_num_ctx: int) -> None:
         if key in _INT_OPTIONS:
             if (
                 isinstance(value, bool)
-                or not isinstance(value, _NUMBER)
+                or not isinstance(value, NUMBER_TYPES)
                 or (isinstance(value, float) and not value.is_integer())
             ):
                 raise _bad(f'option "{key}" must be of type integer')
-        elif key in _FLOAT_OPTIONS and (isinstance(value, bool) or not isinstance(value, _NUMBER)):
+        elif key in _FLOAT_OPTIONS and (isinstance(value, bool) or not isinstance(value, NUMBER_TYPES)):
             raise _bad(f'option "{key}" must be of type number')
     num_ctx = options.get("num_ctx")
     if num_ctx is not None and not 1 <= num_ctx <= max_num_ctx:

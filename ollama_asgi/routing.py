@@ -35,6 +35,11 @@ class Route:
     streamed_body: bool = False  # request body piped through unbuffered (blob uploads)
 
 
+# Embedding routes: their requests take the embedding slots (``embed_parallel``) and produce no
+# answer tokens, so their context needs no room for one.
+EMBED_ROUTES = frozenset({"embed", "embeddings", "openai_embeddings"})
+
+
 def _r(name: str, methods: str, kind: Kind, **kw: object) -> Route:
     return Route(name, frozenset(methods.split()), kind, **kw)  # type: ignore[arg-type]
 

@@ -35,7 +35,6 @@ __all__ = ["RequestRecord", "Telemetry", "request_id_from"]
 logger = logging.getLogger("ollama_asgi")
 
 _MAX_REQUEST_ID = 128
-_NO_USAGE = Usage((0, 0))
 _ids = random.Random()  # seeded from the OS; ids need to be unique, not secret
 
 # Statuses whose cause needs no further naming; a GatewayError's own ``reason`` wins over these.
@@ -80,6 +79,14 @@ class RequestRecord:
     result: RelayResult | None = None
     error: GatewayError | None = None
     status: int = 0  # set when the gateway answered itself (errors, /_gateway/*)
+    _usage: Usage | None = None
+
+    def usage(self) -> Usage:
+        """The answer's token counts, read from its final chunk once (token rate limits, metrics and
+        the access log all ask)."""
+        if self._usage is None:
+            self._usage = usage_from(self.result.final if self.result is not None else None)
+        return self._usage
 
     @property
     def id_header(self) -> tuple[bytes, bytes]:
@@ -164,8 +171,7 @@ class Telemetry:
                 self.health.note(record.backend, True)
             elif reason == "upstream_unreachable":
                 self.health.note(record.backend, False)
-        result = record.result
-        usage = usage_from(result.final) if result is not None else _NO_USAGE
+        usage = record.usage()
         if self.metrics is not None:
             self.metrics.observe(record, status, reason, now, usage)
         self.access_log.write(record, status, reason, error, now, usage)
