@@ -142,14 +142,15 @@ class BackendModels:
             return None
         return entry
 
-    def touch(self, model: str) -> None:
+    def touch(self, model: str, now: float | None = None) -> None:
+        """One more request for ``model`` (``now``: ``time.time()``, when the caller has read it)."""
         usage = self.usage.get(model)
         if usage is None:
             name = canonical_model(model)
             usage = self.usage.get(name)
             if usage is None:
                 usage = self.usage[name] = _Usage()
-        usage.touch(time.time())
+        usage.touch(time.time() if now is None else now)
 
 
 def _parse_time(value: object) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -272,19 +273,24 @@ class ModelLifecycle:
     def begin(self, prepared: Prepared) -> None:
         models = prepared.models
         name = prepared.info.name
-        models.in_flight[name] += 1
-        models.touch(name)
+        in_flight = models.in_flight
+        in_flight[name] = in_flight.get(name, 0) + 1  # not ``+= 1``: a Counter's __missing__ is Python
+        now = time.time()
+        models.touch(name, now)
         traffic = self.traffic[models.backend.name]
-        traffic.observe(name, cold=prepared.cold)
+        traffic.observe(name, cold=prepared.cold, now=now)
         if self.settings.prewarm:
             self._maybe_prewarm(models, traffic, name)
 
     def end(self, prepared: Prepared) -> None:
         models = prepared.models
         name = prepared.info.name
-        models.in_flight[name] -= 1
-        if models.in_flight[name] <= 0:
-            del models.in_flight[name]
+        in_flight = models.in_flight
+        left = in_flight.get(name, 0) - 1
+        if left > 0:
+            in_flight[name] = left
+        else:
+            in_flight.pop(name, None)
             if self.settings.prewarm:
                 # A pre-warm refused while this model was busy may fit now that it is idle.
                 self._maybe_prewarm(models, self.traffic[models.backend.name], name)

@@ -62,9 +62,10 @@ class TrafficModel:
         self.recent.append((model, cold))
         if cold:
             self.misses += 1
+            self.warmed.discard(model)
         elif model in self.warmed:
             self.hits += 1
-        self.warmed.discard(model)
+            self.warmed.discard(model)
 
     def _local_hour(self, now: float) -> int:
         """The local hour of ``now``; ``localtime`` only runs when the hour changes (it is per request)."""
