@@ -28,20 +28,32 @@ class UpstreamError(Exception):
 
 
 class Upstream:
-    """One Ollama backend: its base URL, connection pool and timeouts."""
+    """One Ollama backend: its base URL, connection pool and timeouts.
+
+    ``read_timeout`` bounds the silence between upstream bytes. Until the response head arrives
+    aiohttp's own per-read timer enforces it (a cold model sends nothing until it is loaded); for
+    the body, which arrives a token at a time, a timer rescheduled on every read would cost more
+    than relaying the token, so one sweep per backend checks every open body's progress instead
+    (``_sweep``) and ends a silent one with the same timeout error aiohttp raises.
+    """
 
     def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float, name: str = "") -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name or self.base_url
+        self.read_timeout = read_timeout
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._bodies: dict[UpstreamResponse, list[float]] = {}  # open body -> [bytes seen, when they last grew]
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def _get_session(self, loop: asyncio.AbstractEventLoop | None = None) -> aiohttp.ClientSession:
         if loop is None:
             loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
             self._retire(self._session, self._loop)
+            self._bodies = {}
+            self._sweeper = None  # one armed on the old loop finds nothing left to check
             connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0, ttl_dns_cache=60)
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -78,15 +90,52 @@ class Upstream:
         if query:
             url += "?" + query.decode("latin-1")
         try:
-            return await self._get_session(loop).request(
+            resp = await self._get_session(loop).request(
                 method, url, data=body, headers=list(headers), allow_redirects=False
             )
+            self._watch(resp)
+            return resp
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamError("connect", f"cannot connect to Ollama at {self.name}: {exc.os_error}") from exc
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamError("timeout", f"Ollama at {self.name} did not answer in time") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError("protocol", f"Ollama at {self.name} broke the connection: {exc}") from exc
+
+    def _watch(self, resp: UpstreamResponse) -> None:
+        """The head arrived: the body's silences are checked by ``_sweep`` from now on."""
+        connection = resp.connection
+        if connection is None or resp.closed:
+            return  # the whole answer came with its head
+        protocol = connection.protocol
+        if protocol is None:
+            return
+        protocol.read_timeout = None  # set again by aiohttp for the next request on this connection
+        assert self._loop is not None  # set by _get_session for this request
+        self._bodies[resp] = [resp.content.total_bytes, self._loop.time()]
+        if self._sweeper is None:
+            self._arm()
+
+    def _arm(self) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            self._sweeper = loop.call_later(min(1.0, self.read_timeout / 4), self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        assert self._loop is not None
+        now = self._loop.time()
+        for resp, seen in list(self._bodies.items()):
+            if resp.closed:
+                del self._bodies[resp]
+            elif resp.content.total_bytes != seen[0]:
+                seen[0], seen[1] = resp.content.total_bytes, now
+            elif now - seen[1] >= self.read_timeout:
+                del self._bodies[resp]
+                resp.content.set_exception(aiohttp.SocketTimeoutError("Timeout on reading data from socket"))
+                resp.close()
+        if self._bodies:
+            self._arm()
 
     async def call_json(
         self, method: str, path: str, body: object = None, *, within: float = 30.0
@@ -120,6 +169,10 @@ class Upstream:
             return False
 
     async def aclose(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._bodies.clear()
         session, self._session = self._session, None
         if session is not None and not session.closed:
             try:
