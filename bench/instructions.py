@@ -40,38 +40,35 @@ _BODY = json.dumps(
 ).encode()
 
 
-def _send(port: int, path: str, count: int) -> None:
-    """``count`` requests in a row on one keep-alive connection; every answer must be a 200."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
-    try:
-        for _ in range(count):
-            connection.request("POST", path, _BODY, headers)
-            response = connection.getresponse()
-            response.read()
-            if response.status != 200:
-                raise RuntimeError(f"{path} answered {response.status}")
-    finally:
-        connection.close()
-
-
-def _stream(port: int, path: str, tokens: int, count: int) -> None:
-    """``count`` streamed answers of ``tokens`` tokens; each must arrive whole, one line per token."""
-    body = json.dumps(
-        {"model": MODEL, "messages": MESSAGES, "stream": True, "options": {"num_predict": tokens}},
-        separators=(",", ":"),
-    ).encode()
+def _post(port: int, path: str, body: bytes, count: int, lines: int | None = None) -> None:
+    """``count`` POSTs in a row on one keep-alive connection; every answer must be a 200 and, for a
+    stream, ``lines`` whole lines ending with the final chunk."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
     try:
         for _ in range(count):
             connection.request("POST", path, body, headers)
             response = connection.getresponse()
-            lines = response.read().splitlines()
-            if response.status != 200 or len(lines) != tokens + 1 or b'"done":true' not in lines[-1]:
-                raise RuntimeError(f"{path} answered {response.status} with {len(lines)} lines for {tokens} tokens")
+            answer = response.read().splitlines()
+            if response.status != 200:
+                raise RuntimeError(f"{path} answered {response.status}")
+            if lines is not None and (len(answer) != lines or b'"done":true' not in answer[-1]):
+                raise RuntimeError(f"{path} answered {len(answer)} lines, not {lines}")
     finally:
         connection.close()
+
+
+def _send(port: int, path: str, count: int) -> None:
+    _post(port, path, _BODY, count)
+
+
+def _stream(port: int, path: str, tokens: int, count: int) -> None:
+    """``count`` streamed answers of ``tokens`` tokens, one line per token and the final chunk."""
+    body = json.dumps(
+        {"model": MODEL, "messages": MESSAGES, "stream": True, "options": {"num_predict": tokens}},
+        separators=(",", ":"),
+    ).encode()
+    _post(port, path, body, count, lines=tokens + 1)
 
 
 def _counted(pid: str) -> None:

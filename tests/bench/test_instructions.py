@@ -13,9 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_instructions_per_request_are_counted_for_the_plain_proxy_and_the_gateway() -> None:
+def test_instructions_per_request_and_per_chunk_are_counted_for_the_plain_proxy_and_the_gateway() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench.instructions", "--requests", "20", "--warmup", "5"],
+        [sys.executable, "-m", "bench.instructions", "--requests", "20", "--warmup", "5", "--streams", "1"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -30,3 +30,9 @@ def test_instructions_per_request_are_counted_for_the_plain_proxy_and_the_gatewa
     # does everything the plain proxy does and more.
     assert 100_000 < counts["plain-aiohttp"] < counts["gateway"]
     assert result["ratio_to_plain"]["gateway"] == round(counts["gateway"] / counts["plain-aiohttp"], 3)
+    # One more relayed token costs thousands of instructions (a read, a parse, a write), far less
+    # than a whole request.
+    chunks = result["instructions_per_chunk"]
+    assert set(chunks) == {"plain-aiohttp", "gateway"}
+    for target, per_chunk in chunks.items():
+        assert 1_000 < per_chunk < counts[target] / 2, (target, per_chunk)
