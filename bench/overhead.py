@@ -49,8 +49,14 @@ _FINAL = (
 
 
 class _Content:
+    """aiohttp's ``StreamReader`` as the relay reads it: ``readany`` (``iter_any`` for older versions)."""
+
     def __init__(self, chunks: list[bytes]) -> None:
         self._chunks = chunks
+        self._unread = iter(chunks)
+
+    async def readany(self) -> bytes:
+        return next(self._unread, b"")
 
     async def iter_any(self) -> AsyncIterator[bytes]:
         for chunk in self._chunks:

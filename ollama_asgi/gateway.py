@@ -28,7 +28,7 @@ from ollama_asgi.openai_relay import relay_openai
 from ollama_asgi.placement import Backend, Placement
 from ollama_asgi.protocol import ParsedRequest, canonical_model, parse_request
 from ollama_asgi.ratelimit import MemoryRateLimiter, rate_limit_headers
-from ollama_asgi.relay import relay, stream_headers
+from ollama_asgi.relay import RelayResult, relay, stream_headers
 from ollama_asgi.responses import send_bytes, send_error
 from ollama_asgi.routing import EMBED_ROUTES, Kind, Route, match_route, route_path
 from ollama_asgi.settings import ConfigError, Settings, parse_duration
@@ -258,7 +258,7 @@ class OllamaGateway:
             # The body is read: the next ASGI message can only be http.disconnect. A listener for it
             # starts after _WATCH_AFTER (see _DisconnectWatcher); written out here, not as a wrapper
             # coroutine, since it is on every request.
-            watcher = _DisconnectWatcher(receive)
+            watcher = _DisconnectWatcher(receive, progress)
             task = asyncio.current_task(loop)
             assert task is not None
             timer = loop.call_later(_WATCH_AFTER, watcher.start, task)
@@ -439,9 +439,9 @@ class OllamaGateway:
             self._relaying.add(resp)
             try:
                 if prepared is not None and prepared.openai_route is not None:
-                    result = await relay_openai(resp, send, prepared, started=progress.started, extra_headers=extra)
+                    relaying = relay_openai(resp, send, prepared, started=progress.started, extra_headers=extra)
                 else:
-                    result = await relay(
+                    relaying = relay(
                         resp,
                         send,
                         head=request.head,
@@ -449,6 +449,9 @@ class OllamaGateway:
                         extra_headers=extra,
                         expect_final=request.route.name in ("generate", "chat"),
                     )
+                if isinstance(relaying, asyncio.Future):
+                    progress.relaying = relaying
+                result = await relaying
             finally:
                 resp.close()
                 self._relaying.discard(resp)
@@ -795,6 +798,16 @@ class _Request:
 class _Progress:
     record: RequestRecord  # what is logged and counted when the request ends
     started: bool = False  # the response head went out (SSE keep-alive while queued)
+    relaying: asyncio.Future[RelayResult] | None = None  # a stream's relay task (``relay.in_own_task``)
+
+    def answered(self) -> bool:
+        """The whole answer went out: an ``http.disconnect`` now ends the exchange, not a generation.
+
+        A stream's relay task finishes a loop turn before the request's task resumes, and the
+        server reports the finished response to ``receive`` as ``http.disconnect`` meanwhile.
+        """
+        relaying = self.relaying
+        return self.record.result is not None or (relaying is not None and relaying.done())
 
 
 _LISTINGS = frozenset({"tags", "ps", "openai_models"})
@@ -862,10 +875,11 @@ class _DisconnectWatcher:
     first moments runs at most that long before it is cancelled.
     """
 
-    __slots__ = ("gone", "_listener", "_receive")
+    __slots__ = ("gone", "_listener", "_progress", "_receive")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, progress: _Progress) -> None:
         self._receive = receive
+        self._progress = progress
         self.gone = False
         self._listener: asyncio.Task[None] | None = None
 
@@ -882,8 +896,9 @@ class _DisconnectWatcher:
         while True:
             message: Message = await self._receive()
             if message["type"] == "http.disconnect":
-                self.gone = True
-                task.cancel()
+                if not self._progress.answered():
+                    self.gone = True
+                    task.cancel()
                 return
 
 

@@ -8,7 +8,7 @@ error event, which the openai client raises, instead of Ollama's silent stop.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable
 
 import aiohttp
 import orjson
@@ -16,7 +16,7 @@ import orjson
 from ollama_asgi.errors import GatewayError, stream_error_line
 from ollama_asgi.inference import Prepared
 from ollama_asgi.openai_compat import ChatStream, CompletionStream, embeddings_response, whole_response
-from ollama_asgi.relay import RelayResult, stream_headers
+from ollama_asgi.relay import RelayResult, in_own_task, stream_headers
 from ollama_asgi.types import Message, Send
 from ollama_asgi.upstream import UpstreamResponse
 
@@ -36,44 +36,57 @@ def _error_message(raw: bytes, status: int) -> str:
     return str(error or f"Ollama answered {status}")
 
 
-async def relay_openai(
+def relay_openai(
     resp: UpstreamResponse,
     send: Send,
     prepared: Prepared,
     *,
     started: bool,
     extra_headers: list[tuple[bytes, bytes]] | None = None,
-) -> RelayResult:
+) -> Awaitable[RelayResult]:
+    """What to await: a coroutine for a whole answer or an error, a task of its own for a stream
+    (``relay.in_own_task`` says why)."""
     extra = extra_headers or []
     if resp.status != 200 or not prepared.stream:
-        try:
-            raw = await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise GatewayError(502, f"Ollama closed the connection before the answer was complete: {exc}") from exc
-        if resp.status != 200:
-            message = _error_message(raw, resp.status)
-            if started:
-                tail = stream_error_line(message, sse=True)
-                await send({"type": "http.response.body", "body": tail, "more_body": False})
-                return RelayResult(resp.status, len(tail), None, message)
-            raise GatewayError(resp.status, message, [h for h in extra if h[0] == b"retry-after"])
-        try:
-            native = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            native = None
-        if not isinstance(native, dict):
-            raise GatewayError(502, "Ollama answered with something that is not a JSON object")
-        route = prepared.openai_route or ""
-        if route == "openai_embeddings":
-            answer = embeddings_response(prepared.model, native, prepared.encoding_format)
-        else:
-            answer = whole_response(route, prepared.model, native)
-        body = orjson.dumps(answer)
-        headers = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode()), *extra]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        return RelayResult(200, len(body), raw if len(raw) < 1 << 20 else None)
+        return _relay_whole(resp, send, prepared, started, extra)
+    return in_own_task(_relay_stream(resp, send, prepared, started, extra))
 
+
+async def _relay_whole(
+    resp: UpstreamResponse, send: Send, prepared: Prepared, started: bool, extra: list[tuple[bytes, bytes]]
+) -> RelayResult:
+    try:
+        raw = await resp.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise GatewayError(502, f"Ollama closed the connection before the answer was complete: {exc}") from exc
+    if resp.status != 200:
+        message = _error_message(raw, resp.status)
+        if started:
+            tail = stream_error_line(message, sse=True)
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+            return RelayResult(resp.status, len(tail), None, message)
+        raise GatewayError(resp.status, message, [h for h in extra if h[0] == b"retry-after"])
+    try:
+        native = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        native = None
+    if not isinstance(native, dict):
+        raise GatewayError(502, "Ollama answered with something that is not a JSON object")
+    route = prepared.openai_route or ""
+    if route == "openai_embeddings":
+        answer = embeddings_response(prepared.model, native, prepared.encoding_format)
+    else:
+        answer = whole_response(route, prepared.model, native)
+    body = orjson.dumps(answer)
+    headers = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode()), *extra]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+    return RelayResult(200, len(body), raw if len(raw) < 1 << 20 else None)
+
+
+async def _relay_stream(
+    resp: UpstreamResponse, send: Send, prepared: Prepared, started: bool, extra: list[tuple[bytes, bytes]]
+) -> RelayResult:
     translator = (
         ChatStream(prepared.model, prepared.include_usage)
         if prepared.openai_route == "openai_chat"
@@ -87,10 +100,21 @@ async def relay_openai(
     sent = 0
     final: bytes | None = None
     error: str | None = None
+    readany = resp.content.readany
     try:
-        async for chunk in _closed_lines(resp):
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
+        while True:
+            chunk = await readany()
+            if chunk:
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()
+            elif pending.strip():
+                # Ollama answers an empty prompt (a load) with one JSON object and no newline,
+                # even when asked to stream.
+                lines, pending = [pending], b""
+            else:
+                if final is None:
+                    error = "Ollama ended the stream before its final chunk"
+                break
             out = b""
             for line in lines:
                 if not line.strip():
@@ -113,11 +137,6 @@ async def relay_openai(
                 sent += len(out)
             if error:
                 break
-        else:
-            if pending.strip():
-                error = "Ollama ended the stream in the middle of a line"
-            elif final is None:
-                error = "Ollama ended the stream before its final chunk"
     except orjson.JSONDecodeError:
         error = "Ollama sent a line that is not JSON"
     except TimeoutError:
@@ -133,14 +152,3 @@ async def relay_openai(
     tail = stream_error_line(error, sse=True) if error else b""
     await send({"type": "http.response.body", "body": tail, "more_body": False})
     return RelayResult(200, sent + len(tail), final, error)
-
-
-async def _closed_lines(resp: UpstreamResponse) -> AsyncIterator[bytes]:
-    """The body, then a newline if it ended without one: Ollama answers an empty prompt (a load)
-    with one JSON object and no newline, even when asked to stream."""
-    last = b""
-    async for chunk in resp.content.iter_any():
-        last = chunk or last
-        yield chunk
-    if last and not last.endswith(b"\n"):
-        yield b"\n"

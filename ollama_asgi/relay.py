@@ -11,7 +11,8 @@ search, not a JSON parse, so accounting costs nothing per token.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+import asyncio
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 
 import aiohttp
@@ -21,7 +22,7 @@ from ollama_asgi.errors import GatewayError, stream_error_line
 from ollama_asgi.types import Message, Send
 from ollama_asgi.upstream import UpstreamResponse
 
-__all__ = ["RelayResult", "relay", "stream_headers"]
+__all__ = ["RelayResult", "in_own_task", "relay", "stream_headers"]
 
 # Hop-by-hop and per-connection headers never cross the proxy; the server sets its own Date/Server.
 _DROP = frozenset(
@@ -86,8 +87,9 @@ def relay(
     started: bool = False,
     extra_headers: list[tuple[bytes, bytes]] | None = None,
     expect_final: bool = False,
-) -> Coroutine[None, None, RelayResult]:
-    """Send ``resp`` to the client (returns the coroutine that does it: one frame less per request).
+) -> Awaitable[RelayResult]:
+    """Send ``resp`` to the client; returns what to await: a coroutine for a whole answer, a task of
+    its own for a stream (see ``in_own_task``).
 
     ``expect_final`` (generate and chat streams) makes a stream that ends cleanly but without its
     ``"done":true`` chunk or an error line end with an error line, so a client never takes a cut
@@ -100,7 +102,7 @@ def relay(
     if started:
         if separator != b"\n\n" or resp.status != 200:
             return _error_into_started_stream(resp, send)
-        return _relay_frames(resp, send, separator, expect_final=expect_final)
+        return in_own_task(_relay_frames(resp, send, separator, expect_final=expect_final))
     if separator is None or head:
         return _relay_whole(resp, send, head=head, extra_headers=extra_headers)
     headers = [(k, v) for k, v in _response_headers(resp) if k != b"content-type"]
@@ -108,7 +110,20 @@ def relay(
         headers.extend(extra_headers)
     ctype = resp.headers.get("Content-Type", "").encode("latin-1")
     start = {"type": "http.response.start", "status": resp.status, "headers": stream_headers(ctype, headers)}
-    return _relay_frames(resp, send, separator, start, expect_final=expect_final)
+    return in_own_task(_relay_frames(resp, send, separator, start, expect_final=expect_final))
+
+
+def in_own_task(relaying: Coroutine[None, None, RelayResult]) -> Awaitable[RelayResult]:
+    """Run a stream's relay loop as a task of its own, awaited by the request's task.
+
+    Each chunk wakes the coroutine that waits for it, and CPython resumes a suspended coroutine
+    through every coroutine that awaits it, down from the task's first one. In the request's own
+    task that chain holds the server's and the host's layers (five in a Starlette host, more
+    behind Django's middleware) and the gateway's; in a task of its own it is the relay loop and
+    aiohttp's read: 4,500 fewer instructions per chunk in a Starlette host (``bench.instructions``),
+    whatever the host's depth. Cancelling the request's task (the client left) cancels this one.
+    """
+    return asyncio.get_running_loop().create_task(relaying)
 
 
 async def _relay_whole(
@@ -163,8 +178,9 @@ async def _relay_frames(
     sent = 0
     last = b""
     error: str | None = None
+    readany = resp.content.readany
     try:
-        async for chunk in resp.content.iter_any():
+        while chunk := await readany():
             if pending:
                 chunk = pending + chunk
             cut = chunk.rfind(separator)

@@ -47,6 +47,29 @@ def test_each_request_is_one_json_line_with_what_happened(
     assert "prompt" not in line and "secret" not in json.dumps(line)
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/chat", CHAT),
+        (
+            "/v1/chat/completions",
+            {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+        ),
+    ],
+)
+def test_a_stream_that_outlasts_the_disconnect_watch_is_logged_as_answered(
+    llm_url: str, emulator: EmulatorServer, access: Callable[..., list[dict[str, object]]], path: str, body: object
+) -> None:
+    # The finished response reaches the disconnect listener as http.disconnect before the request's
+    # task resumes from its relay task: that must not turn a whole answer into a 499.
+    emulator.emulator.token_interval = 0.02  # eight tokens: well past the watcher's 50 ms
+    response = httpx.post(llm_url + path, json=body, headers=AUTH, timeout=30)
+    assert response.status_code == 200
+    (line,) = access()
+    assert (line["status"], line["reason"], line["error"]) == (200, None, None)
+    assert line["completion_tokens"] and line["bytes"] == len(response.content)
+
+
 def test_prompts_are_logged_only_when_enabled_and_never_images(
     host_factory: Callable[..., ServerThread], access: Callable[..., list[dict[str, object]]]
 ) -> None:
