@@ -181,25 +181,28 @@ async def _relay_frames(
     readany = resp.content.readany
     try:
         while chunk := await readany():
-            if pending:
-                chunk = pending + chunk
-            cut = chunk.rfind(separator)
-            if cut < 0:
-                pending = chunk
-                if len(pending) > _MAX_PENDING:
-                    error = "Ollama sent a line longer than the gateway accepts"
-                    break
-                continue
-            cut += len(separator)
-            pending = chunk[cut:]
-            body = chunk[:cut]
+            if not pending and chunk.endswith(separator):
+                body = chunk  # the common case: whole lines, one per token
+            else:
+                if pending:
+                    chunk = pending + chunk
+                cut = chunk.rfind(separator)
+                if cut < 0:
+                    pending = chunk
+                    if len(pending) > _MAX_PENDING:
+                        error = "Ollama sent a line longer than the gateway accepts"
+                        break
+                    continue
+                cut += len(separator)
+                pending = chunk[cut:]
+                body = chunk[:cut]
             if start is not None:
                 if not sse and not _json_object(body[: body.find(separator)]):
                     raise GatewayError(502, "Ollama answered with something that is not JSON")
                 await send(start)
                 start = None
             await send({"type": "http.response.body", "body": body, "more_body": True})
-            sent += cut
+            sent += len(body)
             last = body
             if marker in body:
                 final = _last_frame_with(body, marker, separator)
