@@ -275,10 +275,9 @@ class ModelLifecycle:
         name = prepared.info.name
         in_flight = models.in_flight
         in_flight[name] = in_flight.get(name, 0) + 1  # not ``+= 1``: a Counter's __missing__ is Python
-        now = time.time()
-        models.touch(name, now)
+        models.touch(name, time.time())
         traffic = self.traffic[models.backend.name]
-        traffic.observe(name, cold=prepared.cold, now=now)
+        traffic.observe(name, cold=prepared.cold)
         if self.settings.prewarm:
             self._maybe_prewarm(models, traffic, name)
 

@@ -2,15 +2,14 @@
 
 Traffic to local LLMs is patterned: a pipeline embeds, then chats; a team's assistant switches
 between the same two models all day. The gateway learns model-to-model transitions over a
-sliding window of recent requests per backend, plus hour-of-day counts, and when the next model
-is predicted with enough confidence and memory allows, starts its load right away. Pre-warming
-goes through the same single-flight loader and VRAM guard as any load, and the guard never
-evicts a model with requests in flight.
+sliding window of recent requests per backend, and when the next model is predicted with enough
+confidence and memory allows, starts its load right away. Pre-warming goes through the same
+single-flight loader and VRAM guard as any load, and the guard never evicts a model with requests
+in flight.
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
@@ -32,17 +31,14 @@ class TrafficModel:
     min_observations: int = 2
     _sequence: deque[str] = field(default_factory=deque)
     _transitions: dict[str, Counter[str]] = field(default_factory=dict)
-    _hours: dict[int, Counter[str]] = field(default_factory=dict)
     _last: str | None = None
     issued: int = 0
     hits: int = 0  # a request found its model loaded because it had been pre-warmed
     misses: int = 0  # a request found its model cold
     warmed: set[str] = field(default_factory=set)
     recent: deque[tuple[str, bool]] = field(default_factory=lambda: deque(maxlen=100))  # (model, cold)
-    _hour: int = -1
-    _hour_ends: float = 0.0  # time.time() at which the cached local hour ends
 
-    def observe(self, model: str, *, cold: bool, now: float | None = None) -> None:
+    def observe(self, model: str, *, cold: bool) -> None:
         """Record one request for ``model`` (``cold``: it had to be loaded first)."""
         if self._last is not None and self._last != model:
             self._transitions.setdefault(self._last, Counter())[model] += 1
@@ -54,11 +50,6 @@ class TrafficModel:
                 if counts[old_to] <= 0:
                     del counts[old_to]
         self._last = model
-        hour = self._local_hour(time.time() if now is None else now)
-        per_hour = self._hours.get(hour)
-        if per_hour is None:
-            per_hour = self._hours[hour] = Counter()
-        per_hour[model] += 1
         self.recent.append((model, cold))
         if cold:
             self.misses += 1
@@ -66,15 +57,6 @@ class TrafficModel:
         elif model in self.warmed:
             self.hits += 1
             self.warmed.discard(model)
-
-    def _local_hour(self, now: float) -> int:
-        """The local hour of ``now``; ``localtime`` only runs when the hour changes (it is per request)."""
-        if self._hour_ends - 3600.0 <= now < self._hour_ends:
-            return self._hour
-        local = time.localtime(now)
-        self._hour = local.tm_hour
-        self._hour_ends = now - (local.tm_min * 60 + local.tm_sec + now % 1.0) + 3600.0
-        return self._hour
 
     def predict(self, current: str) -> Prediction | None:
         """The model most likely to be asked for after ``current``, if confident enough."""
@@ -87,8 +69,3 @@ class TrafficModel:
         model, count = counts.most_common(1)[0]
         confidence = count / total
         return Prediction(model, confidence) if confidence >= self.threshold else None
-
-    def favourite_now(self, now: float | None = None) -> str | None:
-        """The most requested model at this hour of the day, from what was seen so far."""
-        counts = self._hours.get(time.localtime(now if now is not None else time.time()).tm_hour)
-        return counts.most_common(1)[0][0] if counts else None

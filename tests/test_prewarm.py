@@ -32,11 +32,3 @@ def test_hits_and_misses_are_counted() -> None:
     traffic.warmed.add("b")
     traffic.observe("b", cold=False)
     assert (traffic.misses, traffic.hits) == (1, 1)
-
-
-def test_hour_of_day_favourite() -> None:
-    traffic = TrafficModel()
-    noon = 1_700_000_000.0
-    for model in ("x", "y", "y"):
-        traffic.observe(model, cold=False, now=noon)
-    assert traffic.favourite_now(noon) == "y"
