@@ -118,8 +118,8 @@ def in_own_task(relaying: Coroutine[None, None, RelayResult]) -> Awaitable[Relay
 
     Each chunk wakes the coroutine that waits for it, and CPython resumes a suspended coroutine
     through every coroutine that awaits it, down from the task's first one. In the request's own
-    task that chain holds the server's and the host's layers (five in a Starlette host, more
-    behind Django's middleware) and the gateway's; in a task of its own it is the relay loop and
+    task that chain holds the server's and the host's layers (seven coroutines in a Starlette
+    host, more behind Django's middleware) and the gateway's; in a task of its own it is the relay loop and
     aiohttp's read: 4,500 fewer instructions per chunk in a Starlette host (``bench.instructions``),
     whatever the host's depth. Cancelling the request's task (the client left) cancels this one.
     """
@@ -176,7 +176,7 @@ async def _relay_frames(
     pending = b""
     final: bytes | None = None
     sent = 0
-    last = b""
+    body = b""  # after the loop: the last frames sent
     error: str | None = None
     readany = resp.content.readany
     try:
@@ -203,13 +203,12 @@ async def _relay_frames(
                 start = None
             await send({"type": "http.response.body", "body": body, "more_body": True})
             sent += len(body)
-            last = body
             if marker in body:
                 final = _last_frame_with(body, marker, separator)
         else:
             if pending.strip():
                 error = "Ollama ended the stream in the middle of a line"
-            elif expect_final and final is None and b'"error"' not in last[last.rfind(separator, 0, -1) + 1 :]:
+            elif expect_final and final is None and b'"error"' not in body[body.rfind(separator, 0, -1) + 1 :]:
                 error = "Ollama ended the stream before its final chunk"
     except TimeoutError:
         error = "Ollama stopped sending for longer than the read timeout"
