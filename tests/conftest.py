@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -60,3 +62,27 @@ def login(base_url: str, username: str) -> httpx.Cookies:
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say plainly whether the real-Ollama suite ran, and against what."""
+    outcomes: dict[str, int] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if "real_ollama" in getattr(report, "keywords", {}) and report.when in ("call", "setup"):
+                if outcome == "passed" and report.when != "call":
+                    continue
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    if not outcomes:
+        return
+    binary = os.environ.get("OLLAMA_BIN") or shutil.which("ollama") or "none found"
+    ran = outcomes.get("passed", 0) + outcomes.get("failed", 0)
+    if ran == 0:
+        terminalreporter.write_line(
+            "real-Ollama suite: NOT RUN (no Ollama binary; set OLLAMA_BIN=/path/to/ollama to run it)",
+            yellow=True,
+            bold=True,
+        )
+        return
+    counts = ", ".join(f"{n} {k}" for k, n in outcomes.items())
+    terminalreporter.write_line(f"real-Ollama suite: ran against {binary}: {counts}", bold=True)
