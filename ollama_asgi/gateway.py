@@ -254,6 +254,8 @@ class OllamaGateway:
                 parsed = record.parsed = parse_request(route, raw, max_num_ctx=self.settings.max_num_ctx)
                 if principal is not None:
                     self._check_model(principal, parsed)
+                if parsed.rewritten:
+                    raw = orjson.dumps(parsed.body)  # upstream gets what was checked, not the client's spelling
             request = _Request(scope, path, route, parsed, principal, raw or None, head, loop)
             # The body is read: the next ASGI message can only be http.disconnect. A listener for it
             # starts after _WATCH_AFTER (see _DisconnectWatcher); written out here, not as a wrapper

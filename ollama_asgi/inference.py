@@ -26,7 +26,7 @@ from ollama_asgi.errors import GatewayError
 from ollama_asgi.lifecycle import Loader, LoadLock
 from ollama_asgi.openai_compat import to_native
 from ollama_asgi.prewarm import TrafficModel
-from ollama_asgi.protocol import NUMBER_TYPES, ParsedRequest, canonical_model, parse_keep_alive
+from ollama_asgi.protocol import MAX_JSON_DEPTH, NUMBER_TYPES, ParsedRequest, canonical_model, parse_keep_alive
 from ollama_asgi.routing import EMBED_ROUTES, Route
 from ollama_asgi.settings import Settings
 from ollama_asgi.upstream import Upstream
@@ -199,7 +199,7 @@ class ModelLifecycle:
         if load_only and client_keep_alive is not None and parse_keep_alive(client_keep_alive) == 0:
             if not principal.is_admin:
                 raise GatewayError(403, "unloading models is restricted to administrators")
-            return Prepared(prepared_path, orjson.dumps(body), parsed.model, info, models, 0, False, load_only=True)
+            return Prepared(prepared_path, _dumps(body), parsed.model, info, models, 0, False, load_only=True)
         if client_keep_alive is None or not principal.is_admin:
             body["keep_alive"] = settings.keep_alive  # the gateway owns model lifetimes
 
@@ -247,7 +247,7 @@ class ModelLifecycle:
         self.last_num_ctx[key] = num_ctx
         return Prepared(
             prepared_path,
-            orjson.dumps(body),
+            _dumps(body),
             parsed.model,
             info,
             models,
@@ -349,6 +349,15 @@ class ModelLifecycle:
                 name: {"issued": t.issued, "hits": t.hits, "misses": t.misses} for name, t in self.traffic.items()
             },
         }
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    """The upstream body; what the client nested too deep to write (tool arguments sent as JSON text
+    under ``/v1``) is the client's 400."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError as exc:
+        raise GatewayError(400, f"request body nests JSON deeper than {MAX_JSON_DEPTH} levels") from exc
 
 
 def _is_load_request(route: str, body: dict[str, Any]) -> bool:

@@ -42,7 +42,16 @@ def test_stream_defaults_to_true_on_native_and_false_on_openai() -> None:
         (b'{"model": "m", "keep_alive": true}', "Unsupported type: 'boolean'"),
         (b'{"model": "m", "messages": "hi"}', "messages must be an array"),
         (b"\xff\xfe{}", "invalid JSON"),
-        (b"[" * 5000 + b"]" * 5000, "invalid JSON"),
+        (b"[" * 5000 + b"]" * 5000, "deeper than 254 levels"),
+        (b'{"model": "m", "options": {"stop": 1}}', 'option "stop" must be of type array'),
+        (b'{"model": "m", "options": {"stop": "x"}}', 'option "stop" must be of type array'),
+        (b'{"model": "m", "options": {"stop": ["a", 1]}}', 'option "stop" must be of an array of strings'),
+        (b'{"model": "m", "options": {"use_mmap": "yes"}}', 'option "use_mmap" must be of type boolean'),
+        (b'{"model": "m", "options": {"num_thread": 2.5}}', 'option "num_thread" must be of type integer'),
+        (b'{"model": "m", "options": {"seed": 1e30}}', 'option "seed" is out of range'),
+        (b'{"model": "m", "options": {"top_k": "3"}}', 'option "top_k" must be of type integer'),
+        (b'{"model": "m", "options": {"temperature": 1e300}}', 'option "temperature" must be a finite number'),
+        (b'{"model": "m", "options": {"min_p": true}}', 'option "min_p" must be of type number'),
     ],
 )
 def test_bad_bodies_get_a_clear_400(raw: bytes, message: str) -> None:
@@ -83,3 +92,72 @@ def test_canonical_model_adds_latest_and_lowercases() -> None:
     assert canonical_model("Llama3.2") == "llama3.2:latest"
     assert canonical_model("llama3.2:3b") == "llama3.2:3b"
     assert canonical_model("localhost:5000/ns/m") == "localhost:5000/ns/m:latest"
+
+
+def test_null_options_are_dropped_as_ollama_skips_them() -> None:
+    parsed = parse(b'{"model":"m","options":{"temperature":null,"num_ctx":null,"stop":null,"top_k":3}}')
+    assert parsed.body["options"] == {"top_k": 3}
+    assert parsed.rewritten
+
+
+def test_options_without_nulls_are_kept_as_sent() -> None:
+    parsed = parse(b'{"model":"m","options":{"temperature":0.5,"stop":["x"]}}')
+    assert parsed.body["options"] == {"temperature": 0.5, "stop": ["x"]}
+    assert not parsed.rewritten
+
+
+def test_options_ollama_does_not_know_pass_through() -> None:
+    assert parse(b'{"model":"m","options":{"my_option":"x"}}').body["options"] == {"my_option": "x"}
+
+
+@pytest.mark.parametrize("value", [b'"NaN"', b'"Infinity"', b"1e300", b'"1"', b"true"])
+def test_an_openai_temperature_that_is_not_a_finite_number_is_a_400(value: bytes) -> None:
+    with pytest.raises(GatewayError) as info:
+        parse(b'{"model":"m","messages":[],"temperature":%s}' % value, OPENAI_CHAT)
+    assert info.value.status == 400 and "temperature must be" in info.value.message
+
+
+def test_json_nested_deeper_than_the_writer_accepts_is_a_400_naming_the_limit() -> None:
+    for depth in (254, 300, 1023):
+        raw = b'{"model":"m","format":' + b"[" * depth + b"]" * depth + b"}"
+        with pytest.raises(GatewayError) as info:
+            parse(raw)
+        assert info.value.status == 400 and "deeper than 254 levels" in info.value.message
+
+
+def test_json_nested_as_deep_as_the_writer_accepts_is_served() -> None:
+    raw = b'{"model":"m","format":' + b"[" * 253 + b"]" * 253 + b"}"
+    assert parse(raw).model == "m"
+
+
+def test_keys_are_matched_like_gos_encoding_json_and_the_last_wins() -> None:
+    parsed = parse(b'{"model":"tiny","Model":"other","KEEP_ALIVE":-1,"\u212aeep_alive":"1h"}')
+    assert parsed.model == "other"
+    assert parsed.body == {"model": "other", "keep_alive": "1h"}
+    assert parsed.rewritten
+
+
+def test_a_second_spelling_of_options_merges_into_the_first_as_go_decodes_a_map() -> None:
+    parsed = parse(b'{"model":"m","options":{"num_predict":1,"num_ctx":8},"Options":{"num_ctx":2048}}')
+    assert parsed.body["options"] == {"num_predict": 1, "num_ctx": 2048}
+
+
+def test_options_under_another_spelling_are_checked() -> None:
+    with pytest.raises(GatewayError, match="num_ctx must be between 1 and 131072"):
+        parse(b'{"model":"m","OPTIONS":{"num_ctx":999999}}')
+
+
+def test_option_names_are_exact_as_ollama_looks_them_up() -> None:
+    parsed = parse(b'{"model":"m","options":{"NUM_CTX":"big"}}')  # Ollama ignores it, so does the check
+    assert parsed.body["options"] == {"NUM_CTX": "big"}
+
+
+def test_message_keys_are_folded_to_the_fields_ollama_reads() -> None:
+    parsed = parse(b'{"model":"m","messages":[{"ROLE":"user","Content":"hi"}]}')
+    assert parsed.body["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_keys_no_go_field_matches_are_left_alone() -> None:
+    parsed = parse(b'{"model":"m","\u0130mages":1,"Extra":2}')  # Go does not fold the dotted I
+    assert parsed.body == {"model": "m", "\u0130mages": 1, "Extra": 2}
+    assert not parsed.rewritten

@@ -470,3 +470,93 @@ def test_model_names_in_paths_never_escape_their_route(fuzz_host: ServerThread) 
         reply = request(fuzz_host.port, "GET", target, headers)
         assert reply.status in (400, 404, 405), (target, reply.status, reply.body[:200])
         assert all(name != "set-cookie" for name, _ in reply.headers)
+
+
+# -- Ollama reads keys as Go's encoding/json does: case-insensitively, the last one winning ------------
+
+
+def upstream_bodies(emulator: EmulatorServer, marker: str) -> list[bytes]:
+    return [r.body for r in emulator.emulator.requests if marker.encode() in r.body]
+
+
+def test_a_second_spelling_of_model_cannot_pass_the_allow_list(
+    host_factory: Callable[..., ServerThread], emulator: EmulatorServer
+) -> None:
+    host = host_factory(allowed_models=("llama3.2",))
+    raw = b'{"model":"llama3.2","Model":"qwen2.5:0.5b","prompt":"spelled twice","stream":false}'
+    for path in ("/api/generate", "/api/show"):
+        reply = httpx.post(host.url + "/llm" + path, content=raw, headers=AUTH, timeout=15)
+        assert reply.status_code == 403 and "qwen2.5:0.5b" in reply.json()["error"], (path, reply.text)
+    assert not [r for r in emulator.emulator.requests if b"qwen" in r.body]
+
+
+def test_a_second_spelling_of_keep_alive_cannot_pin_a_model(client: httpx.Client, emulator: EmulatorServer) -> None:
+    raw = b'{"model":"llama3.2","prompt":"pin by case","stream":false,"keep_alive":"5m","KEEP_ALIVE":-1}'
+    assert client.post("/api/generate", content=raw, headers=AUTH).status_code == 200
+    (sent,) = upstream_bodies(emulator, "pin by case")
+    assert orjson.loads(sent)["keep_alive"] == "30m" and b"KEEP_ALIVE" not in sent
+    assert emulator.emulator.loaded_models()["llama3.2:latest"].keep_alive == 30 * 60
+
+
+def test_a_second_spelling_of_options_cannot_pass_the_num_ctx_cap(client: httpx.Client) -> None:
+    raw = b'{"model":"llama3.2","prompt":"x","stream":false,"options":{"num_predict":2},"OPTIONS":{"num_ctx":999999}}'
+    response = client.post("/api/generate", content=raw, headers=AUTH)
+    assert response.status_code == 400 and "num_ctx" in response.json()["error"]
+
+
+def test_upstream_receives_options_under_one_spelling_only(client: httpx.Client, emulator: EmulatorServer) -> None:
+    raw = b'{"model":"llama3.2","prompt":"options by case","stream":false,"Options":{"num_predict":2,"seed":7}}'
+    assert client.post("/api/generate", content=raw, headers=AUTH).status_code == 200
+    (sent,) = upstream_bodies(emulator, "options by case")
+    assert b'"Options"' not in sent and orjson.loads(sent)["options"]["seed"] == 7
+
+
+def test_json_nested_deeper_than_the_gateway_writes_is_a_400_naming_the_limit(client: httpx.Client) -> None:
+    for depth in (254, 600, 1023):
+        raw = b'{"model":"llama3.2","prompt":"x","format":' + b"[" * depth + b"]" * depth + b"}"
+        for path in ("/api/generate", "/api/show"):
+            response = client.post(path, content=raw, headers=AUTH)
+            assert response.status_code == 400, (depth, path, response.status_code, response.text[:200])
+            assert "deeper than 254 levels" in response.json()["error"]
+
+
+def test_tool_arguments_nested_too_deep_to_forward_are_a_400(client: httpx.Client) -> None:
+    arguments = "[" * 300 + "]" * 300
+    call = {"function": {"name": "f", "arguments": arguments}}
+    body = {"model": "llama3.2", "messages": [{"role": "assistant", "content": "", "tool_calls": [call]}]}
+    response = client.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert response.status_code == 400 and "deeper than 254 levels" in response.json()["error"]["message"]
+
+
+# -- options as Ollama's Options.FromMap reads them ------------------------------------------------------
+
+
+def test_null_options_are_unset_not_refused(client: httpx.Client, emulator: EmulatorServer) -> None:
+    options = {"temperature": None, "num_ctx": None, "mirostat": None, "stop": None, "num_predict": 2}
+    body = {"model": "llama3.2", "prompt": "nulls", "stream": False, "options": options}
+    assert client.post("/api/generate", json=body, headers=AUTH).status_code == 200
+    (sent,) = upstream_bodies(emulator, "nulls")
+    assert None not in orjson.loads(sent)["options"].values()
+
+
+def test_null_options_on_embeddings_are_unset_not_refused(client: httpx.Client) -> None:
+    body = {"model": "all-minilm", "input": "x", "options": {"num_ctx": None, "temperature": None, "top_k": None}}
+    assert client.post("/api/embed", json=body, headers=AUTH).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("stop", 1), ("stop", "x"), ("stop", [1]), ("use_mmap", "yes"), ("num_thread", "2"), ("temperature", 1e300)],
+)
+def test_an_option_of_the_wrong_type_is_a_400_naming_it(client: httpx.Client, option: str, value: object) -> None:
+    body = {"model": "llama3.2", "prompt": "x", "stream": False, "options": {option: value}}
+    response = client.post("/api/generate", json=body, headers=AUTH)
+    assert response.status_code == 400 and f'option "{option}"' in response.json()["error"], response.text
+
+
+def test_an_openai_temperature_given_as_text_is_an_openai_400(client: httpx.Client) -> None:
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}], "temperature": "NaN"}
+    response = client.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert "temperature" in response.json()["error"]["message"]
