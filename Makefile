@@ -28,9 +28,9 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 test: install
-	@scripts/ensure-system-deps.sh
+	@scripts/ensure-system-deps.sh test
 	$(MAKE) --no-print-directory lint typecheck
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -m 'not bench' $(PYTEST_ARGS)
 
 soak: install
 	SOAK=full $(VENV)/bin/pytest -q -s -m soak $(PYTEST_ARGS)
@@ -41,6 +41,8 @@ check: test
 # BASELINE=<git ref or dir> also measures the gateway as it was there; BENCH_ARGS passes more (see python -m bench -h).
 bench: install
 	$(PY) -m pip install -q -e '.[bench]'
+	@scripts/ensure-system-deps.sh bench
+	$(VENV)/bin/pytest -q -m bench tests/bench
 	$(PY) -m bench $(if $(BASELINE),--baseline $(BASELINE)) $(BENCH_ARGS)
 
 clean:

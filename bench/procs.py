@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ollama_asgi.testing.real import die_with_parent
+
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +109,13 @@ class Server:
         out = open(self.log, "ab") if self.log is not None else subprocess.DEVNULL  # noqa: SIM115
         self._log_handle = out
         self.proc = subprocess.Popen(
-            self.args, cwd=self.cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            self.args,
+            cwd=self.cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # a harness killed on timeout leaves no server behind
         )
         return self
 

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Installs the system programs the test suite starts itself (a private redis-server on a free port,
-# headless Chromium for the status page, valgrind for the instruction-count benchmark's smoke test),
-# from Debian's packages, when they are missing.
+# Installs the system programs that the tests or benchmarks start themselves, from Debian's packages,
+# when they are missing:
+#   ensure-system-deps.sh test    a private redis-server on a free port, headless Chromium for the status page
+#   ensure-system-deps.sh bench   the same, and valgrind for the instruction-count benchmark
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/bin/chromium ] || need+=(chromium)
-command -v callgrind_control >/dev/null 2>&1 || need+=(valgrind)
+if [ "${1:-test}" = bench ]; then
+    command -v callgrind_control >/dev/null 2>&1 || need+=(valgrind)
+fi
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     SUDO=""

@@ -33,7 +33,7 @@ import orjson
 
 from ollama_asgi.testing.gguf_models import FIXTURES, ModelSpec, write_model
 
-__all__ = ["RealOllama", "find_ollama_binary"]
+__all__ = ["RealOllama", "die_with_parent", "find_ollama_binary"]
 
 _PR_SET_PDEATHSIG = 1
 # One line per model load in the server's log: the runner started for a model file.
@@ -57,7 +57,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """``preexec_fn`` for a child that must not outlive its parent (Linux; elsewhere it does nothing).
+
+    The signal comes when the thread that started the child ends: start such children from the
+    main thread.
+    """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -120,7 +125,7 @@ class RealOllama:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its runners share its group, so one signal ends them all
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -10,7 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+
+# A benchmark end to end: `make bench` runs it (a 2-core machine under load makes it slow, not wrong).
+pytestmark = pytest.mark.bench
 
 
 def test_the_tiny_benchmark_measures_every_target_and_renders_its_report(tmp_path: Path) -> None:

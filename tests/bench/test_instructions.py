@@ -10,7 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+
+# A benchmark end to end: `make bench` runs it (a 2-core machine under load makes it slow, not wrong).
+pytestmark = pytest.mark.bench
 
 
 def test_instructions_per_request_and_per_chunk_are_counted_for_the_plain_proxy_and_the_gateway() -> None:
