@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Literal
@@ -20,7 +20,15 @@ from ollama_asgi.protocol import canonical_model
 from ollama_asgi.settings import ApiKey, Settings
 from ollama_asgi.types import Scope
 
-__all__ = ["Authorizer", "DefaultAuthorizer", "Principal", "bearer_token", "model_allowed"]
+__all__ = [
+    "Authorizer",
+    "DefaultAuthorizer",
+    "Principal",
+    "bearer_token",
+    "is_authenticated_user",
+    "model_allowed",
+    "user_principal",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,24 +83,72 @@ def bearer_token(scope: Scope) -> str | None:
     return None
 
 
-def _user_attr(user: Any, *names: str) -> str | None:
+def _get(user: Any, name: str) -> Any:
+    if isinstance(user, Mapping):
+        return user.get(name)
+    try:
+        return getattr(user, name, None)
+    except NotImplementedError:  # Starlette's BaseUser.identity
+        return None
+
+
+def _first(user: Any, *names: str) -> str | None:
     for name in names:
-        try:
-            value = getattr(user, name, None)
-        except NotImplementedError:  # Starlette's BaseUser.identity
-            continue
+        value = _get(user, name)
         if value not in (None, ""):
             return str(value)
     return None
 
 
 def _model_patterns(value: object) -> tuple[str, ...] | None:
-    """A user's ``ollama_models``: None (all), one pattern, or an iterable of patterns."""
+    """A user's ``ollama_models``: None (all), a comma-separated string, or an iterable of patterns.
+
+    A string is never iterated character by character: ``"llama3*"`` is one pattern, not seven of
+    which the lone ``"*"`` would allow every model.
+    """
     if value is None:
         return None
-    if isinstance(value, str):
-        return tuple(p.strip() for p in value.split(",") if p.strip())
-    return tuple(str(p) for p in value) if isinstance(value, list | tuple | set | frozenset) else None
+    if isinstance(value, str | bytes):
+        text = value.decode() if isinstance(value, bytes) else value
+        return tuple(p.strip() for p in text.split(",") if p.strip())
+    try:
+        return tuple(str(p).strip() for p in value if str(p).strip())  # type: ignore[attr-defined]
+    except TypeError:
+        return ()  # something that is no list of patterns allows nothing
+
+
+def is_authenticated_user(user: Any) -> bool:
+    """True for a present user whose ``is_authenticated`` (when it has one) is true."""
+    if user is None:
+        return False
+    flag = _get(user, "is_authenticated")
+    return True if flag is None else bool(flag)
+
+
+def user_principal(user: Any, scope: Scope | None = None, *, admin_scopes: tuple[str, ...] = ()) -> Principal | None:
+    """The one mapping of a host's user object (or a mapping of token claims) to a ``Principal``.
+
+    ``identity``/``username``/``id``/``pk``/``sub``/``email`` name it; ``is_staff``,
+    ``is_superuser``, ``is_admin``, an ``"admin"`` role or one of ``admin_scopes`` in
+    ``scope["auth"].scopes`` make it an admin; ``ollama_models`` restricts its models.
+    """
+    if not is_authenticated_user(user):
+        return None
+    ident = _first(user, "identity", "username", "id", "pk", "sub", "email", "display_name") or str(user)
+    roles = _get(user, "roles") or ()
+    auth_scopes = set(_get(scope.get("auth"), "scopes") or ()) if scope is not None else set()
+    is_admin = (
+        any(bool(_get(user, flag)) for flag in ("is_staff", "is_superuser", "is_admin"))
+        or (roles == "admin" if isinstance(roles, str) else "admin" in roles)
+        or bool(auth_scopes.intersection(admin_scopes))
+    )
+    return Principal(
+        id=ident,
+        display_name=_first(user, "display_name", "username", "name") or ident,
+        is_admin=is_admin,
+        models=_model_patterns(_get(user, "ollama_models")),
+        source="host",
+    )
 
 
 _ANONYMOUS = Principal(id="anonymous", source="anonymous")
@@ -158,21 +214,7 @@ class DefaultAuthorizer:
         return principal
 
     def from_host_user(self, scope: Scope) -> Principal | None:
-        user = scope.get("user")
-        if user is None or not getattr(user, "is_authenticated", False):
-            return None
-        ident = _user_attr(user, "identity", "username", "pk", "id", "display_name") or str(user)
-        auth_scopes = set(getattr(scope.get("auth"), "scopes", ()) or ())
-        is_admin = bool(
-            getattr(user, "is_staff", False) or getattr(user, "is_superuser", False) or getattr(user, "is_admin", False)
-        ) or bool(auth_scopes.intersection(self._settings.admin_scopes))
-        return Principal(
-            id=ident,
-            display_name=_user_attr(user, "display_name", "username") or ident,
-            is_admin=is_admin,
-            models=_model_patterns(getattr(user, "ollama_models", None)),
-            source="host",
-        )
+        return user_principal(scope.get("user"), scope, admin_scopes=self._settings.admin_scopes)
 
     async def __call__(self, scope: Scope) -> Principal | None:
         return self.resolve(scope)

@@ -3,16 +3,17 @@
 Starlette puts a ``BaseUser`` in ``scope["user"]``; Litestar puts whatever the app's
 authentication middleware returned (a model instance, a dict of token claims, a string). The
 gateway cannot know what those mean, so hosts pass a ``user_to_principal`` callable; the default
-here reads the attribute names most user models share.
+is the core's one mapping (``ollama_asgi.auth.user_principal``), which reads the attribute names
+most user models share.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ollama_asgi.auth import DefaultAuthorizer, Principal, bearer_token
+from ollama_asgi.auth import DefaultAuthorizer, Principal, bearer_token, is_authenticated_user, user_principal
 from ollama_asgi.settings import Settings
 from ollama_asgi.types import Scope
 
@@ -28,59 +29,8 @@ UserToPrincipal = Callable[[Any], "Principal | None | Awaitable[Principal | None
 
 _ANONYMOUS = Principal(id="anonymous", source="anonymous")
 
-
-def _get(user: Any, name: str) -> Any:
-    if isinstance(user, Mapping):
-        return user.get(name)
-    try:
-        return getattr(user, name, None)
-    except NotImplementedError:  # Starlette's BaseUser.identity
-        return None
-
-
-def _first(user: Any, *names: str) -> str | None:
-    for name in names:
-        value = _get(user, name)
-        if value not in (None, ""):
-            return str(value)
-    return None
-
-
-def is_authenticated_user(user: Any) -> bool:
-    """True for a present user whose ``is_authenticated`` (when it has one) is true."""
-    if user is None:
-        return False
-    flag = _get(user, "is_authenticated")
-    return True if flag is None else bool(flag)
-
-
-def default_user_to_principal(
-    user: Any, scope: Scope | None = None, *, admin_scopes: tuple[str, ...] = ()
-) -> Principal | None:
-    """Map a user object (or a mapping of claims) by its common attribute names.
-
-    ``identity``/``username``/``id``/``pk``/``sub``/``email`` name it; ``is_staff``,
-    ``is_superuser``, ``is_admin``, an ``"admin"`` role or one of ``admin_scopes`` in
-    ``scope["auth"].scopes`` make it an admin; ``ollama_models`` restricts its models.
-    """
-    if not is_authenticated_user(user):
-        return None
-    ident = _first(user, "identity", "username", "id", "pk", "sub", "email", "display_name") or str(user)
-    roles = _get(user, "roles") or ()
-    auth_scopes = set(_get(scope.get("auth"), "scopes") or ()) if scope is not None else set()
-    is_admin = (
-        any(bool(_get(user, flag)) for flag in ("is_staff", "is_superuser", "is_admin"))
-        or (not isinstance(roles, str) and "admin" in roles)
-        or bool(auth_scopes.intersection(admin_scopes))
-    )
-    models = _get(user, "ollama_models")
-    return Principal(
-        id=ident,
-        display_name=_first(user, "display_name", "username", "name") or ident,
-        is_admin=is_admin,
-        models=None if models is None else tuple(models),
-        source="host",
-    )
+# The mapping every host shares, under the name hosts configure it by.
+default_user_to_principal = user_principal
 
 
 class UserAuthorizer:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from ollama_asgi import Principal, Settings
+from ollama_asgi.auth import DefaultAuthorizer, model_allowed
 from ollama_asgi.contrib._deps import require
 from ollama_asgi.contrib.csrf import CSRFMiddleware
 from ollama_asgi.contrib.principals import UserAuthorizer, default_user_to_principal
@@ -41,6 +42,26 @@ def test_a_model_instance_maps_by_its_usual_attributes() -> None:
     principal = default_user_to_principal(Model("ada", ollama_models=["llama3*"]))
     assert principal == Principal(id="ada", display_name="ada", models=("llama3*",))
     assert default_user_to_principal(Model("root", is_staff=True)).is_admin  # type: ignore[union-attr]
+
+
+def test_a_string_of_models_is_one_pattern_not_one_per_character() -> None:
+    principal = default_user_to_principal({"sub": "ada", "ollama_models": "llama3*"})
+    assert principal is not None and principal.models == ("llama3*",)
+    assert not model_allowed(principal.models, "mistral")
+
+
+def test_a_comma_separated_string_of_models_is_several_patterns() -> None:
+    principal = default_user_to_principal({"sub": "ada", "ollama_models": "llama3*, qwen*"})
+    assert principal is not None and principal.models == ("llama3*", "qwen*")
+
+
+@pytest.mark.parametrize("models", ["llama3*", ["llama3*"], ("llama3*",)])
+def test_the_default_policy_maps_host_users_as_the_adapters_do(models: object) -> None:
+    user = Model("ada", ollama_models=models)  # type: ignore[arg-type]
+    from_default = DefaultAuthorizer(Settings(auth="host")).resolve({"type": "http", "headers": [], "user": user})
+    assert (
+        from_default == default_user_to_principal(user) == Principal(id="ada", display_name="ada", models=("llama3*",))
+    )
 
 
 def test_token_claims_map_too() -> None:
