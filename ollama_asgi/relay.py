@@ -5,8 +5,9 @@ event, each as soon as it arrives, so a client never sees half a JSON object and
 a buffer to fill. A stream that breaks after it started ends with one terminal error line or event,
 as Ollama does, instead of a silent cut.
 
-The final chunk (``"done":true`` in NDJSON, the ``usage`` event in SSE) is kept aside by a byte
-search, not a JSON parse, so accounting costs nothing per token.
+The final chunk is found without a JSON parse per token: in NDJSON it is the last line of the
+stream, parsed once when the stream ends (any spelling of ``"done": true``, any key order); in
+SSE it is the ``usage`` event, found by a byte search. Nothing is ever sent after a final chunk.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class RelayResult:
     sent: int  # body bytes sent to the client
     final: bytes | None  # the final chunk or whole small body, for token accounting
     error: str | None = None  # set when a started stream had to be ended with an error
+    broken: bool = False  # the connection to Ollama failed (a timeout, a reset): the backend's fault
 
 
 def stream_headers(content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> list[tuple[bytes, bytes]]:
@@ -172,12 +174,12 @@ async def _relay_frames(
     not JSON: a proxy's error page, a wrong server) be answered with a real 502.
     """
     sse = separator == b"\n\n"
-    marker = b'"usage"' if sse else b'"done":true'
     pending = b""
     final: bytes | None = None
     sent = 0
     body = b""  # after the loop: the last frames sent
     error: str | None = None
+    broken = no_final = False
     readany = resp.content.readany
     try:
         while chunk := await readany():
@@ -203,24 +205,45 @@ async def _relay_frames(
                 start = None
             await send({"type": "http.response.body", "body": body, "more_body": True})
             sent += len(body)
-            if marker in body:
-                final = _last_frame_with(body, marker, separator)
+            if sse and b'"usage"' in body:
+                final = _last_frame_with(body, b'"usage"', separator)
         else:
             if pending.strip():
                 error = "Ollama ended the stream in the middle of a line"
-            elif expect_final and final is None and b'"error"' not in body[body.rfind(separator, 0, -1) + 1 :]:
-                error = "Ollama ended the stream before its final chunk"
+            elif expect_final:
+                no_final = True  # unless the last line says otherwise (below)
     except TimeoutError:
-        error = "Ollama stopped sending for longer than the read timeout"
+        error, broken = "Ollama stopped sending for longer than the read timeout", True
     except aiohttp.ClientError as exc:
-        error = f"the connection to Ollama broke mid-stream: {exc.__class__.__name__}"
+        error, broken = f"the connection to Ollama broke mid-stream: {exc.__class__.__name__}", True
+    if not sse and body:
+        last = body[body.rfind(b"\n", 0, len(body) - 1) + 1 : -1]
+        ending = _ending(last)
+        if ending is not None:
+            if ending.get("done") is True:
+                final, error, broken, no_final = last, None, False, False  # whole: nothing may follow it
+            elif "error" in ending:
+                no_final = False  # Ollama ended the stream with its own error line
+    if no_final:
+        error = "Ollama ended the stream before its final chunk"
     if start is not None:  # not one whole line arrived
         if error:
             raise GatewayError(502, error)
         await send(start)
     tail = stream_error_line(error, sse=sse) if error else b""
     await send({"type": "http.response.body", "body": tail, "more_body": False})
-    return RelayResult(resp.status, sent + len(tail), final, error)
+    return RelayResult(resp.status, sent + len(tail), final, error, broken)
+
+
+def _ending(line: bytes) -> dict[str, object] | None:
+    """The last line of a stream as an object, when it may be a final chunk or an error line."""
+    if b'"done"' not in line and b'"error"' not in line:
+        return None
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _json_object(line: bytes) -> bool:

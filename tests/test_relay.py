@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
+import ollama
 import openai
 import orjson
 import pytest
@@ -207,3 +209,88 @@ def test_a_stream_cut_cleanly_before_its_final_chunk_ends_with_an_error_line(
     lines = _assert_whole_lines(request(llm_url + "/api/chat", body=CHAT, headers=AUTH).chunks())
     assert len(lines) == 4 and all("message" in line for line in lines[:3])
     assert "before its final chunk" in str(lines[-1]["error"])
+
+
+# -- the final chunk as Ollama, or anything speaking its protocol, may write it -----------------------
+
+TOKENS = b'{"model":"m","message":{"role":"assistant","content":"hi"},"done":false}\n'
+SPACED_FINAL = b'{"model": "m", "message": {"role": "assistant", "content": ""}, "done": true, "eval_count": 1}\n'
+REORDERED_FINAL = b'{"done":true,"done_reason":"stop","model":"m","message":{"role":"assistant","content":""}}\n'
+
+
+def scripted_ollama(lines: list[bytes], *, then_break: bool = False) -> Any:
+    """An upstream that answers ``/api/chat`` with ``lines``, one write each, and ``/`` as Ollama does;
+    ``then_break`` drops the connection instead of ending the body."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        if scope["path"] != "/api/chat":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": b"Ollama is running"})
+            return
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/x-ndjson")]}
+        )
+        for line in lines:
+            await send({"type": "http.response.body", "body": line, "more_body": True})
+        if then_break:
+            raise ConnectionResetError("dropped on purpose")
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+@pytest.fixture
+def scripted(host_factory: Callable[..., ServerThread]) -> Iterator[Callable[..., str]]:
+    """``scripted(lines)``: the URL of a gateway relaying, untouched, an upstream that writes ``lines``."""
+    upstreams: list[ServerThread] = []
+
+    def start(lines: list[bytes], *, then_break: bool = False) -> str:
+        upstream = ServerThread(scripted_ollama(lines, then_break=then_break), lifespan="off").start()
+        upstreams.append(upstream)
+        return host_factory(upstreams=(upstream.url,), lifecycle=False).url + "/llm"
+
+    yield start
+    for upstream in upstreams:
+        upstream.stop()
+
+
+@pytest.mark.parametrize("final", [SPACED_FINAL, REORDERED_FINAL], ids=["spaced", "reordered"])
+def test_a_final_chunk_however_written_ends_the_stream_without_an_error_line(
+    scripted: Callable[..., str], final: bytes
+) -> None:
+    url = scripted([TOKENS, TOKENS, final])
+    lines = _assert_whole_lines(request(url + "/api/chat", body=CHAT, headers=AUTH).chunks())
+    assert lines == [orjson.loads(TOKENS), orjson.loads(TOKENS), orjson.loads(final)]
+
+
+def test_a_final_chunk_sharing_a_write_with_tokens_ends_the_stream_cleanly(
+    scripted: Callable[..., str],
+) -> None:
+    url = scripted([TOKENS + TOKENS + SPACED_FINAL])
+    lines = _assert_whole_lines(request(url + "/api/chat", body=CHAT, headers=AUTH).chunks())
+    assert len(lines) == 3 and lines[-1]["done"] is True
+
+
+def test_the_ollama_client_reads_a_stream_with_a_spaced_final_chunk_to_its_end(
+    scripted: Callable[..., str],
+) -> None:
+    url = scripted([TOKENS, SPACED_FINAL])
+    client = ollama.Client(host=url, headers=AUTH)
+    parts = list(client.chat(model="m", messages=[{"role": "user", "content": "x"}], stream=True))
+    assert [part.done for part in parts] == [False, True]
+
+
+def test_a_line_that_only_mentions_done_true_is_not_taken_for_the_final_chunk(
+    scripted: Callable[..., str],
+) -> None:
+    token = b'{"model":"m","message":{"role":"assistant","content":"\\"done\\":true"},"done":false}\n'
+    url = scripted([TOKENS, token])
+    lines = _assert_whole_lines(request(url + "/api/chat", body=CHAT, headers=AUTH).chunks())
+    assert len(lines) == 3 and "before its final chunk" in str(lines[-1]["error"])
+
+
+def test_a_connection_lost_after_the_final_chunk_adds_nothing_after_it(scripted: Callable[..., str]) -> None:
+    url = scripted([TOKENS, REORDERED_FINAL], then_break=True)
+    lines = _assert_whole_lines(request(url + "/api/chat", body=CHAT, headers=AUTH).chunks())
+    assert lines == [orjson.loads(TOKENS), orjson.loads(REORDERED_FINAL)]
