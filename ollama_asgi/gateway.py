@@ -459,10 +459,15 @@ class OllamaGateway:
                 self._relaying.discard(resp)
             record.result = result
             ok = result.error is None and result.status < 500
-            if ok or result.status == 503:  # 503 is Ollama saying "busy", not "broken"
-                self.placement.record_success(chosen)
+            # The breaker counts what says the backend is broken: a failed connection or Ollama's own
+            # 5xx (503 is Ollama saying "busy"). What a stream carried is not the backend's health:
+            # one user's odd streams must not shut everyone out.
+            if result.broken:
+                self.placement.record_failure(chosen, result.error or "the connection broke")
+            elif result.status >= 500 and result.status != 503:
+                self.placement.record_failure(chosen, f"answered {result.status}")
             else:
-                self.placement.record_failure(chosen, result.error or f"answered {result.status}")
+                self.placement.record_success(chosen)
         finally:
             if lease is not None:
                 lease.release(ok=ok)

@@ -100,6 +100,7 @@ async def _relay_stream(
     sent = 0
     final: bytes | None = None
     error: str | None = None
+    broken = False
     readany = resp.content.readany
     try:
         while True:
@@ -140,9 +141,9 @@ async def _relay_stream(
     except orjson.JSONDecodeError:
         error = "Ollama sent a line that is not JSON"
     except TimeoutError:
-        error = "Ollama stopped sending for longer than the read timeout"
+        error, broken = "Ollama stopped sending for longer than the read timeout", True
     except aiohttp.ClientError as exc:
-        error = f"the connection to Ollama broke mid-stream: {exc.__class__.__name__}"
+        error, broken = f"the connection to Ollama broke mid-stream: {exc.__class__.__name__}", True
     except (AttributeError, KeyError, TypeError):  # valid JSON in a shape Ollama never sends
         error = "Ollama sent a chunk the gateway cannot translate"
     if head is not None:
@@ -151,4 +152,4 @@ async def _relay_stream(
         await send(head)
     tail = stream_error_line(error, sse=True) if error else b""
     await send({"type": "http.response.body", "body": tail, "more_body": False})
-    return RelayResult(200, sent + len(tail), final, error)
+    return RelayResult(200, sent + len(tail), final, error, broken)

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ollama_asgi import OllamaGateway, Settings
+from ollama_asgi.testing import EmulatorServer, Fault
 from tests.conftest import ADMIN, AUTH
 from tests.support.hosts import starlette_host
 from tests.support.rawhttp import request
@@ -191,3 +192,36 @@ def test_listings_show_only_the_models_a_caller_may_use(host_factory: Callable[.
     assert ids == ["nomic-embed-text:latest"]
     everyone = httpx.get(server.url + "/llm/api/tags", headers=ADMIN).json()["models"]
     assert len(everyone) > 1
+
+
+# -- the circuit breaker counts a backend's failures, not what its streams carried ----------------------
+
+CHAT_STREAM = {"model": "llama3.2", "messages": [{"role": "user", "content": "a b"}], "options": {"num_predict": 6}}
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [("/api/chat", "end_early"), ("/v1/chat/completions", "end_early"), ("/v1/chat/completions", "midstream_error")],
+)
+def test_streams_ending_oddly_do_not_open_the_breaker(
+    host_factory: Callable[..., ServerThread], emulator: EmulatorServer, path: str, kind: str
+) -> None:
+    server = host_factory(breaker_failures=2, breaker_cooldown=60)
+    emulator.emulator.inject(Fault(path="/api/chat", kind=kind, after_lines=2), times=3)
+    body = {**CHAT_STREAM, "stream": True}
+    for _ in range(3):
+        ended = httpx.post(server.url + "/llm" + path, json=body, headers=AUTH, timeout=15)
+        assert ended.status_code == 200 and "error" in ended.text.strip().splitlines()[-1]
+    after = httpx.post(server.url + "/llm/api/chat", json=CHAT_STREAM, headers=AUTH, timeout=15)
+    assert after.status_code == 200, after.text
+
+
+def test_streams_whose_connection_goes_silent_open_the_breaker(
+    host_factory: Callable[..., ServerThread], emulator: EmulatorServer
+) -> None:
+    server = host_factory(breaker_failures=2, breaker_cooldown=60, read_timeout=0.3)
+    emulator.emulator.inject(Fault(path="/api/chat", kind="stall", after_lines=2, delay=2.0), times=2)
+    for _ in range(2):
+        httpx.post(server.url + "/llm/api/chat", json=CHAT_STREAM, headers=AUTH, timeout=15)
+    after = httpx.post(server.url + "/llm/api/chat", json=CHAT_STREAM, headers=AUTH, timeout=15)
+    assert after.status_code == 503, after.text
