@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ollama_asgi.auth import DefaultAuthorizer, Principal, bearer_token, is_authenticated_user, user_principal
+from ollama_asgi.auth import DefaultAuthorizer, Principal, is_authenticated_user, user_principal
 from ollama_asgi.settings import Settings
 from ollama_asgi.types import Scope
 
@@ -70,9 +70,14 @@ class UserAuthorizer:
         return result
 
 
-def uses_host_session(scope: Scope) -> bool:
-    """True when the request is authenticated by the host (a cookie) rather than a bearer key.
+def uses_host_session(scope: Scope, user: Any = None) -> bool:
+    """True when a browser could have sent this request in the host user's name: the host
+    authenticated a user (``user``, else ``scope["user"]``) and the request carries cookies.
 
-    Only such requests can be forged by another site, so only they need a CSRF token.
+    Only such requests can be forged by another site, so only they need a CSRF token. An
+    ``Authorization`` header does not exempt them: whatever it holds (an invalid key, another
+    scheme), the cookie may still be what authenticates the request.
     """
-    return bearer_token(scope) is None and is_authenticated_user(scope.get("user"))
+    if not is_authenticated_user(scope.get("user") if user is None else user):
+        return False
+    return any(name == b"cookie" for name, _ in scope.get("headers", ()))

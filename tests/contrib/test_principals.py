@@ -123,12 +123,22 @@ async def _ok(scope: Any, receive: Any, send: Any) -> None:
         ("POST", [(b"cookie", b"csrftoken=abc"), (b"x-csrftoken", b"abc")], Model("ada"), 200),
         ("POST", [(b"cookie", b"csrftoken=abc")], Model("ada"), 403),
         ("POST", [(b"cookie", b"csrftoken=abc"), (b"x-csrftoken", b"abd")], Model("ada"), 403),
-        ("POST", [(b"x-csrftoken", b"abc")], Model("ada"), 403),
+        ("POST", [(b"x-csrftoken", b"abc")], Model("ada"), 200),
         ("POST", [(b"authorization", b"Bearer key")], Model("ada"), 200),
+        ("POST", [(b"authorization", b"Bearer wrong"), (b"cookie", b"session=s1; csrftoken=abc")], Model("ada"), 403),
         ("POST", [], None, 200),
         ("GET", [], Model("ada"), 200),
     ],
-    ids=["token", "no-header", "wrong-token", "no-cookie", "api-key", "anonymous", "safe-method"],
+    ids=[
+        "token",
+        "no-header",
+        "wrong-token",
+        "no-cookies-nothing-to-forge",
+        "api-key",
+        "bearer-beside-a-session-cookie",
+        "anonymous",
+        "safe-method",
+    ],
 )
 async def test_csrf_is_asked_only_of_cookie_sessions(method: str, headers: Any, user: Any, status: int) -> None:
     assert await _call(CSRFMiddleware(_ok), {"method": method, "headers": headers, "user": user}) == status

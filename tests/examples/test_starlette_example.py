@@ -89,8 +89,9 @@ def test_chat_stream_passes_through_gzip_line_by_line(site: str) -> None:
                 arrivals.append(time.monotonic())
 
     assert len(arrivals) > 3
-    # A buffering middleware would deliver every line at once, at the end.
-    assert arrivals[-1] - arrivals[0] >= 0.01 * (len(arrivals) - 2)
+    # A buffering middleware would deliver every line at once, at the end; tokens come 10 ms apart,
+    # and a busy machine may hand two of them over together.
+    assert arrivals[-1] - arrivals[0] >= 0.005 * (len(arrivals) - 1)
 
 
 def test_sign_in_form_redirects_home_with_a_session_cookie(site: str) -> None:

@@ -17,7 +17,8 @@ class OllamaAsgiConfig(AppConfig):  # type: ignore[misc]
         from django.core.signals import setting_changed  # type: ignore[import-untyped]
 
         from ollama_asgi.contrib.django import conf
-        from ollama_asgi.contrib.django.checks import check_settings
+        from ollama_asgi.contrib.django.checks import check_settings, check_tables
 
         checks.register(check_settings, "ollama_asgi")
+        checks.register(check_tables, "ollama_asgi")
         setting_changed.connect(conf.reset, dispatch_uid="ollama_asgi.conf.reset")

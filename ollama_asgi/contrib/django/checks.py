@@ -10,7 +10,7 @@ from django.core.checks import Error  # type: ignore[import-untyped]
 from ollama_asgi.contrib.django.conf import MODEL_GROUPS, SETTING, load_settings, parse_model_groups
 from ollama_asgi.settings import ConfigError
 
-__all__ = ["check_settings"]
+__all__ = ["check_settings", "check_tables"]
 
 
 def _where(field: str) -> str:
@@ -47,3 +47,26 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         )
     return errors
+
+
+def check_tables(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """``ollama_asgi.E003``: the API key table is missing (``migrate`` never ran), so every bearer
+    token the settings do not know would fail at request time."""
+    from django.db import DatabaseError, connection  # type: ignore[import-untyped]
+
+    from ollama_asgi.contrib.django.models import ApiKey
+
+    try:
+        tables = connection.introspection.table_names()
+    except DatabaseError:
+        return []  # no database to ask yet: Django's own checks and migrate speak for it
+    if ApiKey._meta.db_table in tables:
+        return []
+    return [
+        Error(
+            f"the table {ApiKey._meta.db_table} does not exist",
+            hint="Run `python manage.py migrate`: API keys kept in the database live there.",
+            obj="ollama_asgi.ApiKey",
+            id="ollama_asgi.E003",
+        )
+    ]

@@ -1,8 +1,8 @@
 """Django's own CSRF check, run only where a browser could be tricked into sending the request.
 
-The gateway is an API: machine clients authenticate with ``Authorization: Bearer`` keys, which a
-browser never adds to a cross-site request, so they are not asked for a token. A request that a
-session cookie authenticates is different: a form on another site could start GPU work (or a
+The gateway is an API: machine clients authenticate with ``Authorization: Bearer`` keys and send
+no cookies, so they are not asked for a token. A request that carries the session cookie of a
+signed-in user is different, whatever else it carries: a form on another site could start GPU work (or a
 model pull) in the user's name. Like Django REST framework, the view is ``csrf_exempt`` and
 ``CsrfViewMiddleware`` is run here on session-authenticated unsafe requests only, with its usual
 settings (``CSRF_COOKIE_NAME``, ``CSRF_HEADER_NAME``, ``CSRF_TRUSTED_ORIGINS``).
@@ -14,7 +14,7 @@ from typing import Any
 
 from django.middleware.csrf import CsrfViewMiddleware  # type: ignore[import-untyped]
 
-from ollama_asgi.auth import bearer_token
+from ollama_asgi.contrib.principals import uses_host_session
 from ollama_asgi.types import Scope
 
 __all__ = ["csrf_failure", "needs_csrf_check"]
@@ -32,12 +32,8 @@ def _no_response(request: Any) -> None:
 
 
 def needs_csrf_check(scope: Scope, user: Any) -> bool:
-    """An unsafe request that a session (not a bearer key) authenticates."""
-    return (
-        scope["method"] not in _SAFE_METHODS
-        and bearer_token(scope) is None
-        and bool(getattr(user, "is_authenticated", False))
-    )
+    """An unsafe request that a browser could have sent with the user's session cookie."""
+    return scope["method"] not in _SAFE_METHODS and uses_host_session(scope, user)
 
 
 def csrf_failure(request: Any) -> str | None:

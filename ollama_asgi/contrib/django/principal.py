@@ -14,12 +14,15 @@ or granted ``ollama_asgi.manage_models``. Other users may use the models that
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.db import DatabaseError  # type: ignore[import-untyped]
 
 from ollama_asgi.auth import DefaultAuthorizer, Principal, bearer_token
+from ollama_asgi.errors import GatewayError
 from ollama_asgi.settings import Settings
 from ollama_asgi.types import Scope
 
@@ -27,6 +30,7 @@ __all__ = ["MANAGE_PERMISSION", "DjangoAuthorizer"]
 
 MANAGE_PERMISSION = "ollama_asgi.manage_models"
 _ANONYMOUS = Principal(id="anonymous", source="anonymous")
+logger = logging.getLogger("ollama_asgi")
 
 
 class DjangoAuthorizer:
@@ -100,7 +104,11 @@ async def _stored_key(token: str) -> Principal | None:
     from ollama_asgi.contrib.django.models import ApiKey
 
     digest = hashlib.sha256(token.encode()).hexdigest()
-    key = await ApiKey.objects.filter(digest=digest, is_active=True).afirst()
+    try:
+        key = await ApiKey.objects.filter(digest=digest, is_active=True).afirst()
+    except DatabaseError as exc:
+        logger.error("API keys stored in the database cannot be read: %s (run `manage.py migrate`)", exc)
+        raise GatewayError(503, "API keys stored in the database cannot be read; run `manage.py migrate`") from exc
     if key is None:
         return None
     return Principal(

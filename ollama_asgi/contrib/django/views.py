@@ -1,7 +1,8 @@
 """The URLconf bridge: an async view that hands ``llm/<path>`` to the gateway.
 
-Everything the project's middleware did applies: ``request.auser()`` gives the user whichever
-authentication backend logged them in, and the view passes it on in ``scope["user"]``. The child
+Everything the project's middleware did applies: the user is the ``request.user`` that a
+middleware of the project set (a token middleware, say), else ``request.auser()``, the user
+whichever authentication backend logged in; the view passes it on in ``scope["user"]``. The child
 scope is in ASGI spec form (``path`` whole, ``root_path`` = script name + the URLconf prefix), so
 the gateway finds its own routes wherever the project includes it.
 """
@@ -13,6 +14,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.http import HttpResponse  # type: ignore[import-untyped]
+from django.utils.functional import LazyObject  # type: ignore[import-untyped]
 
 from ollama_asgi.contrib.django import conf
 from ollama_asgi.contrib.django.bridge import call_asgi
@@ -35,6 +37,9 @@ def _error(status: int, message: str, *, openai: bool) -> Any:
 
 
 async def _user(request: Any) -> Any:
+    explicit = request.__dict__.get("user")
+    if explicit is not None and not isinstance(explicit, LazyObject):
+        return explicit  # set by the project's own middleware (a token middleware, say): it decides
     auser = getattr(request, "auser", None)
     if auser is not None:
         return await auser()

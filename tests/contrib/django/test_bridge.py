@@ -9,7 +9,7 @@ import httpx
 import pytest
 from django.test import RequestFactory, override_settings
 
-from ollama_asgi.contrib.django.views import gateway_view
+from ollama_asgi.contrib.django.views import _user, gateway_view
 from ollama_asgi.testing import EmulatorServer
 from tests.contrib.django.project.asgi import application
 from tests.hosts.base import API_KEY, Host
@@ -70,3 +70,32 @@ def test_the_urlconf_can_be_reversed(path: str) -> None:
     from django.urls import reverse
 
     assert reverse("ollama_asgi:gateway", kwargs={"path": path}) == "/llm/" + path
+
+
+def test_a_user_set_by_the_projects_own_middleware_is_the_one_passed_on() -> None:
+    from django.contrib.auth.models import AnonymousUser, User
+
+    request = RequestFactory().get("/llm/api/tags")
+    token_user = User(username="token-user")
+
+    async def session_user() -> AnonymousUser:
+        return AnonymousUser()
+
+    request.auser = session_user  # what AuthenticationMiddleware leaves: the session's user
+    request.user = token_user  # what a token middleware after it sets
+    assert asyncio.run(_user(request)) is token_user
+
+
+def test_without_an_explicit_user_the_session_user_is_passed_on() -> None:
+    from django.contrib.auth.models import AnonymousUser
+    from django.utils.functional import SimpleLazyObject
+
+    request = RequestFactory().get("/llm/api/tags")
+    anonymous = AnonymousUser()
+
+    async def session_user() -> AnonymousUser:
+        return anonymous
+
+    request.auser = session_user
+    request.user = SimpleLazyObject(lambda: anonymous)  # AuthenticationMiddleware's lazy user
+    assert asyncio.run(_user(request)) is anonymous

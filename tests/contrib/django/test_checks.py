@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
@@ -9,7 +13,9 @@ from django.test import override_settings
 
 from ollama_asgi import Settings
 from ollama_asgi.contrib.django import conf
-from ollama_asgi.contrib.django.checks import check_settings
+from ollama_asgi.contrib.django.checks import check_settings, check_tables
+from ollama_asgi.contrib.django.principal import DjangoAuthorizer
+from ollama_asgi.errors import GatewayError
 
 
 def test_the_project_settings_pass_the_checks() -> None:
@@ -66,3 +72,38 @@ def test_cached_settings_follow_setting_changes() -> None:
         assert conf.gateway().settings.parallel == 3
     assert conf.settings().parallel == 1
     assert conf.model_groups() == {"llm-users": ("llama3.2*", "qwen2.5*"), "small-models": ("qwen2.5*",)}
+
+
+@contextlib.contextmanager
+def _without_the_api_key_table() -> Iterator[None]:
+    from django.db import connection
+
+    from ollama_asgi.contrib.django.models import ApiKey
+
+    with connection.schema_editor() as editor:
+        editor.delete_model(ApiKey)
+    try:
+        yield
+    finally:
+        with connection.schema_editor() as editor:
+            editor.create_model(ApiKey)
+
+
+def test_a_migrated_database_passes_the_table_check() -> None:
+    assert check_tables() == []
+
+
+def test_a_database_that_was_never_migrated_is_reported_as_e003() -> None:
+    with _without_the_api_key_table():
+        [error] = check_tables()
+        with pytest.raises(SystemCheckError, match="ollama_asgi.E003"):
+            call_command("check", verbosity=0)
+    assert error.id == "ollama_asgi.E003" and "migrate" in error.hint
+
+
+def test_a_bearer_token_without_the_table_is_a_clear_503_not_a_500() -> None:
+    authorize = DjangoAuthorizer(Settings(auth="host"))
+    scope = {"type": "http", "headers": [(b"authorization", b"Bearer oak_unknown")], "user": None}
+    with _without_the_api_key_table(), pytest.raises(GatewayError) as refused:
+        asyncio.run(authorize(scope))
+    assert refused.value.status == 503 and "migrate" in str(refused.value)
