@@ -26,7 +26,14 @@ from ollama_asgi.errors import GatewayError
 from ollama_asgi.lifecycle import Loader, LoadLock
 from ollama_asgi.openai_compat import to_native
 from ollama_asgi.prewarm import TrafficModel
-from ollama_asgi.protocol import MAX_JSON_DEPTH, NUMBER_TYPES, ParsedRequest, canonical_model, parse_keep_alive
+from ollama_asgi.protocol import (
+    MAX_JSON_DEPTH,
+    NUMBER_TYPES,
+    RUNNER_OPTIONS,
+    ParsedRequest,
+    canonical_model,
+    parse_keep_alive,
+)
 from ollama_asgi.routing import EMBED_ROUTES, Route
 from ollama_asgi.settings import Settings
 from ollama_asgi.upstream import Upstream
@@ -36,6 +43,8 @@ __all__ = ["ModelLifecycle", "Prepared"]
 
 logger = logging.getLogger("ollama_asgi.lifecycle")
 
+# Runner options a client may not set unless an admin (num_ctx is sized by the gateway instead).
+_CLIENT_RUNNER_OPTIONS = RUNNER_OPTIONS - {"num_ctx"}
 _NATIVE_PATHS = {
     "generate": "/api/generate",
     "chat": "/api/chat",
@@ -93,6 +102,7 @@ class ModelLifecycle:
             before_load=self.guard.before_load,
         )
         self.loader.warm_prompt = self._warm_prompt
+        self.loader.runner_options = dict(settings.runner_options)
         self.traffic = {b.name: TrafficModel(threshold=settings.prewarm_threshold) for b in backends}
         self.tokens = TokenCounter(settings.tokenizers)
         self.context_choices: Counter[str] = Counter()  # "bucket", "sticky", "client", "cap"
@@ -205,6 +215,14 @@ class ModelLifecycle:
 
         options = body.get("options")
         options = dict(options) if isinstance(options, dict) else {}
+        if not principal.is_admin:
+            # Ollama reloads the model for everyone when these differ from the loaded runner's.
+            if options and not _CLIENT_RUNNER_OPTIONS.isdisjoint(options):
+                for option in _CLIENT_RUNNER_OPTIONS:
+                    options.pop(option, None)
+            body.pop("shift", None)
+        for option, value in settings.runner_options:
+            options.setdefault(option, value)
         cap = self._cap(info)
         requested = options.get("num_ctx") if settings.honour_client_num_ctx else None
         num_predict = options.get("num_predict")

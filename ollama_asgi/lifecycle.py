@@ -95,6 +95,7 @@ class Loader:
         self.on_loaded: Callable[[str, str, float], object] | None = None  # (backend, model, seconds)
         self.changes = 0  # loads and unloads made, so views of Ollama's loaded models know they are stale
         self.warm_prompt: Callable[[str], str | None] = lambda model: None  # a system prompt to pre-fill
+        self.runner_options: dict[str, object] = {}  # sent with every load, as with every request: no reload
         self.prefix_warms = 0
         # One load at a time per backend, as Ollama itself does: the VRAM guard's reading and the load
         # it allows must not interleave with another model's, or both would count the same free memory.
@@ -198,7 +199,7 @@ class Loader:
         path = "/api/generate"
         if info.embedding_only:
             path, body["input"] = "/api/embed", []
-        body["options"] = {"num_ctx": num_ctx}
+        body["options"] = {**self.runner_options, "num_ctx": num_ctx}
         started = time.monotonic()
         status, answer = await models.backend.call_json("POST", path, body, within=self.load_timeout)
         if status != 200:
@@ -223,7 +224,7 @@ class Loader:
             "prompt": ".",
             "stream": False,
             "keep_alive": self.keep_alive,
-            "options": {"num_ctx": num_ctx, "num_predict": 1},
+            "options": {**self.runner_options, "num_ctx": num_ctx, "num_predict": 1},
         }
         try:
             status, _ = await models.backend.call_json("POST", "/api/generate", body, within=self.load_timeout)

@@ -19,6 +19,7 @@ from ollama_asgi.settings import parse_duration
 
 __all__ = [
     "MAX_JSON_DEPTH",
+    "OPTION_KINDS",
     "RUNNER_OPTIONS",
     "ParsedRequest",
     "canonical_model",
@@ -34,7 +35,7 @@ _MODEL_NAME = re.compile(
 _MAX_MODEL_LEN = 350
 # Ollama's api.Options and api.Runner (v0.24), as Options.FromMap reads them: key -> Go kind. It
 # looks keys up exactly (``NUM_CTX`` is ignored) and skips nulls.
-_OPTION_KINDS: dict[str, str] = {
+OPTION_KINDS: dict[str, str] = {
     "num_keep": "int",
     "seed": "int",
     "num_predict": "int",
@@ -198,7 +199,7 @@ def check_options(options: object, max_num_ctx: int) -> dict[str, Any]:
         if value is None:
             nulls = True
             continue
-        kind = _OPTION_KINDS.get(key)
+        kind = OPTION_KINDS.get(key)
         if kind is not None:
             error = _option_error(key, value, kind)
             if error is not None:

@@ -366,6 +366,31 @@ def _to_pattern_paths(value: object, field: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _to_runner_options(value: object, field: str) -> tuple[tuple[str, int | bool], ...]:
+    from ollama_asgi.protocol import OPTION_KINDS, RUNNER_OPTIONS  # protocol reads settings: imported late
+
+    if value is None or value == "":
+        return ()
+    items: list[object] = list(value.items()) if isinstance(value, Mapping) else list(_split(value))
+    out: list[tuple[str, int | bool]] = []
+    for item in items:
+        if isinstance(item, tuple | list) and len(item) == 2:
+            name, raw = item
+        elif isinstance(item, str) and "=" in item:
+            name, _, raw = item.partition("=")
+        else:
+            raise ConfigError(field, f"expected name=value, got {item!r}")
+        name = str(name).strip()
+        if name not in RUNNER_OPTIONS or name == "num_ctx":
+            choices = ", ".join(sorted(RUNNER_OPTIONS - {"num_ctx"}))
+            raise ConfigError(field, f"{name!r} is not a runner option; expected one of {choices}")
+        if OPTION_KINDS[name] == "bool":
+            out.append((name, _to_bool(raw, field)))
+        else:
+            out.append((name, _to_int(raw, field, minimum=-1)))
+    return tuple(out)
+
+
 def _to_str(value: object, field: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(field, f"expected a non-empty string, got {value!r}")
@@ -546,6 +571,16 @@ class Settings:
     honour_client_num_ctx: bool = field(
         default=True,
         metadata=_doc("Use a client's own options.num_ctx (up to the cap) instead of the buckets.", _to_bool),
+    )
+    runner_options: tuple[tuple[str, int | bool], ...] = field(
+        default=(),
+        metadata=_doc(
+            "Runner options sent with every load and request, as name=value pairs, e.g. num_thread=8,use_mmap=false "
+            "(num_batch, num_gpu, main_gpu, use_mmap, num_thread, ...; num_ctx is sized by the buckets). Ollama "
+            "reloads a model for everyone when a request's runner options differ from the loaded ones, so the "
+            "gateway owns them: an ordinary user's are dropped, an admin's are honoured.",
+            _to_runner_options,
+        ),
     )
     ps_interval: float = field(default=5.0, metadata=_doc("How often each backend's /api/ps is polled.", _pos_duration))
     health_interval: float = field(

@@ -152,3 +152,15 @@ def test_the_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     missing = [name for name in Settings.field_names() if f"| `{name}` |" not in readme]
     assert not missing, f"README.md's settings table lacks {missing}"
+
+
+def test_runner_options_are_read_from_pairs_with_ollamas_types() -> None:
+    settings = Settings.from_env(environ={"OLLAMA_ASGI_RUNNER_OPTIONS": "num_thread=8, use_mmap=false"})
+    assert settings.runner_options == (("num_thread", 8), ("use_mmap", False))
+
+
+@pytest.mark.parametrize("value", [{"temperature": 1}, {"num_ctx": 4096}, "num_thread=many", {"use_mmap": "maybe"}])
+def test_runner_options_accept_only_runner_options_of_their_type(value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings(runner_options=value)  # type: ignore[arg-type]
+    assert info.value.field == "runner_options"

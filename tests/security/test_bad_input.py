@@ -560,3 +560,36 @@ def test_an_openai_temperature_given_as_text_is_an_openai_400(client: httpx.Clie
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
     assert "temperature" in response.json()["error"]["message"]
+
+
+# -- runner options: any that differs from the loaded runner's reloads the model for everyone ---------
+
+RUNNER = {"num_batch": 64, "num_thread": 1, "use_mmap": False, "num_gpu": 0, "main_gpu": 1}
+
+
+def test_an_ordinary_users_runner_options_never_reach_ollama(client: httpx.Client, emulator: EmulatorServer) -> None:
+    body = {"model": "llama3.2", "prompt": "runner by user", "stream": False, "options": {"num_predict": 2, **RUNNER}}
+    assert client.post("/api/generate", json={**body, "shift": False}, headers=AUTH).status_code == 200
+    (sent,) = upstream_bodies(emulator, "runner by user")
+    upstream = orjson.loads(sent)
+    assert set(upstream["options"]) == {"num_predict", "num_ctx"} and "shift" not in upstream
+
+
+def test_an_admins_runner_options_reach_ollama(client: httpx.Client, emulator: EmulatorServer) -> None:
+    body = {"model": "llama3.2", "prompt": "runner by admin", "stream": False, "options": {"num_predict": 2, **RUNNER}}
+    assert client.post("/api/generate", json=body, headers=ADMIN).status_code == 200
+    (sent,) = upstream_bodies(emulator, "runner by admin")
+    assert orjson.loads(sent)["options"].items() >= RUNNER.items()
+
+
+def test_the_gateways_runner_options_go_with_every_load_and_request(
+    host_factory: Callable[..., ServerThread], emulator: EmulatorServer
+) -> None:
+    host = host_factory(runner_options={"num_thread": 4, "use_mmap": False})
+    body = {"model": "llama3.2", "prompt": "owned runner", "stream": False, "options": {"num_thread": 1}}
+    assert httpx.post(host.url + "/llm/api/generate", json=body, headers=AUTH, timeout=15).status_code == 200
+    loads = [r.json for r in emulator.emulator.requests if r.path == "/api/generate" and not r.json.get("prompt")]
+    (sent,) = upstream_bodies(emulator, "owned runner")
+    for upstream in (*loads, orjson.loads(sent)):
+        assert upstream["options"]["num_thread"] == 4 and upstream["options"]["use_mmap"] is False, upstream
+    assert loads
