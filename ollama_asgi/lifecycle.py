@@ -153,7 +153,7 @@ class Loader:
                     loaded = models.loaded_with(info.name)
                     if loaded is None or (loaded.num_ctx and loaded.num_ctx != num_ctx):
                         if self.before_load is not None:
-                            await self.before_load(models, info, num_ctx)
+                            await self._make_room(models, info, num_ctx, self.before_load)
                         await self._send_load(models, info, num_ctx)
                         await models.refresh_ps()
             finally:
@@ -174,6 +174,23 @@ class Loader:
                 state.future.set_exception(GatewayError(503, f"loading model '{info.name}' was interrupted", retry))
             if state.future.done() and not state.future.cancelled():
                 state.future.exception()  # mark retrieved: waiters that timed out never read it
+
+    async def _make_room(
+        self,
+        models: BackendModels,
+        info: ModelInfo,
+        num_ctx: int,
+        before_load: Callable[[BackendModels, ModelInfo, int], Awaitable[None]],
+    ) -> None:
+        """The guard's turn before the load; it may wait for a busy model, but no longer than a load may take."""
+        try:
+            async with asyncio.timeout(self.load_timeout):
+                await before_load(models, info, num_ctx)
+        except TimeoutError:
+            retry = [(b"retry-after", str(max(1, math.ceil(self.expected_load_seconds(info)))).encode())]
+            raise GatewayError(
+                503, f"no room to load '{info.name}': the loaded models stayed busy for {self.load_timeout:g}s", retry
+            ) from None
 
     async def _lock(self, key: str) -> str | None:
         deadline = time.monotonic() + self.load_timeout
@@ -203,8 +220,11 @@ class Loader:
         started = time.monotonic()
         status, answer = await models.backend.call_json("POST", path, body, within=self.load_timeout)
         if status != 200:
-            message = answer.get("error") if isinstance(answer, dict) else None
-            raise GatewayError(status if 400 <= status < 600 else 502, str(message or f"loading failed ({status})"))
+            message = str((answer.get("error") if isinstance(answer, dict) else None) or f"loading failed ({status})")
+            if status == 503:  # Ollama's full queue ("server busy") names no time; every waiter gets one
+                retry = [(b"retry-after", str(max(1, math.ceil(self.expected_load_seconds(info)))).encode())]
+                raise GatewayError(503, message, retry, reason="upstream_busy")
+            raise GatewayError(status if 400 <= status < 600 else 502, message)
         self.loads += 1
         self.changes += 1
         seconds = time.monotonic() - started

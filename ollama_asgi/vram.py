@@ -5,7 +5,9 @@ requests to finish while every new request queues behind it. The guard decides e
 the gateway loads a model it checks free memory (NVML when available, otherwise a configured
 budget minus what ``/api/ps`` says is loaded), and unloads the least valuable idle models until
 the new one fits. A model with requests in flight is never chosen; if nothing idle is left, the
-load is refused with a Retry-After rather than queued blindly.
+load is refused with a Retry-After rather than queued blindly. Ollama's loaded-model limit is not
+memory: a load that only needs a slot among the loaded models waits for one to go idle, as it
+would in Ollama.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from ollama_asgi.errors import GatewayError
 __all__ = ["DeviceMemory", "NvmlSource", "VramGuard", "VramSource"]
 
 logger = logging.getLogger("ollama_asgi.vram")
+
+_IDLE_POLL = 0.05  # how often a load waiting for a busy model to go idle looks again
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +126,7 @@ class VramGuard:
             return
         used = sum(d.used for d in self.readings())
         if used > self.reserved:
-            logger.info("GPU memory held with no model loaded: %s; counting it as reserved", _gib(used))
+            logger.info("GPU memory held with no model loaded: %s; counting it as reserved", _size(used))
             self.reserved = used
 
     def free_bytes(self, models: BackendModels) -> int:
@@ -152,16 +156,20 @@ class VramGuard:
             return
         self.calibrate(models)
         need = self.expected_size(models, info, num_ctx)
+        evicted: list[str] = []
+        # Ollama holds at most OLLAMA_MAX_LOADED_MODELS and evicts one on its own, busy or not: the
+        # gateway picks the idle one first. When every one is busy, the load waits its turn, as it
+        # would in Ollama's own queue; memory is not the question, so refusing would only turn a
+        # short wait into an error (on a CPU server there is no memory reading at all).
+        while self._crowded(models, info.name, evicted):
+            victims = [v for v in self._victims(models, exclude=info.name) if v[0] not in evicted]
+            if victims:
+                await self._evict(models, victims[0][0])
+                evicted.append(victims[0][0])
+            else:
+                await asyncio.sleep(_IDLE_POLL)  # until a loaded model's requests are done
         free = self.free_bytes(models)
         victims = self._victims(models, exclude=info.name)
-        evicted: list[str] = []
-        others = [name for name in models.loaded if name != info.name]
-        # Ollama evicts on its own past OLLAMA_MAX_LOADED_MODELS, busy or not; choose the victim first.
-        while self.max_loaded and len(others) - len(evicted) >= self.max_loaded and victims:
-            victim, released = victims.pop(0)
-            await self._evict(models, victim)
-            evicted.append(victim)
-            free += released
         while free < need and victims:
             victim, released = victims.pop(0)
             await self._evict(models, victim)
@@ -172,16 +180,22 @@ class VramGuard:
             free = self.free_bytes(models)
         self.history.append({"time": time.time(), "load": info.name, "need": need, "free": free, "evicted": evicted})
         del self.history[:-50]
-        crowded = bool(self.max_loaded) and len(others) - len(evicted) >= (self.max_loaded or 0)
-        if free < need or crowded:
+        if free < need:
             self.refusals += 1
             busy = sorted(n for n, c in models.in_flight.items() if c > 0)
             raise GatewayError(
                 503,
-                f"not enough GPU memory to load '{info.name}' ({_gib(need)} needed, {_gib(max(free, 0))} free); "
+                f"not enough GPU memory to load '{info.name}' ({_size(need)} needed, {_size(max(free, 0))} free); "
                 f"the loaded models are busy: {', '.join(busy) or 'none'}",
                 [(b"retry-after", str(max(1, math.ceil(self.settle))).encode())],
             )
+
+    def _crowded(self, models: BackendModels, loading: str, leaving: list[str]) -> bool:
+        """Loading another model now would take Ollama past its loaded-model limit (``leaving``: models
+        already told to unload, which ``/api/ps`` may list for a moment more)."""
+        if not self.max_loaded:
+            return False
+        return sum(1 for name in models.loaded if name != loading and name not in leaving) >= self.max_loaded
 
     def _victims(self, models: BackendModels, *, exclude: str) -> list[tuple[str, int]]:
         """Idle loaded models, least valuable first: rarely and not recently used."""
@@ -215,5 +229,9 @@ class VramGuard:
             await asyncio.sleep(0.1)
 
 
-def _gib(size: int) -> str:
-    return f"{size / 2**30:.1f} GiB"
+def _size(size: int) -> str:
+    """Bytes in the unit that keeps them readable: a 250 KB model is not "0.0 GiB"."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -99,10 +100,29 @@ async def test_the_loaded_model_limit_is_enforced_before_ollama_evicts() -> None
     models.in_flight["a:latest"] = 1
     await guard.before_load(models, ModelInfo("c:latest", 8192, ("completion",), GIB), 4096)
     assert unloaded == ["b:latest"]  # the idle one, never the busy one
-    models.in_flight["c:latest"] = 1
-    models.loaded["c:latest"] = models.loaded["a:latest"]
-    with pytest.raises(GatewayError):
-        await guard.before_load(models, ModelInfo("d:latest", 8192, ("completion",), GIB), 4096)
+
+
+async def test_past_the_loaded_model_limit_a_load_waits_for_a_busy_model_to_finish() -> None:
+    guard, unloaded = _guard(None)  # no memory reading at all, as on a CPU server
+    guard.max_loaded = 1
+    models = _models(FakeGpu(0, 0), {"a:latest": GIB})
+    models.in_flight["a:latest"] = 1
+    load = asyncio.ensure_future(guard.before_load(models, ModelInfo("b:latest", 8192, ("completion",), GIB), 4096))
+    await asyncio.sleep(0.2)
+    assert not load.done() and unloaded == []  # waiting its turn, not refused
+    del models.in_flight["a:latest"]
+    await asyncio.wait_for(load, 1)
+    assert unloaded == ["a:latest"]
+    assert guard.refusals == 0
+
+
+async def test_a_refusal_states_sizes_in_units_that_show_them() -> None:
+    guard, _ = _guard(None, budget=2 * 2**20 + 200 * 2**10)
+    models = _models(FakeGpu(0, 0), {"busy:latest": 2 * 2**20})
+    models.in_flight["busy:latest"] = 1
+    with pytest.raises(GatewayError) as info:
+        await guard.before_load(models, ModelInfo("small:latest", 8192, ("completion",), 250_000), 4096)
+    assert "(268.6 KiB needed, 200.0 KiB free)" in info.value.message
 
 
 def test_memory_held_with_nothing_loaded_counts_as_reserved() -> None:

@@ -117,6 +117,19 @@ async def test_a_failed_load_is_answered_to_every_waiter(
     assert not [r for r in emulator.emulator.requests if r.path == "/api/chat"]
 
 
+async def test_a_load_refused_by_ollamas_full_queue_tells_every_waiter_when_to_retry(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    message = "server busy, please try again.  maximum pending requests exceeded"
+    emulator.emulator.inject(Fault(path="/api/generate", kind="http_error", status=503, message=message))
+    server = host_factory()
+    async with httpx.AsyncClient(base_url=server.url + "/llm", headers=AUTH, timeout=30) as client:
+        responses = await asyncio.gather(*(client.post("/api/chat", json=_chat()) for _ in range(5)))
+    assert {r.status_code for r in responses} == {503}
+    assert {r.json()["error"] for r in responses} == {message}
+    assert all(int(r.headers["retry-after"]) >= 1 for r in responses)
+
+
 def test_waiting_too_long_for_a_load_answers_503_with_retry_after(
     emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
 ) -> None:
