@@ -329,7 +329,7 @@ class ModelLifecycle:
         try:
             info = await models.model_info(model)
             num_ctx = self.last_num_ctx.get((models.backend.name, info.name)) or self._default_bucket(info)
-            await self.loader.ensure_loaded(models, info, num_ctx, wait_limit=self.settings.load_timeout)
+            await self.loader.ensure_loaded(models, info, num_ctx, wait_limit=self.settings.load_timeout, patient=False)
             logger.info("pre-warmed %s on %s", model, models.backend.name)
         except GatewayError as exc:
             logger.info("pre-warming %s skipped: %s", model, exc.message)

@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ollama_asgi.catalog import BackendModels, ModelInfo
 from ollama_asgi.errors import GatewayError
@@ -23,7 +24,7 @@ from ollama_asgi.protocol import canonical_model
 from ollama_asgi.state import StateUnavailable
 from ollama_asgi.upstream import UpstreamError
 
-__all__ = ["LoadLock", "Loader", "LoadState"]
+__all__ = ["BeforeLoad", "LoadLock", "Loader", "LoadState"]
 
 logger = logging.getLogger("ollama_asgi.lifecycle")
 
@@ -38,6 +39,12 @@ class LoadLock:
         return None
 
 
+class BeforeLoad(Protocol):
+    """What runs before each load (the VRAM guard); ``patient``: it may wait for busy models to finish."""
+
+    def __call__(self, models: BackendModels, info: ModelInfo, num_ctx: int, *, patient: bool) -> Awaitable[None]: ...
+
+
 @dataclass(slots=True)
 class LoadState:
     """A load in progress, visible to status and metrics."""
@@ -46,6 +53,7 @@ class LoadState:
     num_ctx: int
     started: float
     waiters: int = 0
+    patient: bool = True  # False for a pre-warm: a guess never waits for, nor holds up, busy models
     future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -80,7 +88,7 @@ class Loader:
         keep_alive: str,
         load_timeout: float,
         lock: LoadLock | None = None,
-        before_load: Callable[[BackendModels, ModelInfo, int], Awaitable[None]] | None = None,
+        before_load: BeforeLoad | None = None,
     ) -> None:
         self.keep_alive = keep_alive
         self.load_timeout = load_timeout
@@ -110,15 +118,20 @@ class Loader:
         loaded = models.loaded_with(info.name)
         return loaded is not None and (loaded.num_ctx == num_ctx or not loaded.num_ctx)
 
-    async def ensure_loaded(self, models: BackendModels, info: ModelInfo, num_ctx: int, *, wait_limit: float) -> None:
-        """Return once ``info`` is loaded on ``models.backend`` with ``num_ctx``; start the load if needed."""
+    async def ensure_loaded(
+        self, models: BackendModels, info: ModelInfo, num_ctx: int, *, wait_limit: float, patient: bool = True
+    ) -> None:
+        """Return once ``info`` is loaded on ``models.backend`` with ``num_ctx``; start the load if needed.
+
+        ``patient=False`` (pre-warming) gives up at once where a request would wait for busy models.
+        """
         while True:
             if self.ready(models, info, num_ctx):
                 return
             key = (models.backend.name, info.name)
             state = self.loading.get(key)
             if state is None:
-                state = LoadState(info.name, num_ctx, time.monotonic())
+                state = LoadState(info.name, num_ctx, time.monotonic(), patient=patient)
                 self.loading[key] = state
                 task = asyncio.ensure_future(self._load(models, info, num_ctx, state))
                 self._tasks.add(task)
@@ -136,6 +149,10 @@ class Loader:
                     f"model '{info.name}' is still loading after {wait_limit:g}s",
                     [(b"retry-after", str(max(1, math.ceil(remaining))).encode())],
                 ) from None
+            except GatewayError as exc:
+                if patient and not state.patient and exc.reason == "models_busy":
+                    continue  # a pre-warm gave up on busy models; a request waits its turn with a load of its own
+                raise
             finally:
                 state.waiters -= 1
             if state.num_ctx == num_ctx:
@@ -153,7 +170,7 @@ class Loader:
                     loaded = models.loaded_with(info.name)
                     if loaded is None or (loaded.num_ctx and loaded.num_ctx != num_ctx):
                         if self.before_load is not None:
-                            await self._make_room(models, info, num_ctx, self.before_load)
+                            await self._make_room(models, info, num_ctx, self.before_load, state.patient)
                         await self._send_load(models, info, num_ctx)
                         await models.refresh_ps()
             finally:
@@ -180,12 +197,13 @@ class Loader:
         models: BackendModels,
         info: ModelInfo,
         num_ctx: int,
-        before_load: Callable[[BackendModels, ModelInfo, int], Awaitable[None]],
+        before_load: BeforeLoad,
+        patient: bool,
     ) -> None:
         """The guard's turn before the load; it may wait for a busy model, but no longer than a load may take."""
         try:
             async with asyncio.timeout(self.load_timeout):
-                await before_load(models, info, num_ctx)
+                await before_load(models, info, num_ctx, patient=patient)
         except TimeoutError:
             retry = [(b"retry-after", str(max(1, math.ceil(self.expected_load_seconds(info)))).encode())]
             raise GatewayError(

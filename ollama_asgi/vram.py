@@ -151,7 +151,8 @@ class VramGuard:
         accounted = sum(m.size_vram for m in models.loaded.values())
         return max(0.0, (used - accounted - self.reserved) / total) if total else None
 
-    async def before_load(self, models: BackendModels, info: ModelInfo, num_ctx: int) -> None:
+    async def before_load(self, models: BackendModels, info: ModelInfo, num_ctx: int, *, patient: bool = True) -> None:
+        """Make room for ``info``; ``patient=False`` (a pre-warm) is refused where a request would wait."""
         if not self.active:
             return
         self.calibrate(models)
@@ -166,8 +167,17 @@ class VramGuard:
             if victims:
                 await self._evict(models, victims[0][0])
                 evicted.append(victims[0][0])
-            else:
+            elif patient:
                 await asyncio.sleep(_IDLE_POLL)  # until a loaded model's requests are done
+            else:
+                self.refusals += 1
+                raise GatewayError(
+                    503,
+                    f"'{info.name}' would pass Ollama's limit of {self.max_loaded} loaded models, "
+                    f"and they are busy: {', '.join(self._busy(models))}",
+                    [(b"retry-after", str(max(1, math.ceil(self.settle))).encode())],
+                    reason="models_busy",
+                )
         free = self.free_bytes(models)
         victims = self._victims(models, exclude=info.name)
         while free < need and victims:
@@ -182,11 +192,10 @@ class VramGuard:
         del self.history[:-50]
         if free < need:
             self.refusals += 1
-            busy = sorted(n for n, c in models.in_flight.items() if c > 0)
             raise GatewayError(
                 503,
                 f"not enough GPU memory to load '{info.name}' ({_size(need)} needed, {_size(max(free, 0))} free); "
-                f"the loaded models are busy: {', '.join(busy) or 'none'}",
+                f"the loaded models are busy: {', '.join(self._busy(models)) or 'none'}",
                 [(b"retry-after", str(max(1, math.ceil(self.settle))).encode())],
             )
 
@@ -196,6 +205,10 @@ class VramGuard:
         if not self.max_loaded:
             return False
         return sum(1 for name in models.loaded if name != loading and name not in leaving) >= self.max_loaded
+
+    @staticmethod
+    def _busy(models: BackendModels) -> list[str]:
+        return sorted(n for n, c in models.in_flight.items() if c > 0)
 
     def _victims(self, models: BackendModels, *, exclude: str) -> list[tuple[str, int]]:
         """Idle loaded models, least valuable first: rarely and not recently used."""

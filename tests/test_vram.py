@@ -9,6 +9,7 @@ import pytest
 
 from ollama_asgi.catalog import BackendModels, Loaded, ModelInfo
 from ollama_asgi.errors import GatewayError
+from ollama_asgi.lifecycle import Loader
 from ollama_asgi.upstream import Upstream
 from ollama_asgi.vram import DeviceMemory, VramGuard
 
@@ -114,6 +115,45 @@ async def test_past_the_loaded_model_limit_a_load_waits_for_a_busy_model_to_fini
     await asyncio.wait_for(load, 1)
     assert unloaded == ["a:latest"]
     assert guard.refusals == 0
+
+
+async def test_past_the_loaded_model_limit_a_pre_warm_is_refused_while_the_models_are_busy() -> None:
+    guard, unloaded = _guard(None)
+    guard.max_loaded = 1
+    models = _models(FakeGpu(0, 0), {"a:latest": GIB})
+    models.in_flight["a:latest"] = 1
+    with pytest.raises(GatewayError) as info:
+        await guard.before_load(models, ModelInfo("b:latest", 8192, ("completion",), GIB), 4096, patient=False)
+    assert info.value.reason == "models_busy" and "a:latest" in info.value.message
+    assert unloaded == []
+
+
+async def test_a_request_that_joins_a_refused_pre_warm_waits_its_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    guard, unloaded = _guard(None)
+    guard.max_loaded = 1
+    models = _models(FakeGpu(0, 0), {"a:latest": GIB})
+    models.in_flight["a:latest"] = 1
+    sent: list[object] = []
+
+    async def call_json(method: str, path: str, body: object = None, *, within: float = 30.0) -> tuple[int, object]:
+        if method == "GET":
+            return 503, None  # /api/ps: the table stays as the test sets it
+        sent.append(body)
+        return 200, {}
+
+    monkeypatch.setattr(models.backend, "call_json", call_json)
+    loader = Loader(keep_alive="30m", load_timeout=5, before_load=guard.before_load)
+    b = ModelInfo("b:latest", 8192, ("completion",), GIB)
+    prewarm = asyncio.ensure_future(loader.ensure_loaded(models, b, 4096, wait_limit=5, patient=False))
+    request = asyncio.ensure_future(loader.ensure_loaded(models, b, 4096, wait_limit=5))
+    with pytest.raises(GatewayError):
+        await prewarm
+    await asyncio.sleep(0.2)
+    assert not request.done() and sent == []
+    del models.in_flight["a:latest"]
+    await asyncio.wait_for(request, 2)
+    assert unloaded == ["a:latest"]
+    assert [body["model"] for body in sent if isinstance(body, dict)] == ["b:latest"]
 
 
 async def test_a_refusal_states_sizes_in_units_that_show_them() -> None:
