@@ -188,7 +188,9 @@ class VramGuard:
         if evicted and self.source is not None:
             await self._wait_for_memory(models, need)
             free = self.free_bytes(models)
-        self.history.append({"time": time.time(), "load": info.name, "need": need, "free": free, "evicted": evicted})
+        measured = self.source is not None or self.budget_for(models.backend.name) is not None
+        seen = free if measured else None  # a CPU server measures nothing: no made-up figure on the status page
+        self.history.append({"time": time.time(), "load": info.name, "need": need, "free": seen, "evicted": evicted})
         del self.history[:-50]
         if free < need:
             self.refusals += 1

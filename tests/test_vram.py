@@ -115,6 +115,7 @@ async def test_past_the_loaded_model_limit_a_load_waits_for_a_busy_model_to_fini
     await asyncio.wait_for(load, 1)
     assert unloaded == ["a:latest"]
     assert guard.refusals == 0
+    assert guard.history[-1]["free"] is None  # nothing measured, nothing made up
 
 
 async def test_past_the_loaded_model_limit_a_pre_warm_is_refused_while_the_models_are_busy() -> None:
