@@ -154,7 +154,7 @@ async def test_with_one_model_loaded_at_a_time_an_alternating_burst_is_all_serve
         answers = await asyncio.gather(
             *(client.post("/api/chat", json=_chat(("tiny-1t", "tools-1t")[i % 2])) for i in range(10))
         )
-    assert [(a.status_code, a.text[:0]) for a in answers] == [(200, "")] * 10, [a.text for a in answers]
+    assert [a.status_code for a in answers] == [200] * 10, [a.text for a in answers if a.status_code != 200]
 
 
 async def test_requests_carry_the_gateways_keep_alive(own_ollama: Start, gateway_for: Gateway) -> None:
