@@ -258,7 +258,8 @@ _MESSAGE_FIELDS = {
     "chat": frozenset(["role", "content", "thinking", "images", "tool_calls", "tool_name", "tool_call_id"]),
     "openai_chat": frozenset(["role", "content", "reasoning", "tool_calls", "name", "tool_call_id"]),
 }
-# Fields Go decodes into a map or a struct: a second spelling of the key merges into the first.
+# Fields Go decodes into a map or a struct: a second spelling of the key merges into the first. (The
+# same key twice is collapsed by the parser first, the last one kept.)
 _MERGED = frozenset({"options", "files", "adapters", "parameters", "stream_options", "response_format", "reasoning"})
 # Beside ASCII case, Go folds the Kelvin sign to k and the long s to s (``unicode.SimpleFold``).
 _GO_FOLD = str.maketrans({"\u212a": "k", "\u017f": "s"})
@@ -277,6 +278,8 @@ def _go_field(key: str, fields: frozenset[str]) -> str | None:
 
 def _fold_keys(obj: dict[str, Any], fields: frozenset[str]) -> dict[str, Any] | None:
     """``obj`` with every key spelled as the field Go assigns it to; None when it is spelled so already."""
+    if fields.issuperset(obj):  # the common case, asked in C
+        return None
     for key in obj:
         if key not in fields and _go_field(key, fields) is not None:
             break
