@@ -121,6 +121,21 @@ async def test_the_servers_full_queue_reaches_clients_as_a_503_with_retry_after(
             assert int(answer.headers.get("retry-after", "0")) >= 1, (answer.headers, answer.text)
 
 
+async def test_relayed_untouched_the_servers_full_queue_also_gets_a_retry_after(
+    own_ollama: Start, gateway_for: Gateway
+) -> None:
+    server = _serve(own_ollama, "tiny", OLLAMA_NUM_PARALLEL="1", OLLAMA_MAX_QUEUE="2")
+    # Lifecycle off: the clients' own contexts reach the server, each a reload it must queue.
+    gateway = gateway_for(server, lifecycle=False, parallel=10)
+    async with _client(gateway) as client:
+        answers = await asyncio.gather(
+            *(client.post("/api/chat", json=_chat("tiny-1t", options={"num_ctx": 2048 + 256 * i})) for i in range(10))
+        )
+    refused = [a for a in answers if a.status_code != 200]
+    assert refused and {a.status_code for a in refused} == {503}
+    assert all(int(a.headers["retry-after"]) >= 1 for a in refused)
+
+
 async def test_a_client_that_leaves_a_stream_stops_the_generation(own_ollama: Start, gateway_for: Gateway) -> None:
     server = _serve(own_ollama, "loop", OLLAMA_NUM_PARALLEL="1")
     gateway = gateway_for(server)
