@@ -19,7 +19,7 @@ from ollama_asgi.testing.records import EmulatorStats, LoadedModelInfo, Recorded
 from ollama_asgi.testing.responses import JSON, JSON_PLAIN, NDJSON, Chunking, Exchange, Responder, ndjson_error_line
 from ollama_asgi.testing.routes import Route
 from ollama_asgi.testing.scheduler import Scheduler, SchedulerConfig
-from ollama_asgi.testing.wire import BUSY_MESSAGE, ApiError, Options, resolve_options
+from ollama_asgi.testing.wire import BUSY_MESSAGE, EMULATED_VERSION, ApiError, Options, resolve_options
 from ollama_asgi.types import Message, Receive, Scope, Send
 
 T = TypeVar("T")
@@ -81,7 +81,7 @@ class OllamaEmulator:
         load_bytes_per_second: float = math.inf,
         token_interval: float = 0.0,
         default_reply_tokens: int = 8,
-        version: str = "0.12.6",
+        version: str = EMULATED_VERSION,
         check_host: bool = True,
         check_origin: bool = True,
         allowed_origins: Sequence[str] = (),

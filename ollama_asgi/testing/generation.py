@@ -7,6 +7,8 @@ import hashlib
 import json
 import math
 import re
+import secrets
+import string
 import struct
 import time
 import zlib
@@ -53,7 +55,7 @@ class Plan:
 
     @property
     def eval_count(self) -> int:
-        calls = sum(len(json.dumps(call).split()) for call in self.tool_calls)
+        calls = sum(len(json.dumps(_said(call)).split()) for call in self.tool_calls)
         return len(self.tokens) + len(self.thinking) + calls
 
 
@@ -92,12 +94,60 @@ def _tool_calls(tools: list[dict[str, Any]], prompt_text: str) -> list[dict[str,
     return []
 
 
+def _said(call: dict[str, Any]) -> dict[str, Any]:
+    """What the model said for a call: its name and arguments (the id and index are the server's)."""
+    function = call["function"]
+    return {"name": function["name"], "arguments": function["arguments"]}
+
+
+def _numbered(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Calls as newest Ollama answers them: an id of its own each, and a running ``function.index``."""
+    alphabet = string.ascii_lowercase + string.digits
+    return [
+        {
+            "id": "call_" + "".join(secrets.choice(alphabet) for _ in range(8)),
+            "function": {"index": index, **_said(call)},
+        }
+        for index, call in enumerate(calls)
+    ]
+
+
+def parse_tool_calls(text: str, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ollama's tool parser, for a reply made of JSON calls only: ``{"name": ..., "parameters": ...}``
+    objects (or ``arguments``) naming offered tools, one after another; anything else is no call."""
+    offered = {(tool.get("function") or {}).get("name") for tool in tools}
+    decoder, at = json.JSONDecoder(), 0
+    calls: list[dict[str, Any]] = []
+    while True:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if at == len(text):
+            return calls
+        try:
+            value, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            return []
+        arguments = value.get("parameters", value.get("arguments")) if isinstance(value, dict) else None
+        if not isinstance(arguments, dict) or value.get("name") not in offered:
+            return []
+        calls.append({"function": {"name": value["name"], "arguments": arguments}})
+
+
 def _cut_at_stop(tokens: list[str], stops: list[str]) -> list[str] | None:
+    """The tokens up to the first stop string, which may end inside a token: Ollama keeps the text
+    before the stop ("The quick brown " for the stop "fox"), not only the whole tokens before it."""
     text = ""
-    for index, token in enumerate(tokens):
+    for token in tokens:
         text += token
-        if any(stop and stop in text for stop in stops):
-            return tokens[:index]
+        found = [text.find(stop) for stop in stops if stop and stop in text]
+        if found:
+            kept, cut, size = text[: min(found)], [], 0
+            for piece in tokens:
+                if size >= len(kept):
+                    break
+                cut.append(piece[: len(kept) - size])
+                size += len(cut[-1])
+            return cut
     return None
 
 
@@ -113,11 +163,19 @@ def plan_reply(
     tools: list[dict[str, Any]] | None = None,
     think: bool = False,
 ) -> Plan:
-    """Decide the reply: tool call, JSON document, custom ``reply`` tokens or the echo of the prompt."""
+    """Decide the reply: tool calls, JSON document, custom ``reply`` tokens or the echo of the prompt.
+
+    With tools offered, a ``reply`` that is nothing but JSON calls of offered tools becomes those
+    calls (as Ollama parses a model's output); without ``reply``, the first tool the prompt names is
+    called.
+    """
     thinking = list(THINKING_TOKENS) if think else []
-    calls = _tool_calls(tools, prompt_text) if tools else []
+    if tools and reply is not None:
+        calls = parse_tool_calls("".join(str(token) for token in reply(model_name, prompt_text)), tools)
+    else:
+        calls = _tool_calls(tools, prompt_text) if tools else []
     if calls:
-        return Plan([], "stop", thinking, calls)
+        return Plan([], "stop", thinking, _numbered(calls))
     count = num_predict if num_predict > 0 else default_tokens
     if fmt is not None and fmt != "" and fmt != "null":
         text = "".join(echo_tokens(prompt_text, count))
@@ -190,9 +248,9 @@ class Run:
             for token in self.plan.tokens:
                 await self._token()
                 yield ("content", token)
-            if self.plan.tool_calls:
+            for call in self.plan.tool_calls:  # one chunk per call, as Ollama's parser emits them
                 await self._token()
-                yield ("tool_calls", self.plan.tool_calls)
+                yield ("tool_calls", [call])
             self.eval_ns = max(1, time.perf_counter_ns() - first) if self.plan.eval_count else 0
         finally:
             self.stats.leave()

@@ -161,7 +161,7 @@ async def prepare_chat(emu: OllamaEmulator, ex: Exchange, req: dict[str, Any]) -
 def load_reply(kind: str, model: str, reason: str) -> bytes:
     if kind == "chat":
         message = {"role": "assistant", "content": ""}
-        return dumps({"model": model, "created_at": rfc3339(), "message": message, "done_reason": reason, "done": True})
+        return dumps({"model": model, "created_at": rfc3339(), "message": message, "done": True, "done_reason": reason})
     return dumps({"model": model, "created_at": rfc3339(), "response": "", "done": True, "done_reason": reason})
 
 
@@ -233,7 +233,7 @@ def _message(content: str = "", thinking: str = "", calls: list[Any] | None = No
 
 def _chat_final(run: Run, message: dict[str, Any]) -> dict[str, Any]:
     final: dict[str, Any] = {"model": run.request_model, "created_at": rfc3339(), "message": message}
-    final.update({"done_reason": run.plan.done_reason, "done": True}, **run.metrics())
+    final.update({"done": True, "done_reason": run.plan.done_reason}, **run.metrics())
     return final
 
 

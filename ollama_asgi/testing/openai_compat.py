@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import random
-import secrets
-import string
 import struct
 import time
 from collections.abc import AsyncGenerator
@@ -135,18 +133,18 @@ def _format(req: dict[str, Any]) -> Any:
 
 
 def _tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    alphabet = string.ascii_lowercase + string.digits
+    """The native calls as /v1 writes them: the same id and index, arguments as a JSON string."""
     return [
         {
-            "id": "call_" + "".join(secrets.choice(alphabet) for _ in range(8)),
-            "index": index,
+            "id": call["id"],
+            "index": call["function"]["index"],
             "type": "function",
             "function": {
                 "name": call["function"]["name"],
                 "arguments": orjson.dumps(call["function"]["arguments"], option=orjson.OPT_SORT_KEYS).decode(),
             },
         }
-        for index, call in enumerate(calls)
+        for call in calls
     ]
 
 
@@ -268,7 +266,10 @@ async def completions(emu: OllamaEmulator, ex: Exchange) -> None:
             await ex.responder.stream(events(), SSE, lambda _m: _event(chunk("", None, None)))
         else:
             content, _, _ = await collect(run)
-            await ex.responder.json(200, _encode(chunk(content, run.plan.done_reason, _usage(run))), JSON_PLAIN)
+            # the whole answer lists its fields in another order than the chunks do, as Ollama's structs do
+            choice = {"text": content, "index": 0, "finish_reason": run.plan.done_reason}
+            body = {**head, **tail, "choices": [choice], "usage": _usage(run)}
+            await ex.responder.json(200, _encode(body), JSON_PLAIN)
     finally:
         run.release()
 

@@ -12,6 +12,9 @@ from typing import Any
 
 import orjson
 
+EMULATED_VERSION = "0.33.0"
+"""The Ollama release the emulator follows (and reports on ``/api/version``); where v0.24.0, the
+oracle of the real-server suite, is older, the emulator answers as this release does."""
 BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
 FOREVER_NS = 2**63 - 1
 """``time.Duration(math.MaxInt64)``: what Ollama stores for a negative keep_alive."""

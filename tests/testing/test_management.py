@@ -9,6 +9,7 @@ import httpx
 import ollama
 
 from ollama_asgi.testing import EmulatedModel, EmulatorServer
+from ollama_asgi.testing.wire import EMULATED_VERSION
 
 from .conftest import Serve, ndjson
 
@@ -25,7 +26,7 @@ def test_head_root_has_no_body(client: httpx.Client) -> None:
 
 
 def test_version(client: httpx.Client) -> None:
-    assert client.get("/api/version").json() == {"version": "0.12.6"}
+    assert client.get("/api/version").json() == {"version": EMULATED_VERSION}
 
 
 def test_version_is_configurable(serve: Serve) -> None:

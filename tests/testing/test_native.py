@@ -222,7 +222,7 @@ def test_chat_streams_assistant_messages(client: httpx.Client) -> None:
     )
     assert chunks[0]["message"] == {"role": "assistant", "content": "yo "}
     final = chunks[-1]
-    assert list(final) == ["model", "created_at", "message", "done_reason", "done", *METRICS]
+    assert list(final) == ["model", "created_at", "message", "done", "done_reason", *METRICS]
     assert final["message"] == {"role": "assistant", "content": ""}
     assert "context" not in final
 
@@ -243,7 +243,7 @@ def test_chat_replies_to_the_last_user_message(client: httpx.Client) -> None:
 
 def test_chat_with_no_messages_loads_and_with_keep_alive_zero_unloads(client: httpx.Client) -> None:
     loaded = client.post("/api/chat", json={"model": "llama3.2", "messages": []}).json()
-    assert list(loaded) == ["model", "created_at", "message", "done_reason", "done"]
+    assert list(loaded) == ["model", "created_at", "message", "done", "done_reason"]
     assert (loaded["message"], loaded["done_reason"]) == ({"role": "assistant", "content": ""}, "load")
     unloaded = client.post("/api/chat", json={"model": "llama3.2", "keep_alive": 0}).json()
     assert unloaded["done_reason"] == "unload"
@@ -271,7 +271,9 @@ def test_chat_tool_call_has_object_arguments(client: httpx.Client) -> None:
             "stream": False,
         },
     ).json()
-    assert body["message"]["tool_calls"] == [{"function": {"name": "get_weather", "arguments": {"city": "Paris:"}}}]
+    calls = body["message"]["tool_calls"]
+    assert [c["function"] for c in calls] == [{"index": 0, "name": "get_weather", "arguments": {"city": "Paris:"}}]
+    assert calls[0]["id"].startswith("call_")
     assert body["message"]["content"] == ""
 
 

@@ -1,0 +1,555 @@
+"""Differential conformance: the gateway and the emulator answer as real Ollama does.
+
+Each check sends one request to the real server directly and to the other side (the gateway in
+front of that server, or the emulator set up with the same models), and the two answers must be
+equal in canonical form (see :mod:`ollama_asgi.testing.conformance`), apart from the differences
+the check names from the table there. ``docs/conformance.md`` is written from that table and
+from ``CHECKS``; the committed copy is compared with a fresh rendering and, when stale, rewritten
+and the test fails, so the document can only say what this suite checks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from ollama_asgi import OllamaGateway, Settings
+from ollama_asgi.testing import EmulatedModel, EmulatorServer
+from ollama_asgi.testing.conformance import (
+    DIFFERENCES,
+    Answer,
+    Planned,
+    Side,
+    compare,
+    field_order,
+    framing_faults,
+    render,
+)
+from ollama_asgi.testing.gguf_models import FIXTURES
+from ollama_asgi.testing.real import RealOllama
+from ollama_asgi.testing.wire import EMULATED_VERSION
+from tests.conftest import ADMIN, ADMIN_KEY, API_KEY, AUTH
+from tests.support.hosts import starlette_host
+from tests.support.server import ServerThread
+
+DOC = Path(__file__).parents[2] / "docs" / "conformance.md"
+ORACLE = "v0.24.0"
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+HI = [{"role": "user", "content": "hi"}]
+ZERO_BUG = 'the gateway reads keep_alive "0" as a number without a unit; Go reads it as zero'
+V1_ORDER = "the gateway writes a /v1 completion chunk's `model` before `choices`"
+INDEX_BUG = "the gateway numbers /v1 tool calls by their place in a chunk (0 each) and makes new ids"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One request, and the table's differences each side may show in its answer."""
+
+    name: str
+    method: str
+    path: str
+    body: object = None
+    gateway: tuple[str, ...] = ()
+    emulator: tuple[str, ...] = ()
+    known: Mapping[str, str] = field(default_factory=dict)
+    """Known defects, by side (``"gateway"``: the answer; ``"gateway order"``: its field order): the
+    test is expected to fail, strictly, until the defect is fixed."""
+    admin: bool = False
+    """Sent to the gateway with the admin key (requests only admins may make)."""
+
+    @property
+    def request(self) -> str:
+        if self.body is None:
+            return f"`{self.method} {self.path}`"
+        body = self.body if isinstance(self.body, bytes) else orjson.dumps(self.body)
+        text = body.decode()
+        return f"`{self.method} {self.path}` `{text[:90] + '…' if len(text) > 90 else text}`"
+
+    def planned(self) -> Planned:
+        return Planned(self.name, self.request, self.gateway, self.emulator, self.known)
+
+
+_STREAM = ("stream_headers",)
+_COUNTS = ("token_counts", "chunking")
+_EMBED = ("token_counts", "embedding_values")
+
+CHECKS: tuple[Check, ...] = (
+    # -- answers ------------------------------------------------------------------------------------
+    Check("generate", "POST", "/api/generate", {"model": "tiny", "prompt": "hi", "stream": False}, (), _COUNTS),
+    Check("generate, streamed", "POST", "/api/generate", {"model": "tiny", "prompt": "hi"}, _STREAM, _COUNTS),
+    Check(
+        "generate, ended by num_predict",
+        "POST",
+        "/api/generate",
+        {"model": "loop", "prompt": "hi", "options": {"num_predict": 3}, "stream": False},
+        (),
+        _COUNTS,
+    ),
+    Check(
+        "generate, cut by a stop string",
+        "POST",
+        "/api/generate",
+        {"model": "tiny", "prompt": "hi", "options": {"stop": ["fox"]}, "stream": False},
+        (),
+        _COUNTS,
+    ),
+    Check(
+        "generate, raw",
+        "POST",
+        "/api/generate",
+        {"model": "tiny", "prompt": "hi", "raw": True, "stream": False},
+        (),
+        _COUNTS,
+    ),
+    Check("generate, load only", "POST", "/api/generate", {"model": "tiny"}),
+    Check("chat, load only", "POST", "/api/chat", {"model": "tiny", "messages": []}),
+    Check("generate, unload", "POST", "/api/generate", {"model": "loop", "keep_alive": 0}, admin=True),
+    Check(
+        'chat, unload with keep_alive "0"',
+        "POST",
+        "/api/chat",
+        {"model": "loop", "messages": [], "keep_alive": "0"},
+        admin=True,
+        known={"gateway": ZERO_BUG, "gateway order": ZERO_BUG},
+    ),
+    Check("chat", "POST", "/api/chat", {"model": "tiny", "messages": HI, "stream": False}, (), _COUNTS),
+    Check(
+        "chat, JSON keys in any case",
+        "POST",
+        "/api/chat",
+        {"Model": "tiny", "MESSAGES": HI, "Stream": False},
+        (),
+        _COUNTS,
+    ),
+    Check(
+        "chat, a null option",
+        "POST",
+        "/api/chat",
+        {"model": "tiny", "messages": HI, "options": {"mirostat": None}, "stream": False},
+        (),
+        _COUNTS,
+    ),
+    Check("chat, streamed", "POST", "/api/chat", {"model": "tiny", "messages": HI}, _STREAM, _COUNTS),
+    Check(
+        "chat, one tool call",
+        "POST",
+        "/api/chat",
+        {"model": "tools", "messages": HI, "tools": [WEATHER_TOOL], "stream": False},
+        (),
+        _COUNTS,
+    ),
+    Check(
+        "chat, two tool calls streamed",
+        "POST",
+        "/api/chat",
+        {"model": "tools2", "messages": HI, "tools": [WEATHER_TOOL]},
+        _STREAM,
+        _COUNTS,
+    ),
+    Check("embed", "POST", "/api/embed", {"model": "tiny", "input": ["hi", "there"]}, (), _EMBED),
+    Check("embed, no input", "POST", "/api/embed", {"model": "tiny"}),
+    Check("embeddings (legacy)", "POST", "/api/embeddings", {"model": "tiny", "prompt": "hi"}, (), _EMBED),
+    Check("embeddings (legacy), empty prompt", "POST", "/api/embeddings", {"model": "tiny", "prompt": ""}),
+    # -- /v1 --------------------------------------------------------------------------------------
+    Check("v1 chat", "POST", "/v1/chat/completions", {"model": "tiny", "messages": HI}, (), _COUNTS),
+    Check(
+        "v1 chat, streamed with usage",
+        "POST",
+        "/v1/chat/completions",
+        {"model": "tiny", "messages": HI, "stream": True, "stream_options": {"include_usage": True}},
+        ("stream_headers", "delta_role"),
+        ("token_counts", "chunking", "delta_role"),
+    ),
+    Check(
+        "v1 chat, one tool call",
+        "POST",
+        "/v1/chat/completions",
+        {"model": "tools", "messages": HI, "tools": [WEATHER_TOOL]},
+        (),
+        _COUNTS,
+    ),
+    Check(
+        "v1 chat, two tool calls streamed",
+        "POST",
+        "/v1/chat/completions",
+        {"model": "tools2", "messages": HI, "tools": [WEATHER_TOOL], "stream": True},
+        ("stream_headers", "delta_role"),
+        ("token_counts", "chunking", "delta_role"),
+        known={"gateway": INDEX_BUG},
+    ),
+    Check(
+        "v1 chat, ended by max_tokens, streamed",
+        "POST",
+        "/v1/chat/completions",
+        {"model": "loop", "messages": HI, "max_tokens": 3, "stream": True},
+        ("stream_headers", "delta_role"),
+        ("token_counts", "chunking", "delta_role"),
+    ),
+    Check("v1 completions", "POST", "/v1/completions", {"model": "tiny", "prompt": "hi"}, (), _COUNTS),
+    Check(
+        "v1 completions, streamed",
+        "POST",
+        "/v1/completions",
+        {"model": "tiny", "prompt": "hi", "stream": True},
+        _STREAM,
+        _COUNTS,
+        known={"gateway order": V1_ORDER},
+    ),
+    Check(
+        "v1 completions, streamed with usage",
+        "POST",
+        "/v1/completions",
+        {"model": "tiny", "prompt": "hi", "stream": True, "stream_options": {"include_usage": True}},
+        _STREAM,
+        _COUNTS,
+        known={
+            "gateway": "the gateway leaves out the zeroed `usage` Ollama puts on every chunk",
+            "gateway order": V1_ORDER,
+        },
+    ),
+    Check("v1 embeddings", "POST", "/v1/embeddings", {"model": "tiny", "input": "hi"}, (), _EMBED),
+    Check(
+        "v1 embeddings, base64",
+        "POST",
+        "/v1/embeddings",
+        {"model": "tiny", "input": ["a", "b"], "encoding_format": "base64"},
+        (),
+        _EMBED,
+    ),
+    Check("v1 models", "GET", "/v1/models", None, ("tags_order",), ("tags_order",)),
+    Check("v1 model", "GET", "/v1/models/tiny"),
+    # -- the model store ----------------------------------------------------------------------------
+    Check("tags", "GET", "/api/tags", None, ("tags_order",), ("tags_order", "model_files")),
+    Check("show", "POST", "/api/show", {"model": "tiny"}, (), ("model_files",)),
+    Check("version", "GET", "/api/version", None, (), ("version",)),
+    # -- errors ---------------------------------------------------------------------------------------
+    Check("unknown model, generate", "POST", "/api/generate", {"model": "nope", "prompt": "hi"}),
+    Check("unknown model, chat streamed", "POST", "/api/chat", {"model": "nope", "messages": HI}),
+    Check(
+        "unknown model, embed",
+        "POST",
+        "/api/embed",
+        {"model": "nope", "input": "hi"},
+        known={"gateway": "the gateway answers /api/show's 404 text, not the embed route's"},
+    ),
+    Check(
+        "unknown model, embeddings",
+        "POST",
+        "/api/embeddings",
+        {"model": "nope", "prompt": "hi"},
+        known={"gateway": "the gateway answers /api/show's 404 text, not the embed route's"},
+    ),
+    Check("unknown model, show", "POST", "/api/show", {"model": "nope"}),
+    Check(
+        "unknown model, v1 chat", "POST", "/v1/chat/completions", {"model": "nope", "messages": HI}, ("refusal_media",)
+    ),
+    Check(
+        "unknown model, v1 embeddings",
+        "POST",
+        "/v1/embeddings",
+        {"model": "nope", "input": "hi"},
+        known={"gateway": "the gateway answers /api/show's 404 text, not the embed route's"},
+    ),
+    Check("unknown model, v1 model", "GET", "/v1/models/nope"),
+    Check("no model, chat", "POST", "/api/chat", {"messages": HI}),
+    Check("no model, generate", "POST", "/api/generate", {"prompt": "hi"}, ("model_required",)),
+    Check("truncated JSON", "POST", "/api/chat", b'{"model": "tiny", "mess', ("refusal_wording",)),
+    Check("truncated JSON, v1", "POST", "/v1/chat/completions", b'{"model": "ti', ("refusal_wording",)),
+    Check("empty body", "POST", "/api/chat", b""),
+    Check(
+        "a field of the wrong type",
+        "POST",
+        "/api/chat",
+        {"model": "tiny", "messages": HI, "stream": "yes"},
+        ("refusal_wording",),
+    ),
+    Check(
+        "keep_alive of the wrong type",
+        "POST",
+        "/api/chat",
+        {"model": "tiny", "messages": HI, "keep_alive": True},
+        ("refusal_wording",),
+    ),
+    Check("embed, input of the wrong type", "POST", "/api/embed", {"model": "tiny", "input": [1, 2]}),
+    Check("v1 chat, no messages", "POST", "/v1/chat/completions", {"model": "tiny", "messages": []}),
+    Check("unknown route", "GET", "/api/nope", None, ("route_errors",)),
+    Check("wrong method", "GET", "/api/chat", None, ("route_errors",)),
+    Check("empty body, v1", "POST", "/v1/chat/completions", b"", ("refusal_wording",)),
+    Check(
+        "option of the wrong type",
+        "POST",
+        "/api/chat",
+        {"model": "tiny", "messages": HI, "options": {"num_ctx": "big"}},
+        ("option_type",),
+    ),
+    Check("think on a model that cannot", "POST", "/api/chat", {"model": "tiny", "messages": HI, "think": True}),
+)
+
+
+SHOWN: tuple[tuple[str, Side, str, str], ...] = (
+    (
+        "test_loaded_models_match_real_ollama",
+        "gateway",
+        "keep_alive",
+        "`GET /api/ps` after the same chat on each side (the emulator may differ in `model_files`)",
+    ),
+    (
+        "test_gateway_loads_at_its_own_context_size",
+        "gateway",
+        "num_ctx",
+        "`GET /api/ps` after the same chat, directly and through a gateway with the default buckets",
+    ),
+    ("test_gateway_asks_for_credentials_where_ollama_asks_none", "gateway", "auth", "`GET /api/tags` without a key"),
+    (
+        "test_gateway_keeps_model_management_for_admins",
+        "gateway",
+        "auth",
+        "`DELETE /api/delete` with a user's key (403), then an admin's (Ollama's answer)",
+    ),
+    (
+        "test_gateway_tells_a_refused_client_when_to_come_back",
+        "gateway",
+        "backpressure",
+        "two chats through a gateway that allows one a minute",
+    ),
+)
+"""Differences that no allowance hides: a test of their own shows each one happening."""
+
+
+# ----------------------------------------------------------------------------- the other side
+
+
+@dataclass
+class Other:
+    side: Side
+    url: str
+    headers: dict[str, str]
+    admin: dict[str, str]
+
+
+def fixture_reply(model: str, prompt: str) -> list[str]:
+    """The suite's models' answers, word by word as Ollama streams them (a loop model: many times)."""
+    spec = FIXTURES[model.split(":")[0]]
+    words = re.findall(r"\s*\S+", spec.answer)
+    return words * 50 if spec.loop else words
+
+
+def emulated_like(server: RealOllama) -> list[EmulatedModel]:
+    """The real server's models as the emulator describes them: the same names, sizes, digests and templates."""
+    _, tags = server.request("GET", "/api/tags")
+    assert isinstance(tags, dict)
+    models = []
+    for entry in tags["models"]:
+        _, show = server.request("POST", "/api/show", {"model": entry["name"]})
+        assert isinstance(show, dict)
+        details, info = entry["details"], show["model_info"]
+        family = info["general.architecture"]
+        stops = []
+        for line in show.get("parameters", "").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "stop":
+                stops.append(orjson.loads(value.strip()))
+        models.append(
+            EmulatedModel(
+                name=entry["name"],
+                size=entry["size"],
+                digest=entry["digest"],
+                context_length=info[f"{family}.context_length"],
+                family=family,
+                parameter_size=details["parameter_size"],
+                quantization_level=details["quantization_level"],
+                capabilities=tuple(show["capabilities"]),
+                template=show["template"],
+                parameters=(("stop", tuple(stops)),) if stops else (),
+            )
+        )
+    return models
+
+
+@pytest.fixture(scope="module")
+def server(start_ollama: Callable[..., RealOllama]) -> Iterator[RealOllama]:
+    """A real server of the module's own, with room for all four models: no evictions between checks."""
+    real = start_ollama(OLLAMA_MAX_LOADED_MODELS="4")
+    yield real
+    real.stop()
+
+
+def gateway_settings(server: RealOllama, **overrides: Any) -> Settings:
+    options: dict[str, Any] = {
+        "upstreams": (server.url,),
+        "api_keys": (f"ci={API_KEY}",),
+        "admin_api_keys": (f"ops={ADMIN_KEY}",),
+    }
+    return Settings(**{**options, **overrides})
+
+
+@pytest.fixture(scope="module", params=["gateway", "emulator"])
+def other(request: pytest.FixtureRequest, server: RealOllama) -> Iterator[Other]:
+    """The side held to real Ollama: the gateway in front of it, or the emulator with its models.
+
+    The gateway's smallest context bucket is Ollama's default (4096), so the checks' short prompts
+    are sent with the context the direct requests load at: one runner per model, no reload per check.
+    What the default buckets change is shown by a test of its own.
+    """
+    if request.param == "gateway":
+        settings = gateway_settings(server, num_ctx_buckets=(4096, 8192, 16384, 32768))
+        with ServerThread(starlette_host(OllamaGateway(settings))) as host:
+            yield Other("gateway", host.url + "/llm", dict(AUTH), dict(ADMIN))
+        return
+    with EmulatorServer(models=emulated_like(server), default_num_ctx=4096) as emulator:
+        emulator.emulator.reply = fixture_reply
+        yield Other("emulator", emulator.url, {}, {})
+
+
+def send(base: str, method: str, path: str, body: object = None, headers: Mapping[str, str] | None = None) -> Answer:
+    content = body if isinstance(body, bytes) else None if body is None else orjson.dumps(body)
+    response = httpx.request(method, base + path, content=content, headers=headers, timeout=60)
+    return Answer(response.status_code, {k.lower(): v for k, v in response.headers.items()}, response.content)
+
+
+_direct: dict[str, Answer] = {}
+_other: dict[tuple[str, Side], Answer] = {}
+
+
+def answers(check: Check, server: RealOllama, other: Other) -> tuple[Answer, Answer]:
+    """Real Ollama's answer and the other side's; each sent once, however many tests read them."""
+    if check.name not in _direct:
+        _direct[check.name] = send(server.url, check.method, check.path, check.body)
+    key = (check.name, other.side)
+    if key not in _other:
+        headers = other.admin if check.admin else other.headers
+        _other[key] = send(other.url, check.method, check.path, check.body, headers)
+    return _direct[check.name], _other[key]
+
+
+def checks() -> list[Any]:
+    return [pytest.param(check, id=check.name.replace(" ", "-")) for check in CHECKS]
+
+
+def allowed(check: Check, side: Side) -> tuple[str, ...]:
+    return check.gateway if side == "gateway" else check.emulator
+
+
+def expect_known_defect(request: pytest.FixtureRequest, check: Check, key: str) -> None:
+    if key in check.known:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=check.known[key]))
+
+
+# ----------------------------------------------------------------------------- the checks
+
+
+@pytest.mark.parametrize("check", checks())
+def test_answers_match_real_ollama(
+    check: Check, server: RealOllama, other: Other, request: pytest.FixtureRequest
+) -> None:
+    expect_known_defect(request, check, other.side)
+    direct, theirs = answers(check, server, other)
+    mine, yours = compare(direct, theirs, other.side, allowed(check, other.side))
+    assert yours == mine
+
+
+@pytest.mark.parametrize("check", checks())
+def test_fields_come_in_ollama_order(
+    check: Check, server: RealOllama, other: Other, request: pytest.FixtureRequest
+) -> None:
+    expect_known_defect(request, check, f"{other.side} order")
+    direct, theirs = answers(check, server, other)
+    mine, yours = compare(direct, theirs, other.side, allowed(check, other.side))
+    assert field_order(yours["frames"]) == field_order(mine["frames"])
+
+
+@pytest.mark.parametrize("check", checks())
+def test_framing_follows_ollama(check: Check, server: RealOllama, other: Other) -> None:
+    direct, theirs = answers(check, server, other)
+    assert (framing_faults(direct), framing_faults(theirs)) == ([], [])
+
+
+def test_loaded_models_match_real_ollama(server: RealOllama, other: Other) -> None:
+    """/api/ps after the same chat on each side; the gateway's own keep_alive shows in ``expires_at``."""
+    body = {"model": "tiny", "messages": HI, "stream": False, "keep_alive": "5m"}
+    send(server.url, "POST", "/api/chat", body)
+    direct = send(server.url, "GET", "/api/ps")
+    send(other.url, "POST", "/api/chat", body, other.headers)
+    theirs = send(other.url, "GET", "/api/ps", None, other.headers)
+    keys = ("keep_alive",) if other.side == "gateway" else ("model_files",)
+    mine, yours = compare(direct, theirs, other.side, keys, model="tiny:latest")
+    assert yours == mine
+
+
+# ----------------------------------------------------------------------------- what only the gateway does
+
+
+def test_gateway_loads_at_its_own_context_size(server: RealOllama, gateway_for: Callable[..., ServerThread]) -> None:
+    """With the default buckets a short prompt loads at 2048, where Ollama loads at its default 4096."""
+    gateway = gateway_for(server)
+    body = {"model": "tiny", "messages": HI, "stream": False, "keep_alive": "5m"}
+    send(server.url, "POST", "/api/chat", body)
+    direct = send(server.url, "GET", "/api/ps")
+    send(gateway.url + "/llm", "POST", "/api/chat", body, AUTH)
+    theirs = send(gateway.url + "/llm", "GET", "/api/ps", None, AUTH)
+    mine, yours = compare(direct, theirs, "gateway", ("keep_alive",), model="tiny:latest")
+    contexts = [[m["context_length"] for m in form["frames"][0]["models"]] for form in (mine, yours)]
+    assert contexts == [[4096], [2048]]
+    mine, yours = compare(direct, theirs, "gateway", ("keep_alive", "num_ctx"), model="tiny:latest")
+    assert yours == mine
+
+
+def test_gateway_asks_for_credentials_where_ollama_asks_none(server: RealOllama, other: Other) -> None:
+    if other.side != "gateway":
+        pytest.skip("the gateway's own behaviour")
+    assert send(server.url, "GET", "/api/tags").status == 200
+    assert send(other.url, "GET", "/api/tags").status == 401
+
+
+def test_gateway_keeps_model_management_for_admins(server: RealOllama, other: Other) -> None:
+    if other.side != "gateway":
+        pytest.skip("the gateway's own behaviour")
+    body = {"model": "nope"}
+    direct = send(server.url, "DELETE", "/api/delete", body)
+    assert send(other.url, "DELETE", "/api/delete", body, other.headers).status == 403
+    mine, yours = compare(direct, send(other.url, "DELETE", "/api/delete", body, other.admin), "gateway")
+    assert yours == mine
+
+
+def test_gateway_tells_a_refused_client_when_to_come_back(
+    server: RealOllama, gateway_for: Callable[..., ServerThread]
+) -> None:
+    gateway = gateway_for(server, rate_limit_rpm=1)
+    body = {"model": "tiny", "messages": HI, "stream": False}
+    assert [send(server.url, "POST", "/api/chat", body).status for _ in range(2)] == [200, 200]
+    refused = [send(gateway.url + "/llm", "POST", "/api/chat", body, AUTH) for _ in range(2)]
+    assert [a.status for a in refused] == [200, 429]
+    assert int(refused[1].headers["retry-after"]) >= 1
+
+
+# ----------------------------------------------------------------------------- the document
+
+
+def test_the_document_says_what_is_checked() -> None:
+    rendered = render([c.planned() for c in CHECKS], SHOWN, EMULATED_VERSION, ORACLE)
+    current = DOC.read_text() if DOC.exists() else ""
+    if current != rendered:
+        DOC.write_text(rendered)
+    assert current == rendered, f"{DOC} was stale and has been rewritten: commit it"
+
+
+def test_every_difference_is_allowed_by_a_check_or_shown_by_a_test() -> None:
+    sides: tuple[Side, ...] = ("gateway", "emulator")
+    named = {(side, key) for c in CHECKS for side in sides for key in allowed(c, side)}
+    named |= {(side, key) for test, side, key, _ in SHOWN if callable(globals().get(test))}
+    assert {(d.side, d.key) for d in DIFFERENCES} <= named
