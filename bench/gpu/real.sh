@@ -18,14 +18,12 @@ if ! python3 -c 'import orjson, uvicorn, gguf' 2>/dev/null; then
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# The CPU-only server at once; the CUDA backend (carried, or built here) in the background meanwhile.
+bash bench/gpu/build-ollama-cuda.sh .gpu-carry "$WORK/dist" layout || exit 1
+BUILD=
 if [ ! -f "$WORK/dist/lib/ollama/cuda_v13/libggml-cuda.so" ]; then
-    bash bench/gpu/build-ollama-cuda.sh .gpu-carry "$WORK/dist" 90 2>&1 | tee "$OUT/build.txt" || {
-        tail -30 "$WORK/dist/cmake-build.log" "$WORK/dist/cmake-configure.log"
-        exit 1
-    }
-    if [ ! -f .gpu-carry/libggml-cuda.so.xz ]; then  # bring the build back for the next host
-        xz -T0 -6 -c "$WORK/dist/lib/ollama/cuda_v13/libggml-cuda.so" >"$OUT/libggml-cuda.so.xz"
-    fi
+    bash bench/gpu/build-ollama-cuda.sh .gpu-carry "$WORK/dist" 90 >"$OUT/build.txt" 2>&1 &
+    BUILD=$!
 fi
 # The models store: the root disk when it has room, else memory (then no load reads the disk).
 STORE=${STORE:-}
@@ -38,6 +36,9 @@ if ! pgrep -f "real_ollama.py ballast" >/dev/null; then
     setsid nohup python3 bench/gpu/real_ollama.py ballast --leave-gib "$LEAVE_GIB" --probe-out "$WORK/ballast.json" \
         >"$WORK/ballast.log" 2>&1 </dev/null &
     for _ in $(seq 600); do [ -s "$WORK/ballast.json" ] && break; sleep 0.1; done
+    if [ ! -s "$WORK/ballast.json" ] && command -v nvidia-smi >/dev/null; then
+        echo "the ballast did not start:"; cat "$WORK/ballast.log"; exit 1
+    fi
 fi
 {
     date -u
@@ -48,9 +49,18 @@ fi
     echo "ballast:"; cat "$WORK/ballast.json" 2>/dev/null || cat "$WORK/ballast.log"
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
-python3 bench/gpu/real_ollama.py run "$@" --out "$OUT" --store "$STORE" --binary "$WORK/dist/bin/ollama" \
-    --usable "$LEAVE_GIB" --deadline $((LIMIT - ($(date +%s) - T0)))
+ARGS=(--out "$OUT" --store "$STORE" --binary "$WORK/dist/bin/ollama" --usable "$LEAVE_GIB")
+if [ -n "$BUILD" ]; then  # make the models while the build runs, then wait for it
+    python3 bench/gpu/real_ollama.py run "$@" "${ARGS[@]}" --models-only || exit 1
+    wait "$BUILD" || { cat "$OUT/build.txt"; tail -30 "$WORK/dist/cmake-build.log"; exit 1; }
+    cat "$OUT/build.txt"
+fi
+python3 bench/gpu/real_ollama.py run "$@" "${ARGS[@]}" --deadline $((LIMIT - 25 - ($(date +%s) - T0)))
 status=$?
+if [ -n "$BUILD" ] && [ ! -f .gpu-carry/libggml-cuda.so.xz ]; then  # bring the build back for the next host
+    xz -T0 -6 -c "$WORK/dist/lib/ollama/cuda_v13/libggml-cuda.so" >"$OUT/libggml-cuda.so.xz"
+    [ "$(stat -c %s "$OUT/libggml-cuda.so.xz")" -le 16000000 ] || rm -f "$OUT/libggml-cuda.so.xz"
+fi
 grep -h -m3 -E "inference compute|load_backend" "$OUT"/logs/*.log 2>/dev/null | head -4
 [ -d "$OUT/logs" ] && tar -C "$OUT" -cJf "$OUT/logs.tar.xz" logs && rm -rf "$OUT/logs"
 ls -la "$OUT"

@@ -1004,6 +1004,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--probe-out", default="ballast.json")
     r = sub.add_parser("run", help="make the models and run phases")
     r.add_argument("phases", nargs="+", choices=list(PHASES))
+    r.add_argument("--models-only", action="store_true", help="make the phases' models and stop")
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--store", type=Path, default=Path("/tmp/ollama-bench-models"))
     r.add_argument("--binary", default=os.environ.get("OLLAMA_BIN", "ollama"))
@@ -1042,6 +1043,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         needed = sorted({n for p in args.phases for n in NEEDS[p]}, key=list(SHAPES).index)
         make_models(ctx, needed)
         ctx.models = {n: ctx.models[n] for n in needed}
+        if args.models_only:
+            return 0
         for phase in args.phases:
             if ctx.left() < 30:
                 ctx.say(f"{phase}: skipped, out of time")
@@ -1053,7 +1056,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failed += 1
                 ctx.say(f"{phase} failed:\n{traceback.format_exc()}")
     finally:
-        (args.out / f"log-{'-'.join(args.phases)}.txt").write_text("\n".join(ctx.lines) + "\n")
+        label = "models" if args.models_only else "-".join(args.phases)
+        (args.out / f"log-{label}.txt").write_text("\n".join(ctx.lines) + "\n")
     return 1 if failed else 0
 
 
