@@ -158,6 +158,7 @@ class VramGuard:
         self.calibrate(models)
         need = self.expected_size(models, info, num_ctx)
         evicted: list[str] = []
+        freed: int | None = None  # free memory before the first eviction plus what each one releases
         # Ollama holds at most OLLAMA_MAX_LOADED_MODELS and evicts one on its own, busy or not: the
         # gateway picks the idle one first. When every one is busy, the load waits its turn, as it
         # would in Ollama's own queue; memory is not the question, so refusing would only turn a
@@ -165,8 +166,10 @@ class VramGuard:
         while self._crowded(models, info.name, evicted):
             victims = [v for v in self._victims(models, exclude=info.name) if v[0] not in evicted]
             if victims:
-                await self._evict(models, victims[0][0])
-                evicted.append(victims[0][0])
+                victim, released = victims[0]
+                freed = (self.free_bytes(models) if freed is None else freed) + released  # before NVML shows it
+                await self._evict(models, victim)
+                evicted.append(victim)
             elif patient:
                 await asyncio.sleep(_IDLE_POLL)  # until a loaded model's requests are done
             else:
@@ -178,8 +181,8 @@ class VramGuard:
                     [(b"retry-after", str(max(1, math.ceil(self.settle))).encode())],
                     reason="models_busy",
                 )
-        free = self.free_bytes(models)
-        victims = self._victims(models, exclude=info.name)
+        free = self.free_bytes(models) if freed is None else freed
+        victims = [v for v in self._victims(models, exclude=info.name) if v[0] not in evicted]
         while free < need and victims:
             victim, released = victims.pop(0)
             await self._evict(models, victim)

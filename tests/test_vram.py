@@ -118,6 +118,22 @@ async def test_past_the_loaded_model_limit_a_load_waits_for_a_busy_model_to_fini
     assert guard.history[-1]["free"] is None  # nothing measured, nothing made up
 
 
+async def test_memory_an_eviction_releases_counts_before_nvml_shows_it() -> None:
+    gpu = FakeGpu(40 * GIB, GIB // 2)
+    unloaded: list[str] = []
+
+    def unload(models: BackendModels, name: str) -> None:  # Ollama frees the memory a moment later
+        unloaded.append(name)
+        models.loaded.pop(name)
+        asyncio.get_running_loop().call_later(0.05, gpu.models.pop, name)
+
+    guard = VramGuard(budget=None, margin=0.1, reserved=GIB // 2, source=gpu, unload=unload, settle=1.0, max_loaded=2)
+    models = _models(gpu, {"old:latest": 15 * GIB, "hot:latest": 15 * GIB})
+    models.touch("hot:latest")
+    await guard.before_load(models, ModelInfo("new:latest", 8192, ("completion",), 10 * GIB), 4096)
+    assert unloaded == ["old:latest"]  # its 15 GiB make room; "hot" stays
+
+
 async def test_past_the_loaded_model_limit_a_pre_warm_is_refused_while_the_models_are_busy() -> None:
     guard, unloaded = _guard(None)
     guard.max_loaded = 1
