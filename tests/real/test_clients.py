@@ -187,6 +187,23 @@ def test_ollama_unload_by_an_admin_answers_as_ollama(ollama: RealOllama, llm_url
     assert stable(gateway) == stable(direct)
 
 
+def test_ollama_admin_creates_copies_and_deletes_models_as_on_ollama(ollama: RealOllama, llm_url: str) -> None:
+    def manage(client: Client, name: str) -> list[Any]:
+        made = [
+            p.status.split(" sha256:")[0] for p in client.create(model=name, from_="tiny", system=name, stream=True)
+        ]
+        copied = client.copy(name, f"{name}-copy").status
+        deleted = [client.delete(n).status for n in (name, f"{name}-copy")]
+        return [made, copied, deleted, error_of(lambda: client.delete(name))]
+
+    direct = manage(Client(host=ollama.url), "made-direct")
+    gateway = manage(Client(host=llm_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}), "made-through")
+    assert direct[0][-2:] == ["writing manifest", "success"]
+    assert direct[3] == (404, "model 'made-direct' not found")
+    assert gateway[:3] == direct[:3]
+    assert gateway[3] == (404, "model 'made-through' not found")
+
+
 def test_ollama_show(clients: Pair) -> None:
     direct, gateway = clients.each(lambda c: c.show("tiny"))
     assert direct.capabilities == ["completion", "tools"]

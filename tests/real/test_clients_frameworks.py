@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 from langchain_ollama import ChatOllama, OllamaEmbeddings
 from llama_index.core.llms import ChatMessage
+from llama_index.core.tools import FunctionTool
 from llama_index.embeddings.ollama import OllamaEmbedding
 from llama_index.llms.ollama import Ollama
+from pydantic import BaseModel
 
 from ollama_asgi.testing.real import RealOllama
 from tests.conftest import API_KEY
@@ -35,6 +37,11 @@ WORDS = ["The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", 
 def llm_url(ollama: RealOllama) -> Iterator[str]:
     with gateway_url(ollama) as url:
         yield url
+
+
+def get_weather(city: str) -> str:
+    """Current weather in a city."""
+    return "sunny"
 
 
 # ------------------------------------------------------------------------------------------- LangChain
@@ -69,6 +76,27 @@ def test_langchain_bind_tools(ollama: RealOllama, llm_url: str) -> None:
     direct, gateway = models.each(lambda m: m.bind_tools([WEATHER_TOOL]).invoke("hi"))
     calls = [(c["name"], c["args"]) for c in direct.tool_calls]
     assert calls == [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "London"})]
+    assert stable(gateway) == stable(direct)
+
+
+class Answer(BaseModel):
+    a: int
+
+
+def test_langchain_structured_output(ollama: RealOllama, llm_url: str) -> None:
+    models = Pair(
+        ChatOllama(model="tiny", base_url=ollama.url, temperature=0, num_predict=20),
+        ChatOllama(model="tiny", base_url=llm_url, client_kwargs={"headers": AUTH}, temperature=0, num_predict=20),
+    )
+    direct, gateway = models.each(lambda m: m.with_structured_output(Answer, include_raw=True).invoke("hi"))
+    assert direct["raw"].content.startswith("{")
+    assert stable(gateway["raw"]) == stable(direct["raw"])
+
+
+async def test_langchain_async_invoke_and_stream(chat_models: Pair) -> None:
+    direct = [await chat_models.direct.ainvoke("hi"), [c async for c in chat_models.direct.astream("hi")]]
+    gateway = [await chat_models.gateway.ainvoke("hi"), [c async for c in chat_models.gateway.astream("hi")]]
+    assert direct[0].content == SENTENCE
     assert stable(gateway) == stable(direct)
 
 
@@ -119,6 +147,33 @@ def test_llama_index_stream_chat(llama_llms: Pair) -> None:
     assert stable(gateway) == stable(direct)
 
 
+def test_llama_index_chat_with_tools(ollama: RealOllama, llm_url: str) -> None:
+    tool = FunctionTool.from_defaults(fn=get_weather)
+    models = Pair(
+        Ollama(model="tools2", base_url=ollama.url, request_timeout=60),
+        Ollama(model="tools2", base_url=llm_url, request_timeout=60, headers=AUTH),
+    )
+
+    def calls(model: Ollama) -> list[tuple[str, Any]]:
+        response = model.chat_with_tools([tool], user_msg="hi", allow_parallel_tool_calls=True)
+        return [(c.tool_name, c.tool_kwargs) for c in model.get_tool_calls_from_response(response)]
+
+    direct, gateway = models.each(calls)
+    assert direct == [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "London"})]
+    assert gateway == direct
+
+
+async def test_llama_index_async_complete_and_stream_chat(llama_llms: Pair) -> None:
+    async def answers(model: Ollama) -> list[Any]:
+        whole = await model.acomplete("hi")
+        parts = [c async for c in await model.astream_chat([ChatMessage(role="user", content="hi")])]
+        return [whole, parts]
+
+    direct, gateway = await answers(llama_llms.direct), await answers(llama_llms.gateway)
+    assert direct[0].text == SENTENCE
+    assert stable(gateway) == stable(direct)
+
+
 def test_llama_index_embeddings_give_equal_vectors(ollama: RealOllama, llm_url: str) -> None:
     embedders = Pair(
         OllamaEmbedding(model_name="tiny", base_url=ollama.url),
@@ -163,6 +218,16 @@ def test_litellm_completion_streamed(litellm: ModuleType, litellm_ends: Pair, mo
     direct, gateway = litellm_ends.each(deltas)
     assert [text for text, _ in direct if text] == WORDS
     assert direct[-1][1] == "stop"
+    assert gateway == direct
+
+
+async def test_litellm_async_completion_streamed(litellm: ModuleType, litellm_ends: Pair) -> None:
+    async def deltas(end: dict[str, Any]) -> list[Any]:
+        chunks = await litellm.acompletion(model="ollama_chat/tiny", messages=HI, stream=True, **end)
+        return [(c.choices[0].delta.content, c.choices[0].finish_reason) async for c in chunks]
+
+    direct, gateway = await deltas(litellm_ends.direct), await deltas(litellm_ends.gateway)
+    assert [text for text, _ in direct if text] == WORDS
     assert gateway == direct
 
 
