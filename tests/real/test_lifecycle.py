@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import pytest
 
 from ollama_asgi.testing.real import RealOllama
 from tests.conftest import ADMIN, AUTH
@@ -160,11 +161,12 @@ async def test_a_client_that_leaves_a_stream_stops_the_generation(own_ollama: St
     assert next_took < 1.0, next_took
 
 
+@pytest.mark.parametrize("told", [1, None], ids=["gateway-told-the-limit", "gateway-not-told"])
 async def test_with_one_model_loaded_at_a_time_an_alternating_burst_is_all_served(
-    own_ollama: Start, gateway_for: Gateway
+    own_ollama: Start, gateway_for: Gateway, told: int | None
 ) -> None:
     server = _serve(own_ollama, "tiny", "tools", OLLAMA_MAX_LOADED_MODELS="1")
-    gateway = gateway_for(server, max_loaded_models=1)
+    gateway = gateway_for(server, max_loaded_models=told)
     async with _client(gateway) as client:
         answers = await asyncio.gather(
             *(client.post("/api/chat", json=_chat(("tiny-1t", "tools-1t")[i % 2])) for i in range(10))
