@@ -394,6 +394,22 @@ def test_openai_two_tool_calls_streamed_keep_their_index(openai_clients: Pair) -
     assert gateway == direct
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the gateway's /v1 stream gives each tool call index 0, so openai-python's stream helper merges "
+    'two calls into one named "get_weatherget_weather" with arguments \'{"city":"Paris"}{"city":"London"}\'',
+)
+def test_openai_stream_helper_assembles_two_tool_calls(openai_clients: Pair) -> None:
+    def final_calls(client: openai.OpenAI) -> list[tuple[str, str]]:
+        with client.chat.completions.stream(model="tools2", messages=HI, tools=[WEATHER_TOOL]) as stream:
+            message = stream.get_final_completion().choices[0].message
+        return [(t.function.name, t.function.arguments) for t in message.tool_calls or []]
+
+    direct, gateway = openai_clients.each(final_calls)
+    assert direct == [("get_weather", '{"city":"Paris"}'), ("get_weather", '{"city":"London"}')]
+    assert gateway == direct
+
+
 def test_openai_tool_call_stream_finishes_with_tool_calls(openai_clients: Pair) -> None:
     direct, gateway = openai_clients.each(lambda c: stream_with_usage(c, model="tools2", tools=[WEATHER_TOOL]))
 
@@ -403,6 +419,19 @@ def test_openai_tool_call_stream_finishes_with_tool_calls(openai_clients: Pair) 
     assert finish(direct) == ["tool_calls"]
     assert finish(gateway) == finish(direct)
     assert stable(gateway[-1].usage) == stable(direct[-1].usage)
+
+
+async def test_openai_async_chat_stream(ollama: RealOllama, llm_url: str) -> None:
+    async def chunks(client: openai.AsyncOpenAI) -> list[Any]:
+        stream = await client.chat.completions.create(
+            model="tiny", messages=HI, stream=True, stream_options={"include_usage": True}
+        )
+        return [c async for c in stream]
+
+    direct = await chunks(openai.AsyncOpenAI(base_url=ollama.url + "/v1", api_key="ollama"))
+    gateway = await chunks(openai.AsyncOpenAI(base_url=llm_url + "/v1", api_key=API_KEY))
+    assert "".join(c.choices[0].delta.content or "" for c in direct if c.choices) == SENTENCE
+    assert stable(gateway) == newest_shape(direct)
 
 
 def test_openai_completions(openai_clients: Pair) -> None:
