@@ -11,7 +11,10 @@ each entry's normaliser is applied to both answers, so an allowance never hides 
 
 from __future__ import annotations
 
+import base64
+import math
 import re
+import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -301,6 +304,32 @@ def _with_text(frame: dict[str, Any], text: str) -> dict[str, Any]:
     return {**frame, "choices": [choice]}
 
 
+def _vector(value: Any) -> Any:
+    """A vector by its shape: length, and whether it has unit length (L2-normalised)."""
+    if isinstance(value, str):  # /v1 base64: little-endian float32s
+        floats = struct.unpack(f"<{len(base64.b64decode(value)) // 4}f", base64.b64decode(value))
+        return f"<base64 vector: {_shape(list(floats))}>"
+    if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+        return f"<vector: {_shape(value)}>"
+    return value
+
+
+def _shape(values: list[float]) -> str:
+    norm = math.sqrt(sum(v * v for v in values))
+    return f"{len(values)} values, {'unit length' if abs(norm - 1) < 1e-3 else 'not normalised'}"
+
+
+def _vectors(form: dict[str, Any]) -> dict[str, Any]:
+    def change(key: str, value: Any) -> Any:
+        if key == "embeddings" and isinstance(value, list):
+            return [_vector(v) for v in value]
+        if key == "embedding":
+            return _vector(value)
+        return value
+
+    return {**form, "frames": _walk(form["frames"], change)}
+
+
 def _as(status: int, error: str | None, when: Callable[[int, str], bool]) -> Normaliser:
     """Ollama's error answer rewritten into the other side's (status, and text unless None), for
     exactly the errors ``when(status, text)`` picks."""
@@ -562,7 +591,7 @@ DIFFERENCES: tuple[Difference, ...] = (
         "the model's vectors",
         "hash-derived vectors of the model's length (L2-normalised where Ollama normalises)",
         "the emulator runs no model; the shape, length and normalisation match",
-        _mask(("embeddings", "embedding"), "<vector>"),
+        _vectors,
     ),
 )
 
@@ -640,13 +669,17 @@ def render(
         "<!-- Written by tests/real/test_conformance.py from ollama_asgi/testing/conformance.py; "
         "do not edit by hand. -->",
         "",
-        f"Every check sends the same request to a real `ollama serve` ({oracle}) and to the other side — the "
-        "gateway in front of that server, or the emulator (which says it is Ollama "
-        f"{emulated_version}) — and compares the two answers field by field: status, media type, every "
-        "field of every frame, and the framing (one JSON object per line with exactly one final chunk, "
-        "last; SSE `data:` events ending in `[DONE]`; a terminal error line where Ollama writes one). "
-        "Timestamps, durations and random ids are compared by shape only. Any other difference must be "
-        "one of the rows below, and a check allows only the rows it names.",
+        f"Every check sends the same request to a real `ollama serve` ({oracle}) and to the other side: the "
+        "gateway in front of that server (its smallest context bucket set to Ollama's default, 4096, so "
+        "both load models alike), or the emulator, set up with the same models, which says it is Ollama "
+        f"{emulated_version}. The two answers are compared field by field: status, media type, the headers "
+        "clients act on (`Cache-Control`, `X-Accel-Buffering`, `Retry-After`), every field of every frame and "
+        "the order of the fields; and each answer's framing is checked: one JSON object per line with exactly "
+        "one final chunk, last, or a terminal error line; SSE `data:` events ending in one `[DONE]`. "
+        "Timestamps, durations and random ids are compared by shape, `expires_at` in minutes from now, and a "
+        "single JSON body's trailing newline not at all. Any other difference must be a row of the table "
+        "below, and a check allows only the rows it names; a known defect is a check expected to fail until "
+        "it is fixed.",
         "",
         "## Intended differences",
         "",

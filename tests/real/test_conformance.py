@@ -108,14 +108,6 @@ CHECKS: tuple[Check, ...] = (
         (),
         _COUNTS,
     ),
-    Check(
-        "generate, raw",
-        "POST",
-        "/api/generate",
-        {"model": "tiny", "prompt": "hi", "raw": True, "stream": False},
-        (),
-        _COUNTS,
-    ),
     Check("generate, load only", "POST", "/api/generate", {"model": "tiny"}),
     Check("chat, load only", "POST", "/api/chat", {"model": "tiny", "messages": []}),
     Check("generate, unload", "POST", "/api/generate", {"model": "loop", "keep_alive": 0}, admin=True),
@@ -128,23 +120,25 @@ CHECKS: tuple[Check, ...] = (
         known={"gateway": ZERO_BUG, "gateway order": ZERO_BUG},
     ),
     Check("chat", "POST", "/api/chat", {"model": "tiny", "messages": HI, "stream": False}, (), _COUNTS),
-    Check(
-        "chat, JSON keys in any case",
-        "POST",
-        "/api/chat",
-        {"Model": "tiny", "MESSAGES": HI, "Stream": False},
-        (),
-        _COUNTS,
-    ),
-    Check(
-        "chat, a null option",
-        "POST",
-        "/api/chat",
-        {"model": "tiny", "messages": HI, "options": {"mirostat": None}, "stream": False},
-        (),
-        _COUNTS,
-    ),
+    Check("chat, JSON keys in any case", "POST", "/api/chat", {"Model": "tiny", "MESSAGES": []}),
+    Check("chat, a null option", "POST", "/api/chat", {"model": "tiny", "messages": [], "options": {"mirostat": None}}),
     Check("chat, streamed", "POST", "/api/chat", {"model": "tiny", "messages": HI}, _STREAM, _COUNTS),
+    Check(
+        "chat, tools the model does not call",
+        "POST",
+        "/api/chat",
+        {"model": "tiny", "messages": HI, "tools": [WEATHER_TOOL], "stream": False},
+        (),
+        _COUNTS,
+    ),
+    Check(
+        "chat, a call-shaped answer without tools",
+        "POST",
+        "/api/chat",
+        {"model": "tools", "messages": HI, "stream": False},
+        (),
+        _COUNTS,
+    ),
     Check(
         "chat, one tool call",
         "POST",
@@ -163,6 +157,15 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check("embed", "POST", "/api/embed", {"model": "tiny", "input": ["hi", "there"]}, (), _EMBED),
     Check("embed, no input", "POST", "/api/embed", {"model": "tiny"}),
+    Check(
+        "embed, fewer dimensions", "POST", "/api/embed", {"model": "tiny", "input": "hi", "dimensions": 8}, (), _EMBED
+    ),
+    Check(
+        "embed, too long without truncation",
+        "POST",
+        "/api/embed",
+        {"model": "tiny", "input": "a " * 5000, "truncate": False},
+    ),
     Check("embeddings (legacy)", "POST", "/api/embeddings", {"model": "tiny", "prompt": "hi"}, (), _EMBED),
     Check("embeddings (legacy), empty prompt", "POST", "/api/embeddings", {"model": "tiny", "prompt": ""}),
     # -- /v1 --------------------------------------------------------------------------------------
@@ -287,6 +290,21 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check("embed, input of the wrong type", "POST", "/api/embed", {"model": "tiny", "input": [1, 2]}),
     Check("v1 chat, no messages", "POST", "/v1/chat/completions", {"model": "tiny", "messages": []}),
+    Check("v1 embeddings, no input", "POST", "/v1/embeddings", {"model": "tiny"}, ("refusal_wording",)),
+    Check(
+        "generate, a suffix the model cannot insert",
+        "POST",
+        "/api/generate",
+        {"model": "tiny", "prompt": "hi", "suffix": "end"},
+    ),
+    Check(
+        "keep_alive without a unit",
+        "POST",
+        "/api/chat",
+        {"model": "tiny", "messages": HI, "keep_alive": "3600"},
+    ),
+    Check("root", "GET", "/"),
+    Check("version, HEAD", "HEAD", "/api/version"),
     Check("unknown route", "GET", "/api/nope", None, ("route_errors",)),
     Check("wrong method", "GET", "/api/chat", None, ("route_errors",)),
     Check("empty body, v1", "POST", "/v1/chat/completions", b"", ("refusal_wording",)),
@@ -303,10 +321,17 @@ CHECKS: tuple[Check, ...] = (
 
 SHOWN: tuple[tuple[str, Side, str, str], ...] = (
     (
+        "test_copy_and_delete_match_real_ollama",
+        "gateway",
+        "auth",
+        "`POST /api/copy` and `DELETE /api/delete`, found and not, with the admin key on the gateway",
+    ),
+    (
         "test_loaded_models_match_real_ollama",
         "gateway",
         "keep_alive",
-        "`GET /api/ps` after the same chat on each side (the emulator may differ in `model_files`)",
+        "`GET /api/ps` after the same load with keep_alive `5m`, `3600` and `-1` on each side (the emulator "
+        "may differ in `model_files`)",
     ),
     (
         "test_gateway_loads_at_its_own_context_size",
@@ -374,6 +399,7 @@ def emulated_like(server: RealOllama) -> list[EmulatedModel]:
                 parameter_size=details["parameter_size"],
                 quantization_level=details["quantization_level"],
                 capabilities=tuple(show["capabilities"]),
+                embedding_length=info[f"{family}.embedding_length"],
                 template=show["template"],
                 parameters=(("stop", tuple(stops)),) if stops else (),
             )
@@ -479,9 +505,10 @@ def test_framing_follows_ollama(check: Check, server: RealOllama, other: Other) 
     assert (framing_faults(direct), framing_faults(theirs)) == ([], [])
 
 
-def test_loaded_models_match_real_ollama(server: RealOllama, other: Other) -> None:
+@pytest.mark.parametrize("keep_alive", ["5m", 3600, -1], ids=["5m", "3600", "forever"])
+def test_loaded_models_match_real_ollama(server: RealOllama, other: Other, keep_alive: object) -> None:
     """/api/ps after the same chat on each side; the gateway's own keep_alive shows in ``expires_at``."""
-    body = {"model": "tiny", "messages": HI, "stream": False, "keep_alive": "5m"}
+    body = {"model": "tiny", "messages": [], "keep_alive": keep_alive}
     send(server.url, "POST", "/api/chat", body)
     direct = send(server.url, "GET", "/api/ps")
     send(other.url, "POST", "/api/chat", body, other.headers)
@@ -489,6 +516,20 @@ def test_loaded_models_match_real_ollama(server: RealOllama, other: Other) -> No
     keys = ("keep_alive",) if other.side == "gateway" else ("model_files",)
     mine, yours = compare(direct, theirs, other.side, keys, model="tiny:latest")
     assert yours == mine
+
+
+def test_copy_and_delete_match_real_ollama(server: RealOllama, other: Other) -> None:
+    """A copy, a copy of nothing, a delete and a delete of what is gone: four answers, each Ollama's."""
+    steps = [
+        ("POST", "/api/copy", {"source": "tiny", "destination": "conformance-copy"}),
+        ("POST", "/api/copy", {"source": "nope", "destination": "conformance-none"}),
+        ("DELETE", "/api/delete", {"model": "conformance-copy"}),
+        ("DELETE", "/api/delete", {"model": "conformance-copy"}),
+    ]
+    direct = [send(server.url, method, path, body) for method, path, body in steps]
+    theirs = [send(other.url, method, path, body, other.admin) for method, path, body in steps]
+    forms = [compare(mine, yours, other.side) for mine, yours in zip(direct, theirs, strict=True)]
+    assert [yours for _, yours in forms] == [mine for mine, _ in forms]
 
 
 # ----------------------------------------------------------------------------- what only the gateway does
