@@ -69,6 +69,8 @@ OPTION_KINDS: dict[str, str] = {
     "use_mlock": "bool",
     "logits_all": "bool",
 }
+_INT_OPTIONS = frozenset(key for key, kind in OPTION_KINDS.items() if kind == "int")
+_FLOAT_OPTIONS = frozenset(key for key, kind in OPTION_KINDS.items() if kind == "float")
 # Options fixed when a model is loaded: a request whose value differs from the loaded runner's makes
 # Ollama reload the model for everyone (``shift`` is a request field with the same effect on newer
 # versions). The gateway owns them, as it owns num_ctx.
@@ -89,7 +91,9 @@ RUNNER_OPTIONS = frozenset(
     }
 )
 _INT64 = 2**63
+_INT64_MIN = -_INT64
 _FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT32_MIN = -_FLOAT32_MAX
 # Deepest JSON the gateway accepts: orjson writes no deeper, and every checked body is rewritten.
 MAX_JSON_DEPTH = 254
 _GO_DURATION = re.compile(r"-?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+")
@@ -169,12 +173,12 @@ def _option_error(key: str, value: object, kind: str) -> GatewayError | None:
             return _bad(f'option "{key}" must be of type integer')
         if isinstance(value, float) and not value.is_integer():
             return _bad(f'option "{key}" must be of type integer')
-        if not -_INT64 <= value < _INT64:
+        if not _INT64_MIN <= value < _INT64:
             return _bad(f'option "{key}" is out of range, got {value}')
     elif kind == "float":
         if isinstance(value, bool) or not isinstance(value, NUMBER_TYPES):
             return _bad(f'option "{key}" must be of type number')
-        if not -_FLOAT32_MAX <= value <= _FLOAT32_MAX:  # Ollama keeps a float32: this would be infinity
+        if not _FLOAT32_MIN <= value <= _FLOAT32_MAX:  # Ollama keeps a float32: this would be infinity
             return _bad(f'option "{key}" must be a finite number, got {value}')
     elif kind == "bool":
         if not isinstance(value, bool):
@@ -187,6 +191,12 @@ def _option_error(key: str, value: object, kind: str) -> GatewayError | None:
     return None
 
 
+def _raise_if_bad(key: str, value: object, kind: str) -> None:
+    error = _option_error(key, value, kind)
+    if error is not None:
+        raise error
+
+
 def check_options(options: object, max_num_ctx: int) -> dict[str, Any]:
     """``options`` as Ollama would read them, with nulls dropped (Ollama skips them: unset).
 
@@ -196,14 +206,19 @@ def check_options(options: object, max_num_ctx: int) -> dict[str, Any]:
         raise _bad(f"options must be an object, got {_type_name(options)}")
     nulls = False
     for key, value in options.items():
+        # Plain ints and floats in range (nearly every option) are settled here; the rest are asked.
         if value is None:
             nulls = True
-            continue
-        kind = OPTION_KINDS.get(key)
-        if kind is not None:
-            error = _option_error(key, value, kind)
-            if error is not None:
-                raise error
+        elif key in _INT_OPTIONS:
+            if value.__class__ is not int or not _INT64_MIN <= value < _INT64:
+                _raise_if_bad(key, value, "int")
+        elif key in _FLOAT_OPTIONS:
+            if (value.__class__ is not float and value.__class__ is not int) or not (
+                _FLOAT32_MIN <= value <= _FLOAT32_MAX
+            ):
+                _raise_if_bad(key, value, "float")
+        elif key in OPTION_KINDS:
+            _raise_if_bad(key, value, OPTION_KINDS[key])
     if nulls:
         options = {key: value for key, value in options.items() if value is not None}
     num_ctx = options.get("num_ctx")
@@ -277,9 +292,10 @@ def _go_field(key: str, fields: frozenset[str]) -> str | None:
 
 
 def _fold_keys(obj: dict[str, Any], fields: frozenset[str]) -> dict[str, Any] | None:
-    """``obj`` with every key spelled as the field Go assigns it to; None when it is spelled so already."""
-    if fields.issuperset(obj):  # the common case, asked in C
-        return None
+    """``obj`` with every key spelled as the field Go assigns it to; None when it is spelled so already.
+
+    Callers first ask ``fields.issuperset(obj)``, in C: the common case never gets here.
+    """
     for key in obj:
         if key not in fields and _go_field(key, fields) is not None:
             break
@@ -350,21 +366,29 @@ def parse_request(route: Route, raw: bytes, *, max_num_ctx: int) -> ParsedReques
         raise _bad(f"invalid JSON in request body: {exc}") from None
     if not isinstance(body, dict):
         raise _bad(f"request body must be a JSON object, got {_type_name(body)}")
-    # Counting brackets is cheap; only a body with that many containers is walked.
-    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth_exceeds(body, MAX_JSON_DEPTH):
+    # Each level takes two bytes and counting brackets is cheap: only a body with that many is walked.
+    if (
+        len(raw) > 2 * MAX_JSON_DEPTH
+        and raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH
+        and _depth_exceeds(body, MAX_JSON_DEPTH)
+    ):
         raise _too_deep()
 
     rewritten = False
-    fields = _FIELDS.get(route.name)
-    if fields is not None:
-        folded = _fold_keys(body, fields)
-        if folded is not None:
-            body, rewritten = folded, True
-        message_fields = _MESSAGE_FIELDS.get(route.name)
+    name = route.name
+    fields = _FIELDS.get(name)
+    if fields is not None and not fields.issuperset(body) and (folded := _fold_keys(body, fields)) is not None:
+        body, rewritten = folded, True
+    message_fields = _MESSAGE_FIELDS.get(name)
+    if message_fields is not None:
         messages = body.get("messages")
-        if message_fields is not None and isinstance(messages, list):
+        if messages.__class__ is list:
             for index, message in enumerate(messages):
-                if isinstance(message, dict) and (folded := _fold_keys(message, message_fields)) is not None:
+                if (
+                    message.__class__ is dict
+                    and not message_fields.issuperset(message)
+                    and (folded := _fold_keys(message, message_fields)) is not None
+                ):
                     messages[index] = folded
                     rewritten = True
 
@@ -415,5 +439,5 @@ def _check_openai_sampling(body: dict[str, Any]) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, NUMBER_TYPES):
             raise _bad(f"{key} must be a number, got {_type_name(value)}")
-        if not -_FLOAT32_MAX <= value <= _FLOAT32_MAX:
+        if not _FLOAT32_MIN <= value <= _FLOAT32_MAX:
             raise _bad(f"{key} must be a finite number, got {value}")
