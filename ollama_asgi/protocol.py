@@ -7,6 +7,7 @@ gateway checks the fields it relies on (model, stream, options, keep_alive) and 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -273,6 +274,7 @@ _MESSAGE_FIELDS = {
     "chat": frozenset(["role", "content", "thinking", "images", "tool_calls", "tool_name", "tool_call_id"]),
     "openai_chat": frozenset(["role", "content", "reasoning", "tool_calls", "name", "tool_call_id"]),
 }
+_FORMATTED = frozenset({"generate", "chat"})  # routes whose ``format`` Ollama reads
 # Fields Go decodes into a map or a struct: a second spelling of the key merges into the first. (The
 # same key twice is collapsed by the parser first, the last one kept.)
 _MERGED = frozenset({"options", "files", "adapters", "parameters", "stream_options", "response_format", "reasoning"})
@@ -414,6 +416,11 @@ def parse_request(route: Route, raw: bytes, *, max_num_ctx: int) -> ParsedReques
             rewritten = True
     if "keep_alive" in body and body["keep_alive"] is not None:
         parse_keep_alive(body["keep_alive"])
+    fmt = body.get("format")
+    if fmt is not None and fmt != "" and fmt != "json" and fmt.__class__ is not dict and name in _FORMATTED:
+        # Ollama answers these with a 500, which would count against the backend's breaker.
+        shown = json.dumps(orjson.dumps(fmt).decode())
+        raise _bad(f'invalid format: {shown}; expected "json" or a valid JSON Schema object')
     for key, kind, name in (
         ("messages", list, "an array"),
         ("prompt", str, "a string"),

@@ -119,14 +119,14 @@ def test_an_openai_temperature_that_is_not_a_finite_number_is_a_400(value: bytes
 
 def test_json_nested_deeper_than_the_writer_accepts_is_a_400_naming_the_limit() -> None:
     for depth in (254, 300, 1023):
-        raw = b'{"model":"m","format":' + b"[" * depth + b"]" * depth + b"}"
+        raw = b'{"model":"m","context":' + b"[" * depth + b"]" * depth + b"}"
         with pytest.raises(GatewayError) as info:
             parse(raw)
         assert info.value.status == 400 and "deeper than 254 levels" in info.value.message
 
 
 def test_json_nested_as_deep_as_the_writer_accepts_is_served() -> None:
-    raw = b'{"model":"m","format":' + b"[" * 253 + b"]" * 253 + b"}"
+    raw = b'{"model":"m","context":' + b"[" * 253 + b"]" * 253 + b"}"
     assert parse(raw).model == "m"
 
 
@@ -161,3 +161,16 @@ def test_keys_no_go_field_matches_are_left_alone() -> None:
     parsed = parse(b'{"model":"m","\u0130mages":1,"Extra":2}')  # Go does not fold the dotted I
     assert parsed.body == {"model": "m", "\u0130mages": 1, "Extra": 2}
     assert not parsed.rewritten
+
+
+@pytest.mark.parametrize("fmt", [b'"yaml"', b'"JSON"', b"5", b"[]", b"true"])
+def test_a_format_ollama_cannot_read_is_a_400_in_its_words(fmt: bytes) -> None:
+    with pytest.raises(GatewayError) as info:
+        parse(b'{"model":"m","format":%s}' % fmt)
+    assert info.value.status == 400
+    assert info.value.message.startswith("invalid format: ") and 'expected "json"' in info.value.message
+
+
+@pytest.mark.parametrize("fmt", [b'"json"', b'""', b"null", b'{"type":"object"}'])
+def test_formats_ollama_reads_are_accepted(fmt: bytes) -> None:
+    assert parse(b'{"model":"m","format":%s}' % fmt).model == "m"

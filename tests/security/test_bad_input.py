@@ -513,7 +513,7 @@ def test_upstream_receives_options_under_one_spelling_only(client: httpx.Client,
 
 def test_json_nested_deeper_than_the_gateway_writes_is_a_400_naming_the_limit(client: httpx.Client) -> None:
     for depth in (254, 600, 1023):
-        raw = b'{"model":"llama3.2","prompt":"x","format":' + b"[" * depth + b"]" * depth + b"}"
+        raw = b'{"model":"llama3.2","prompt":"x","context":' + b"[" * depth + b"]" * depth + b"}"
         for path in ("/api/generate", "/api/show"):
             response = client.post(path, content=raw, headers=AUTH)
             assert response.status_code == 400, (depth, path, response.status_code, response.text[:200])
@@ -593,3 +593,10 @@ def test_the_gateways_runner_options_go_with_every_load_and_request(
     for upstream in (*loads, orjson.loads(sent)):
         assert upstream["options"]["num_thread"] == 4 and upstream["options"]["use_mmap"] is False, upstream
     assert loads
+
+
+def test_a_format_ollama_would_answer_with_a_500_is_a_400(client: httpx.Client, emulator: EmulatorServer) -> None:
+    body = {"model": "llama3.2", "prompt": "bad format", "stream": False, "format": "yaml"}
+    response = client.post("/api/generate", json=body, headers=AUTH)
+    assert response.status_code == 400 and response.json()["error"].startswith("invalid format")
+    assert not upstream_bodies(emulator, "bad format")
