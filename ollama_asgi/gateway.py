@@ -464,7 +464,7 @@ class OllamaGateway:
             # one user's odd streams must not shut everyone out.
             if result.broken:
                 self.placement.record_failure(chosen, result.error or "the connection broke")
-            elif result.status >= 500 and result.status != 503:
+            elif result.status >= 500 and result.status != 503 and not _request_refused(result.final):
                 self.placement.record_failure(chosen, f"answered {result.status}")
             else:
                 self.placement.record_success(chosen)
@@ -849,6 +849,15 @@ async def _with_sse_keepalive(
     except asyncio.CancelledError:
         task.cancel()
         raise
+
+
+# What Ollama answers with a 500 when it cannot read a request (a format or schema it rejects, an
+# option of the wrong type): the request's fault, not the backend's, so the breaker does not count it.
+_REFUSALS = (b'"invalid format', b'"invalid JSON schema', b'"option \\"')
+
+
+def _request_refused(body: bytes | None) -> bool:
+    return body is not None and len(body) < 4096 and any(refusal in body for refusal in _REFUSALS)
 
 
 def _pool_kind(route: Route) -> str:

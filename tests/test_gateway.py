@@ -225,3 +225,26 @@ def test_streams_whose_connection_goes_silent_open_the_breaker(
         httpx.post(server.url + "/llm/api/chat", json=CHAT_STREAM, headers=AUTH, timeout=15)
     after = httpx.post(server.url + "/llm/api/chat", json=CHAT_STREAM, headers=AUTH, timeout=15)
     assert after.status_code == 503, after.text
+
+
+def test_ollamas_500_for_a_request_it_cannot_read_does_not_open_the_breaker(
+    host_factory: Callable[..., ServerThread], emulator: EmulatorServer
+) -> None:
+    server = host_factory(breaker_failures=2, breaker_cooldown=60)
+    fault = Fault(path="/api/chat", kind="http_error", status=500, message="invalid JSON schema in format")
+    emulator.emulator.inject(fault, times=3)
+    body = {**CHAT_STREAM, "format": {"type": "nonsense"}}
+    for _ in range(3):
+        refused = httpx.post(server.url + "/llm/api/chat", json=body, headers=AUTH, timeout=15)
+        assert refused.status_code == 500 and refused.json() == {"error": "invalid JSON schema in format"}
+    after = httpx.post(server.url + "/llm/api/chat", json=CHAT_STREAM, headers=AUTH, timeout=15)
+    assert after.status_code == 200, after.text
+
+
+def test_ollamas_own_500s_open_the_breaker(host_factory: Callable[..., ServerThread], emulator: EmulatorServer) -> None:
+    server = host_factory(breaker_failures=2, breaker_cooldown=60)
+    emulator.emulator.inject(Fault(path="/api/chat", kind="http_error", status=500), times=2)
+    for _ in range(2):
+        assert httpx.post(server.url + "/llm/api/chat", json=CHAT_STREAM, headers=AUTH, timeout=15).status_code == 500
+    after = httpx.post(server.url + "/llm/api/chat", json=CHAT_STREAM, headers=AUTH, timeout=15)
+    assert after.status_code == 503, after.text
