@@ -15,6 +15,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The npm `ollama` client, which the real-Ollama suite drives under Node, from its lock file.
+NODE_CLIENTS = tests/real/node/node_modules/.package-lock.json
+$(NODE_CLIENTS): tests/real/node/package-lock.json
+	cd tests/real/node && npm ci --no-audit --no-fund
+
 demo: install
 	PORT=$(PORT) $(PY) -m examples.$(APP)_app
 
@@ -29,6 +34,7 @@ typecheck: install
 
 test: install
 	@scripts/ensure-system-deps.sh test
+	$(MAKE) --no-print-directory $(NODE_CLIENTS)
 	$(MAKE) --no-print-directory lint typecheck
 	$(VENV)/bin/pytest -q -m 'not bench' $(PYTEST_ARGS)
 

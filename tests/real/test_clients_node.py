@@ -9,6 +9,7 @@ installed from ``node/package-lock.json`` when ``node/node_modules`` is missing.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -29,7 +30,10 @@ CALLS = ("chat", "chat_stream", "generate", "generate_stream", "embed", "tools_s
 def node() -> str:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        pytest.skip("no node/npm on PATH: the npm ollama client is not tried")
+        message = "no node/npm on PATH: the npm ollama client is not tried"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message + " (required under CI=true; make test installs them)")
+        pytest.skip(message)
     if not (NODE_DIR / "node_modules" / "ollama").is_dir():
         subprocess.run(
             [npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, capture_output=True, timeout=300
