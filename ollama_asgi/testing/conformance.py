@@ -336,10 +336,25 @@ def _as(status: int, error: str | None, when: Callable[[int, str], bool]) -> Nor
 
     def normalise(form: dict[str, Any]) -> dict[str, Any]:
         frames = form["frames"]
-        if len(frames) == 1 and isinstance(frames[0], dict) and isinstance(frames[0].get("error"), str):
-            text = frames[0]["error"]
-            if when(form["status"], text):
-                return {**form, "status": status, "frames": [{"error": text if error is None else error}]}
+        body = frames[0] if len(frames) == 1 and isinstance(frames[0], dict) else {}
+        found = body.get("error")
+        if isinstance(found, str) and when(form["status"], found):
+            return {**form, "status": status, "frames": [{"error": found if error is None else error}]}
+        if isinstance(found, dict) and when(form["status"], str(found.get("message"))):  # /v1's shape
+            kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+            text = found["message"] if error is None else error
+            return {**form, "status": status, "frames": [{"error": {**found, "message": text, "type": kind}}]}
+        return form
+
+    return normalise
+
+
+def _as_empty(status: int, when: Callable[[int, str], bool]) -> Normaliser:
+    """A plain-text answer that ``when(status, text)`` picks, rewritten into an empty one."""
+
+    def normalise(form: dict[str, Any]) -> dict[str, Any]:
+        if form["kind"] == "text" and when(form["status"], form["frames"][0]):
+            return {**form, "status": status, "content-type": "", "kind": "empty", "frames": [""]}
         return form
 
     return normalise
@@ -422,7 +437,7 @@ DIFFERENCES: tuple[Difference, ...] = (
         "refusal_wording",
         "gateway",
         "error text where the gateway refuses before Ollama",
-        "truncated JSON, fields of the wrong type, empty body on /v1",
+        "a body that is not JSON or is cut short, fields of the wrong type, an empty body on /v1",
         "Go's decoder text (`unexpected EOF`, `EOF`), `application/json` on /v1",
         "the gateway's own text (`invalid JSON in request body: ...`, `missing request body`), same "
         "status and body shape",
@@ -433,7 +448,7 @@ DIFFERENCES: tuple[Difference, ...] = (
         "model_required",
         "gateway",
         "a request without a model",
-        "/api/generate",
+        "/api/generate, /api/embed, /v1/embeddings",
         "404 `model '' not found` (v0.24.0; newest: 400 `invalid model name`)",
         "400 `model is required`",
         "the gateway needs the model to place the request and answers before any upstream, as /api/chat does",
@@ -454,7 +469,7 @@ DIFFERENCES: tuple[Difference, ...] = (
         "refusal_media",
         "gateway",
         "media type of the gateway's own /v1 errors",
-        "/v1 errors the gateway answers itself (unknown model)",
+        "/v1 errors the gateway answers itself (unknown model, no model)",
         "`application/json`",
         "`application/json; charset=utf-8`",
         "the gateway's own errors share one media type on both APIs; the body is the same",
@@ -528,6 +543,16 @@ DIFFERENCES: tuple[Difference, ...] = (
         "newest Ollama: `role` on the first delta only",
         "the emulator follows the newest Ollama",
         _delta_role,
+    ),
+    Difference(
+        "preflight",
+        "emulator",
+        "OPTIONS without an Origin",
+        "any route",
+        "v0.24.0: 405 `405 method not allowed`",
+        "newest Ollama: 204, no body",
+        "the emulator follows the newest Ollama",
+        _as_empty(204, lambda status, text: status == 405 and text == "405 method not allowed"),
     ),
     Difference(
         "tags_order",

@@ -19,7 +19,14 @@ from ollama_asgi.testing.records import EmulatorStats, LoadedModelInfo, Recorded
 from ollama_asgi.testing.responses import JSON, JSON_PLAIN, NDJSON, Chunking, Exchange, Responder, ndjson_error_line
 from ollama_asgi.testing.routes import Route
 from ollama_asgi.testing.scheduler import Scheduler, SchedulerConfig
-from ollama_asgi.testing.wire import BUSY_MESSAGE, EMULATED_VERSION, ApiError, Options, resolve_options
+from ollama_asgi.testing.wire import (
+    BUSY_MESSAGE,
+    EMULATED_VERSION,
+    ApiError,
+    Options,
+    StreamStartError,
+    resolve_options,
+)
 from ollama_asgi.types import Message, Receive, Scope, Send
 
 T = TypeVar("T")
@@ -304,7 +311,8 @@ class OllamaEmulator:
             else:
                 body, ctype = body + b"\n", JSON_PLAIN
         else:
-            body, ctype = orjson.dumps({"error": exc.message}), JSON
+            body = orjson.dumps({"error": exc.message})
+            ctype = JSON_PLAIN if isinstance(exc, StreamStartError) else JSON
         if ex.method == "HEAD":
             await responder.head(exc.status, len(body), ctype)
         else:

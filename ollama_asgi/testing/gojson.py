@@ -35,6 +35,8 @@ def _go_syntax_error(doc: str, err: json.JSONDecodeError) -> str:
     if pos >= len(doc.rstrip()) or err.msg.startswith("Unterminated string"):
         return "unexpected EOF"
     char = doc[pos]
+    if char in _LITERALS:
+        return _literal_error(doc, pos)
     shown = "'\\''" if char == "'" else f"'{char}'"
     if err.msg.startswith("Expecting property name"):
         where = "looking for beginning of object key string"
@@ -49,6 +51,24 @@ def _go_syntax_error(doc: str, err: json.JSONDecodeError) -> str:
     else:
         where = "looking for beginning of value"
     return f"invalid character {shown} {where}"
+
+
+_LITERALS = {"t": "true", "f": "false", "n": "null"}
+
+
+def _literal_error(doc: str, pos: int) -> str:
+    """Go reads a ``t``, ``f`` or ``n`` as the start of its literal and names the first wrong character."""
+    literal = _LITERALS[doc[pos]]
+    for offset, expected in enumerate(literal[1:], start=1):
+        if pos + offset >= len(doc):
+            return "unexpected EOF"
+        char = doc[pos + offset]
+        if char != expected:
+            shown = "'\\''" if char == "'" else f"'{char}'"
+            return f"invalid character {shown} in literal {literal} (expecting '{expected}')"
+    char = doc[pos + len(literal)]
+    shown = "'\\''" if char == "'" else f"'{char}'"
+    return f"invalid character {shown} after top-level value"
 
 
 def _reject_constant(name: str) -> Any:
@@ -117,7 +137,8 @@ def _check(value: Any, kind: str, path: str) -> Any:
     elif kind in STRUCTS:
         if not isinstance(value, dict):
             raise _type_error(value, path, "api." + kind)
-        return check_struct(value, kind, path)
+        # api.Message decodes through an alias type of its own, which is what Go's errors then name
+        return check_struct(value, kind, "Alias" if kind == "Message" else path)
     return value
 
 
@@ -193,7 +214,7 @@ STRUCTS: dict[str, dict[str, str]] = {
     "ShowRequest": {"model": "string", "name": "string", "system": "string", "verbose": "bool", "options": "map"},
     "ChatCompletionRequest": {
         "model": "string",
-        "messages": "any",
+        "messages": "[]openai.Message",
         "stream": "bool",
         "stream_options": "map",
         "max_tokens": "int",

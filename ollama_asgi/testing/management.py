@@ -151,6 +151,8 @@ async def copy(emu: OllamaEmulator, ex: Exchange) -> None:
 async def delete(emu: OllamaEmulator, ex: Exchange) -> None:
     req = decode_request(ex.body, "DeleteRequest")
     name = req.get("model") or req.get("name") or ""
+    if not name:
+        raise ApiError(400, "model is required")
     if parse_name(name) is None:
         raise ApiError(400, f"name {go_quote(name)} is invalid")
     if not emu.store.remove(name):

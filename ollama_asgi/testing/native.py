@@ -12,13 +12,15 @@ from ollama_asgi.testing.generation import context_ids as make_context_ids
 from ollama_asgi.testing.gojson import decode_request
 from ollama_asgi.testing.models import EmulatedModel, parse_name
 from ollama_asgi.testing.responses import NDJSON, Exchange, ndjson_error_line
-from ollama_asgi.testing.wire import ApiError, dumps, go_quote, rfc3339
+from ollama_asgi.testing.wire import ApiError, StreamStartError, dumps, go_quote, rfc3339
 
 if TYPE_CHECKING:
     from ollama_asgi.testing.emulator import OllamaEmulator
 
 
 def _think(model: EmulatedModel, think: Any, name: str) -> bool:
+    if think not in (None, False) and "thinking" not in model.capabilities:
+        raise ApiError(400, f"{go_quote(name)} does not support thinking")
     if isinstance(think, str):
         # string levels are only for harmony (gpt-oss) models, which the catalogue does not model
         raise ApiError(400, f"think value {go_quote(think)} is not supported for this model")
@@ -27,6 +29,15 @@ def _think(model: EmulatedModel, think: Any, name: str) -> bool:
     if think is True:
         raise ApiError(400, f"{go_quote(name)} does not support thinking")
     return False
+
+
+def _check_format(req: dict[str, Any]) -> None:
+    """``format`` is "json" or a JSON schema object; anything else fails in the runner (500)."""
+    fmt = req.get("format")
+    if fmt is None or fmt in ("", "json") or isinstance(fmt, dict):
+        return
+    message = f'invalid format: {go_quote(dumps(fmt).decode())}; expected "json" or a valid JSON Schema object'
+    raise (StreamStartError if req.get("stream", True) else ApiError)(500, message)
 
 
 def _missing_capability(model: EmulatedModel, capability: str) -> ApiError:
@@ -59,6 +70,11 @@ async def prepare_generate(emu: OllamaEmulator, ex: Exchange, req: dict[str, Any
     if prompt == "":
         lease.release()
         return "load"
+    try:
+        _check_format(req)
+    except ApiError:
+        lease.release()
+        raise
     system = req.get("system") or model.system
     count = len(words(prompt)) + (0 if raw else len(words(system)) + TEMPLATE_OVERHEAD)
     plan = plan_reply(
@@ -127,6 +143,11 @@ async def prepare_chat(emu: OllamaEmulator, ex: Exchange, req: dict[str, Any]) -
     if not messages:
         lease.release()
         return "load"
+    try:
+        _check_format(req)
+    except ApiError:
+        lease.release()
+        raise
     if model.system and messages[0].get("role") != "system":
         messages = [{"role": "system", "content": model.system}, *messages]
     user = [m.get("content") or "" for m in messages if m.get("role") == "user"]
@@ -284,9 +305,9 @@ async def run_embed(emu: OllamaEmulator, ex: Exchange, req: dict[str, Any]) -> d
     """The ``/api/embed`` response object (shared with /v1/embeddings)."""
     inputs = _embed_inputs(req.get("input"))
     name = req.get("model", "")
-    if parse_name(name) is None:
-        raise ApiError(400, "model is required")
     model = emu.lookup(name)
+    if model is None and parse_name(name) is None:
+        raise ApiError(404, f"model '{name}' not found")  # the name check's wording, not the pull hint
     if model is None:
         raise ApiError(404, f"model {go_quote(name)} not found, try pulling it first")
     options = emu.options_for(model, req.get("options"))

@@ -115,9 +115,9 @@ def _think(req: dict[str, Any]) -> bool | None:
     effort = str((req.get("reasoning") or {}).get("effort") or req.get("reasoning_effort") or "")
     if not effort:
         return None
-    if effort not in ("high", "medium", "low", "none"):
+    if effort not in ("high", "medium", "low", "max", "none"):
         raise MiddlewareError(
-            400, f'invalid reasoning value: \'{effort}\' (must be "high", "medium", "low", or "none")'
+            400, f'invalid reasoning value: \'{effort}\' (must be "high", "medium", "low", "max", or "none")'
         )
     return effort != "none"
 

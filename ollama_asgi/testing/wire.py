@@ -29,6 +29,11 @@ class ApiError(Exception):
         self.message = message
 
 
+class StreamStartError(ApiError):
+    """An error from the runner as a stream starts: still a status code, but written by the stream's
+    writer, whose ``Content-Type`` is ``application/json`` without a charset."""
+
+
 class EmptyBody(ApiError):
     """Go's ``io.EOF`` from decoding an empty body; the native API words it differently from /v1."""
 

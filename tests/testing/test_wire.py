@@ -80,8 +80,8 @@ def test_wrong_field_type_names_the_go_struct_field() -> None:
     )
 
 
-def test_nested_field_type_error_has_the_full_path() -> None:
-    with pytest.raises(ApiError, match=r"ChatRequest\.messages\.content of type string"):
+def test_a_message_field_type_error_names_the_alias_type_messages_decode_through() -> None:
+    with pytest.raises(ApiError, match=r"Go struct field Alias\.content of type string"):
         decode_request(b'{"messages": [{"role": "user", "content": 5}]}', "ChatRequest")
 
 
