@@ -7,7 +7,6 @@ gateway checks the fields it relies on (model, stream, options, keep_alive) and 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -178,7 +177,7 @@ def _option_error(key: str, value: object, kind: str) -> GatewayError | None:
             return _bad(f'option "{key}" is out of range, got {value}')
     elif kind == "float":
         if isinstance(value, bool) or not isinstance(value, NUMBER_TYPES):
-            return _bad(f'option "{key}" must be of type number')
+            return _bad(f'option "{key}" must be of type float32')
         if not _FLOAT32_MIN <= value <= _FLOAT32_MAX:  # Ollama keeps a float32: this would be infinity
             return _bad(f'option "{key}" must be a finite number, got {value}')
     elif kind == "bool":
@@ -274,7 +273,6 @@ _MESSAGE_FIELDS = {
     "chat": frozenset(["role", "content", "thinking", "images", "tool_calls", "tool_name", "tool_call_id"]),
     "openai_chat": frozenset(["role", "content", "reasoning", "tool_calls", "name", "tool_call_id"]),
 }
-_FORMATTED = frozenset({"generate", "chat"})  # routes whose ``format`` Ollama reads
 # Fields Go decodes into a map or a struct: a second spelling of the key merges into the first. (The
 # same key twice is collapsed by the parser first, the last one kept.)
 _MERGED = frozenset({"options", "files", "adapters", "parameters", "stream_options", "response_format", "reasoning"})
@@ -416,11 +414,6 @@ def parse_request(route: Route, raw: bytes, *, max_num_ctx: int) -> ParsedReques
             rewritten = True
     if "keep_alive" in body and body["keep_alive"] is not None:
         parse_keep_alive(body["keep_alive"])
-    fmt = body.get("format")
-    if fmt is not None and fmt != "" and fmt != "json" and fmt.__class__ is not dict and name in _FORMATTED:
-        # Ollama answers these with a 500, which would count against the backend's breaker.
-        shown = json.dumps(orjson.dumps(fmt).decode())
-        raise _bad(f'invalid format: {shown}; expected "json" or a valid JSON Schema object')
     for key, kind, name in (
         ("messages", list, "an array"),
         ("prompt", str, "a string"),

@@ -593,10 +593,3 @@ def test_the_gateways_runner_options_go_with_every_load_and_request(
     for upstream in (*loads, orjson.loads(sent)):
         assert upstream["options"]["num_thread"] == 4 and upstream["options"]["use_mmap"] is False, upstream
     assert loads
-
-
-def test_a_format_ollama_would_answer_with_a_500_is_a_400(client: httpx.Client, emulator: EmulatorServer) -> None:
-    body = {"model": "llama3.2", "prompt": "bad format", "stream": False, "format": "yaml"}
-    response = client.post("/api/generate", json=body, headers=AUTH)
-    assert response.status_code == 400 and response.json()["error"].startswith("invalid format")
-    assert not upstream_bodies(emulator, "bad format")
