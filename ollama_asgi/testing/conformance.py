@@ -733,11 +733,13 @@ def render(
         lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
     lines += [
         "",
-        "## Differences shown by tests of their own",
+        "## Tests of their own",
         "",
-        "| test | shows | how |",
+        "Sequences a single request cannot show, and the differences no check allows away, each shown happening.",
+        "",
+        "| test | difference shown | what it does |",
         "|---|---|---|",
     ]
     for test, side, key, how in shown:
-        lines.append(f"| `{test}` | {side} `{key}` | {_cell(how)} |")
+        lines.append(f"| `{test}` | {f'{side} `{key}`' if key else 'none'} | {_cell(how)} |")
     return "\n".join(lines) + "\n"

@@ -10,7 +10,9 @@ and the test fails, so the document can only say what this suite checks.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,7 @@ import orjson
 import pytest
 
 from ollama_asgi import OllamaGateway, Settings
-from ollama_asgi.testing import EmulatedModel, EmulatorServer
+from ollama_asgi.testing import EmulatedModel, EmulatorServer, Fault
 from ollama_asgi.testing.conformance import (
     DIFFERENCES,
     Answer,
@@ -358,6 +360,13 @@ CHECKS: tuple[Check, ...] = (
 
 SHOWN: tuple[tuple[str, Side, str, str], ...] = (
     (
+        "test_a_runner_that_dies_mid_stream_ends_it_with_ollamas_error_line",
+        "gateway",
+        "",
+        "a long `/api/chat` stream whose runner is killed after three lines (the emulator: a fault at "
+        "the same place); the last line, status and media type are Ollama's",
+    ),
+    (
         "test_copy_and_delete_match_real_ollama",
         "gateway",
         "auth",
@@ -390,7 +399,7 @@ SHOWN: tuple[tuple[str, Side, str, str], ...] = (
         "two chats through a gateway that allows one a minute",
     ),
 )
-"""Differences that no allowance hides: a test of their own shows each one happening."""
+"""Tests of their own: (test, side, the difference it shows or "", what it does)."""
 
 
 # ----------------------------------------------------------------------------- the other side
@@ -569,6 +578,63 @@ def test_copy_and_delete_match_real_ollama(server: RealOllama, other: Other) -> 
     assert [yours for _, yours in forms] == [mine for mine, _ in forms]
 
 
+def runners(server: RealOllama) -> list[int]:
+    """The server's runner processes (its children), by pid."""
+    assert server.process is not None
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == server.process.pid:
+                found.append(int(entry.name))
+    return found
+
+
+def stream_until_the_runner_dies(server: RealOllama, url: str, headers: Mapping[str, str], kill: bool) -> Answer:
+    """A long chat stream; after three lines the server's runners are killed (``kill``), then the rest is read."""
+    body = {"model": "loop", "messages": HI, "options": {"num_predict": 5000}}
+    with httpx.stream("POST", url + "/api/chat", json=body, headers=headers, timeout=60) as response:
+        lines = response.iter_lines()
+        head = [next(lines) for _ in range(3)]
+        if kill:
+            for pid in runners(server):
+                os.kill(pid, signal.SIGKILL)
+        raw = "".join(line + "\n" for line in [*head, *lines]).encode()
+        return Answer(response.status_code, {k.lower(): v for k, v in response.headers.items()}, raw)
+
+
+def last_frame(answer: Answer) -> tuple[int, str, Any]:
+    return answer.status, answer.media, answer.frames()[-1]
+
+
+@pytest.mark.parametrize("side", ["gateway", "emulator"])
+def test_a_runner_that_dies_mid_stream_ends_it_with_ollamas_error_line(
+    server: RealOllama, gateway_for: Callable[..., ServerThread], side: Side
+) -> None:
+    """Status 200 already sent, the stream ends with ``{"error": ...}`` and no final chunk: each side's last line."""
+    direct = stream_until_the_runner_dies(server, server.url, {}, kill=True)
+    assert framing_faults(direct) == []
+    if side == "gateway":
+        host = gateway_for(server, num_ctx_buckets=(4096, 8192))
+        theirs = stream_until_the_runner_dies(server, host.url + "/llm", AUTH, kill=True)
+    else:
+        with EmulatorServer(models=emulated_like(server), default_num_ctx=4096) as emulator:
+            emulator.emulator.reply = fixture_reply
+            error = direct.frames()[-1]["error"]
+            emulator.emulator.inject(Fault(path="/api/chat", kind="midstream_error", after_lines=3, message=error))
+            theirs = stream_until_the_runner_dies(server, emulator.url, {}, kill=False)
+    assert framing_faults(theirs) == []
+    assert last_frame(theirs)[:2] == last_frame(direct)[:2]
+    assert (
+        last_frame(theirs)[2]
+        == last_frame(direct)[2]
+        == {"error": "an error was encountered while running the model: unexpected EOF"}
+    )
+
+
 # ----------------------------------------------------------------------------- what only the gateway does
 
 
@@ -629,5 +695,6 @@ def test_the_document_says_what_is_checked() -> None:
 def test_every_difference_is_allowed_by_a_check_or_shown_by_a_test() -> None:
     sides: tuple[Side, ...] = ("gateway", "emulator")
     named = {(side, key) for c in CHECKS for side in sides for key in allowed(c, side)}
-    named |= {(side, key) for test, side, key, _ in SHOWN if callable(globals().get(test))}
+    assert [test for test, *_ in SHOWN if not callable(globals().get(test))] == []
+    named |= {(side, key) for _, side, key, _ in SHOWN}
     assert {(d.side, d.key) for d in DIFFERENCES} <= named
