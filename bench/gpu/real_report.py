@@ -56,13 +56,27 @@ def ms(value: float | None) -> str:
     return "–" if value is None else f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
+def fit(points: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
+    """Least squares ``seconds = base + bytes / rate``: (base seconds, rate in bytes per second)."""
+    if len(points) < 2:
+        return None
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
+    return my - slope * mx, 1.0 / slope if slope > 0 else float("inf")
+
+
 def report_loads(data: dict[str, Any], out: Path, h2d: float | None) -> list[str]:
     rows = data["rows"]
     write_csv(out / "real-loads.csv", rows)
     lines = [
         "| model (shape) | GB | cold load | warm loads | file read cold / warm | "
-        "copy floor at pinned H2D | size_vram |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "copy floor at pinned H2D | size_vram | NVML growth |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     models = data["models"]
     for name in sorted({r["model"] for r in rows}, key=lambda n: models[n]["bytes"]):
@@ -75,8 +89,14 @@ def report_loads(data: dict[str, Any], out: Path, h2d: float | None) -> list[str
             f"| {name} ({models[name].get('shape_of', '')}) | {size / 1e9:.2f} | "
             f"{', '.join(f'{s:.2f} s' for s in cold)} | {', '.join(f'{s:.2f} s' for s in warm)} | "
             f"{size / mine[0]['read_cold_s'] / 1e9:.2f} / {size / mine[0]['read_warm_s'] / 1e9:.2f} GB/s | "
-            f"{ms(floor)} | {fmt((mine[-1]['size_vram'] or 0) / GIB)} GiB |"
+            f"{ms(floor)} | {fmt((mine[-1]['size_vram'] or 0) / GIB)} GiB | "
+            f"{fmt((mine[-1]['nvml_delta'] or 0) / GIB)} GiB |"
         )
+    lines.append("")
+    for cache in ("warm", "cold"):
+        got = fit([(r["bytes"], r["load_s"]) for r in rows if r["cache"] == cache and r["status"] == 200])
+        if got:
+            lines.append(f"- fit, {cache} page cache: {got[0]:.2f} s + size / {got[1] / 1e9:.2f} GB/s")
     return lines
 
 
@@ -154,15 +174,15 @@ def report_coldstart(data: dict[str, Any], out: Path) -> list[str]:
     steps = [s for run in data["runs"] for s in run["steps"]]
     write_csv(out / "real-coldstart.csv", steps)
     lines = [
-        "| pass | requests | cold starts (model not resident on arrival) | latency p50 / p95 / max | "
-        "mean latency | runner starts | trace wall time |",
+        "| pass | requests ok | cold starts (model not resident on arrival) | latency of ok, p50 / p95 / max | "
+        "mean latency of ok | runner starts | trace wall time |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in data["runs"]:
         s = run["summary"]
         lat = s["latency"]
         lines.append(
-            f"| {run['label']} | {s['requests']} | {s['cold_starts']} | {ms(lat['p50'])} / {ms(lat['p95'])} / "
+            f"| {run['label']} | {s['ok']} / {s['requests']} | {s['cold_starts']} | {ms(lat['p50'])} / {ms(lat['p95'])} / "
             f"{ms(lat['max'])} | {ms(lat['mean'])} | {s['runner_starts']} | {s['wall_s']:.1f} s |"
         )
     return lines
@@ -179,7 +199,14 @@ def plot_coldstart(data: dict[str, Any], out: Path) -> None:
     width = 0.8 / max(1, len(runs))
     for k, run in enumerate(runs):
         steps = run["steps"]
-        ax.bar([s["step"] + k * width for s in steps], [s["latency_s"] for s in steps], width, label=run["label"])
+        bars = ax.bar(
+            [s["step"] + k * width for s in steps], [s["latency_s"] for s in steps], width, label=run["label"]
+        )
+        for bar, step in zip(bars, steps, strict=True):
+            if step["status"] != 200:  # a failed request: hatched, its status above it
+                bar.set_hatch("//")
+                bar.set_edgecolor("black")
+                ax.annotate(str(step["status"]), (bar.get_x() + width / 2, bar.get_height()), ha="center", fontsize=7)
     ax.set_xlabel("request (the pipeline's three models in turn)")
     ax.set_ylabel("latency (s)")
     ax.set_title("Cold starts on a patterned trace, with and without pre-warming")
