@@ -83,7 +83,8 @@ def framing_faults(answer: Answer) -> list[str]:
 
     NDJSON: every line a JSON object ending in a newline; exactly one ``done: true`` object and it
     is last, unless the last line is an ``{"error": ...}`` line, which then ends the stream.
-    SSE: every event one ``data:`` line and a blank line; ``data: [DONE]`` once, last.
+    SSE: every event one ``data:`` line and a blank line; ``data: [DONE]`` at most once, last (a
+    stream an error cut short has none; whether one is due is for the answers' comparison to say).
     """
     faults: list[str] = []
     kind = answer.kind
@@ -111,8 +112,8 @@ def framing_faults(answer: Answer) -> list[str]:
         if not all(e.startswith(b"data: ") and b"\n" not in e for e in events):
             faults.append("an event is not a single data: line")
         done = [i for i, e in enumerate(events) if e == b"data: [DONE]"]
-        if done != [len(events) - 1]:
-            faults.append(f"[DONE] at {done} of {len(events)} events (want exactly once, last)")
+        if done not in ([], [len(events) - 1]):  # none: a stream an error cut short
+            faults.append(f"[DONE] at {done} of {len(events)} events (want at most once, last)")
     return faults
 
 
@@ -364,6 +365,17 @@ def _charset(form: dict[str, Any]) -> dict[str, Any]:
     return {**form, "content-type": form["content-type"].split(";")[0]}
 
 
+def _stream_error(form: dict[str, Any]) -> dict[str, Any]:
+    """The end of a /v1 stream an error cut short: Ollama's empty chunk of no model, or an error event."""
+    frames = form["frames"]
+    if form["kind"] != "sse" or not frames or not isinstance(frames[-1], dict):
+        return form
+    last = frames[-1]
+    if "error" in last or (last.get("model") == "" and last.get("choices")):
+        return {**form, "frames": [*frames[:-1], "<the stream cut short>"]}
+    return form
+
+
 def _json_error(form: dict[str, Any]) -> dict[str, Any]:
     """A plain-text error answered as ``{"error": text}``."""
     if form["kind"] != "text" or form["status"] < 400:
@@ -474,6 +486,16 @@ DIFFERENCES: tuple[Difference, ...] = (
         "`application/json; charset=utf-8`",
         "the gateway's own errors share one media type on both APIs; the body is the same",
         _charset,
+    ),
+    Difference(
+        "v1_stream_error",
+        "gateway",
+        "a /v1 stream cut short by an error",
+        "/v1/chat/completions, /v1/completions (stream)",
+        "an empty chunk whose `model` is empty, then nothing (no `[DONE]`, no error text)",
+        'an OpenAI error event `data: {"error": {...}}`, then nothing',
+        "a client must be able to tell a stream cut short from a finished one; OpenAI clients raise the error",
+        _stream_error,
     ),
     Difference(
         "route_errors",

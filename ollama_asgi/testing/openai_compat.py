@@ -176,9 +176,10 @@ async def chat_completions(emu: OllamaEmulator, ex: Exchange) -> None:
             include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
 
             def error_event(_message: str) -> bytes:
-                # Ollama's ChatWriter reads an in-stream error as an empty chunk and stops without [DONE]
+                # Ollama's ChatWriter reads an in-stream error as an empty chunk (of no model) and stops
+                # without [DONE]
                 choice = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-                return _event({**head, "choices": [choice]})
+                return _event({**head, "model": "", "choices": [choice]})
 
             await ex.responder.stream(_chat_events(run, head, include_usage), SSE, error_event)
         else:
@@ -263,7 +264,8 @@ async def completions(emu: OllamaEmulator, ex: Exchange) -> None:
                     yield _event({**head, "choices": [], **tail, "usage": _usage(run)})
                 yield b"data: [DONE]\n\n"
 
-            await ex.responder.stream(events(), SSE, lambda _m: _event(chunk("", None, None)))
+            # as for chat: an in-stream error becomes an empty chunk of no model, and no [DONE]
+            await ex.responder.stream(events(), SSE, lambda _m: _event({**chunk("", None, None), "model": ""}))
         else:
             content, _, _ = await collect(run)
             # the whole answer lists its fields in another order than the chunks do, as Ollama's structs do

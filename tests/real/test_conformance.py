@@ -55,6 +55,7 @@ WEATHER_TOOL = {
 HI = [{"role": "user", "content": "hi"}]
 ZERO_BUG = 'the gateway reads keep_alive "0" as a number without a unit; Go reads it as zero'
 V1_ORDER = "the gateway writes a /v1 completion chunk's `model` before `choices`"
+RUNNER_DIED = "an error was encountered while running the model: unexpected EOF"
 INDEX_BUG = "the gateway numbers /v1 tool calls by their place in a chunk (0 each) and makes new ids"
 
 
@@ -360,11 +361,11 @@ CHECKS: tuple[Check, ...] = (
 
 SHOWN: tuple[tuple[str, Side, str, str], ...] = (
     (
-        "test_a_runner_that_dies_mid_stream_ends_it_with_ollamas_error_line",
+        "test_a_runner_that_dies_mid_stream_ends_it_as_ollama_does",
         "gateway",
-        "",
-        "a long `/api/chat` stream whose runner is killed after three lines (the emulator: a fault at "
-        "the same place); the last line, status and media type are Ollama's",
+        "v1_stream_error",
+        "long `/api/chat`, `/v1/chat/completions` and `/v1/completions` streams whose runner is killed "
+        "after three lines (the emulator: a fault at the same place); status, media type and last frame",
     ),
     (
         "test_copy_and_delete_match_real_ollama",
@@ -593,46 +594,54 @@ def runners(server: RealOllama) -> list[int]:
     return found
 
 
-def stream_until_the_runner_dies(server: RealOllama, url: str, headers: Mapping[str, str], kill: bool) -> Answer:
-    """A long chat stream; after three lines the server's runners are killed (``kill``), then the rest is read."""
-    body = {"model": "loop", "messages": HI, "options": {"num_predict": 5000}}
-    with httpx.stream("POST", url + "/api/chat", json=body, headers=headers, timeout=60) as response:
-        lines = response.iter_lines()
+LONG_STREAMS = {
+    "/api/chat": {"model": "loop", "messages": HI, "options": {"num_predict": 5000}},
+    "/v1/chat/completions": {"model": "loop", "messages": HI, "max_tokens": 5000, "stream": True},
+    "/v1/completions": {"model": "loop", "prompt": "hi", "max_tokens": 5000, "stream": True},
+}
+
+
+def stream_until_the_runner_dies(
+    server: RealOllama, url: str, path: str, headers: Mapping[str, str], kill: bool
+) -> Answer:
+    """A long stream; after three lines or events the server's runners are killed (``kill``), then the rest is read."""
+    with httpx.stream("POST", url + path, json=LONG_STREAMS[path], headers=headers, timeout=60) as response:
+        sse = path.startswith("/v1")
+        lines = (line for line in response.iter_lines() if line) if sse else response.iter_lines()
         head = [next(lines) for _ in range(3)]
         if kill:
             for pid in runners(server):
                 os.kill(pid, signal.SIGKILL)
-        raw = "".join(line + "\n" for line in [*head, *lines]).encode()
+        raw = "".join(line + ("\n\n" if sse else "\n") for line in [*head, *lines]).encode()
         return Answer(response.status_code, {k.lower(): v for k, v in response.headers.items()}, raw)
 
 
-def last_frame(answer: Answer) -> tuple[int, str, Any]:
-    return answer.status, answer.media, answer.frames()[-1]
+def ending(form: dict[str, Any]) -> dict[str, Any]:
+    """Status, media type and the last frame: how many lines came before a kill is a race."""
+    return {**form, "frames": form["frames"][-1:]}
 
 
+@pytest.mark.parametrize("path", list(LONG_STREAMS))
 @pytest.mark.parametrize("side", ["gateway", "emulator"])
-def test_a_runner_that_dies_mid_stream_ends_it_with_ollamas_error_line(
-    server: RealOllama, gateway_for: Callable[..., ServerThread], side: Side
+def test_a_runner_that_dies_mid_stream_ends_it_as_ollama_does(
+    server: RealOllama, gateway_for: Callable[..., ServerThread], side: Side, path: str
 ) -> None:
-    """Status 200 already sent, the stream ends with ``{"error": ...}`` and no final chunk: each side's last line."""
-    direct = stream_until_the_runner_dies(server, server.url, {}, kill=True)
-    assert framing_faults(direct) == []
+    """Status 200 already sent, the stream ends with Ollama's error line (native), or with an empty
+    chunk of no model and no ``[DONE]`` (/v1), and no final chunk."""
+    direct = stream_until_the_runner_dies(server, server.url, path, {}, kill=True)
     if side == "gateway":
         host = gateway_for(server, num_ctx_buckets=(4096, 8192))
-        theirs = stream_until_the_runner_dies(server, host.url + "/llm", AUTH, kill=True)
+        theirs = stream_until_the_runner_dies(server, host.url + "/llm", path, AUTH, kill=True)
     else:
         with EmulatorServer(models=emulated_like(server), default_num_ctx=4096) as emulator:
             emulator.emulator.reply = fixture_reply
-            error = direct.frames()[-1]["error"]
-            emulator.emulator.inject(Fault(path="/api/chat", kind="midstream_error", after_lines=3, message=error))
-            theirs = stream_until_the_runner_dies(server, emulator.url, {}, kill=False)
-    assert framing_faults(theirs) == []
-    assert last_frame(theirs)[:2] == last_frame(direct)[:2]
-    assert (
-        last_frame(theirs)[2]
-        == last_frame(direct)[2]
-        == {"error": "an error was encountered while running the model: unexpected EOF"}
-    )
+            fault = Fault(path=path, kind="midstream_error", after_lines=3, message=RUNNER_DIED)
+            emulator.emulator.inject(fault)
+            theirs = stream_until_the_runner_dies(server, emulator.url, path, {}, kill=False)
+    assert (framing_faults(direct), framing_faults(theirs)) == ([], [])
+    keys = ("stream_headers", "v1_stream_error") if side == "gateway" else ()
+    mine, yours = compare(direct, theirs, side, keys)
+    assert ending(yours) == ending(mine)
 
 
 # ----------------------------------------------------------------------------- what only the gateway does
