@@ -693,6 +693,7 @@ def test_gateway_tells_a_refused_client_when_to_come_back(
 # ----------------------------------------------------------------------------- the document
 
 
+@pytest.mark.usefixtures("ollama_binary")  # with the suite: the summary's count of real tests stays honest
 def test_the_document_says_what_is_checked() -> None:
     rendered = render([c.planned() for c in CHECKS], SHOWN, EMULATED_VERSION, ORACLE)
     current = DOC.read_text() if DOC.exists() else ""
@@ -701,6 +702,7 @@ def test_the_document_says_what_is_checked() -> None:
     assert current == rendered, f"{DOC} was stale and has been rewritten: commit it"
 
 
+@pytest.mark.usefixtures("ollama_binary")
 def test_every_difference_is_allowed_by_a_check_or_shown_by_a_test() -> None:
     sides: tuple[Side, ...] = ("gateway", "emulator")
     named = {(side, key) for c in CHECKS for side in sides for key in allowed(c, side)}
