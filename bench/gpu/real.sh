@@ -55,6 +55,21 @@ if [ -n "$BUILD" ]; then  # make the models while the build runs, then wait for 
     wait "$BUILD" || { cat "$OUT/build.txt"; tail -30 "$WORK/dist/cmake-build.log"; exit 1; }
     cat "$OUT/build.txt"
 fi
+cuda_seen() {  # does `ollama serve` find the GPU through the CUDA backend?
+    OLLAMA_HOST=127.0.0.1:11999 OLLAMA_MODELS="$WORK/probe-models" OLLAMA_NO_CLOUD=1 HOME="$WORK" \
+        "$WORK/dist/bin/ollama" serve >"$WORK/probe.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 100); do grep -q "inference compute" "$WORK/probe.log" && break; sleep 0.2; done
+    kill "$pid"; wait "$pid" 2>/dev/null
+    grep -m1 "inference compute" "$WORK/probe.log"
+    grep -q "library=CUDA" "$WORK/probe.log"
+}
+if command -v nvidia-smi >/dev/null && ! cuda_seen; then  # a carried build that does not load: build here
+    rm -f "$WORK/dist/lib/ollama/cuda_v13/libggml-cuda.so"
+    mkdir -p "$WORK/src-only" && cp .gpu-carry/ollama.xz .gpu-carry/cpu-libs.tar.xz .gpu-carry/src-ggml-v0.24.0.tar.xz "$WORK/src-only/"
+    bash bench/gpu/build-ollama-cuda.sh "$WORK/src-only" "$WORK/dist" 90 | tee -a "$OUT/build.txt" || exit 1
+    cuda_seen || { cat "$WORK/probe.log"; exit 1; }
+fi
 python3 bench/gpu/real_ollama.py run "$@" "${ARGS[@]}" --deadline $((LIMIT - 25 - ($(date +%s) - T0)))
 status=$?
 if [ -n "$BUILD" ] && [ ! -f .gpu-carry/libggml-cuda.so.xz ]; then  # bring the build back for the next host

@@ -686,7 +686,7 @@ def phase_churn(ctx: Ctx) -> None:
 
 
 def phase_coldstart(ctx: Ctx) -> None:
-    cycle = [n for n in ("llama3b", "llama8b", "qwen7b") if n in ctx.models]
+    cycle = [n for n in ctx.args.cycle.split(",") if n in ctx.models]
     trace = cycle * ctx.args.cycles
     think = ctx.args.think
     runs = []
@@ -1014,6 +1014,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--usable", type=float, default=None, help="GiB left to models (recorded)")
     r.add_argument("--churn-steps", type=int, default=12)
     r.add_argument("--cycles", type=int, default=4)
+    r.add_argument("--cycle", default="llama3b,llama8b,qwen7b", help="the coldstart pattern, models in turn")
     r.add_argument("--think", type=float, default=4.0)
     r.add_argument("--parallel", type=int, default=4)
     r.add_argument("--window", type=float, default=15.0)
@@ -1040,6 +1041,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = Ctx(args=args, out=args.out, store=args.store, binary=args.binary, gpu=not args.cpu)
     failed = 0
     try:
+        NEEDS["coldstart"] = args.cycle.split(",")
         needed = sorted({n for p in args.phases for n in NEEDS[p]}, key=list(SHAPES).index)
         make_models(ctx, needed)
         ctx.models = {n: ctx.models[n] for n in needed}
