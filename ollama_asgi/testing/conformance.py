@@ -441,7 +441,8 @@ DIFFERENCES: tuple[Difference, ...] = (
         "how long a model stays loaded",
         "/api/ps `expires_at`",
         "now + 5m (`OLLAMA_KEEP_ALIVE`) or the client's `keep_alive`",
-        "now + the gateway's `keep_alive` (30m by default)",
+        "now + the gateway's `keep_alive` (30m by default); an unload (`keep_alive: 0`) needs an admin key "
+        "(403 otherwise)",
         "the gateway owns keep_alive, so one client cannot unload or pin a model for everyone",
         _mask(("expires_at",), "<owned>"),
     ),

@@ -431,11 +431,10 @@ def emulated_like(server: RealOllama) -> list[EmulatedModel]:
         assert isinstance(show, dict)
         details, info = entry["details"], show["model_info"]
         family = info["general.architecture"]
-        stops = []
+        parameters: dict[str, list[Any]] = {}
         for line in show.get("parameters", "").splitlines():
             key, _, value = line.partition(" ")
-            if key == "stop":
-                stops.append(orjson.loads(value.strip()))
+            parameters.setdefault(key, []).append(orjson.loads(value.strip()))
         models.append(
             EmulatedModel(
                 name=entry["name"],
@@ -448,7 +447,7 @@ def emulated_like(server: RealOllama) -> list[EmulatedModel]:
                 capabilities=tuple(show["capabilities"]),
                 embedding_length=info[f"{family}.embedding_length"],
                 template=show["template"],
-                parameters=(("stop", tuple(stops)),) if stops else (),
+                parameters=tuple((k, tuple(v) if k == "stop" else v[0]) for k, v in parameters.items()),
             )
         )
     return models
