@@ -725,7 +725,8 @@ def render(
         "the order of the fields; and each answer's framing is checked: one JSON object per line with exactly "
         "one final chunk, last, or a terminal error line; SSE `data:` events ending in one `[DONE]`. "
         "Timestamps, durations and random ids are compared by shape, `expires_at` in minutes from now, and a "
-        "single JSON body's trailing newline not at all. Any other difference must be a row of the table "
+        "single JSON body's trailing newline not at all. Token counts through the gateway are compared "
+        "exactly, which shows it sends Ollama the prompt it was given. Any other difference must be a row of the table "
         "below, and a check allows only the rows it names; a known defect is a check expected to fail until "
         "it is fixed.",
         "",

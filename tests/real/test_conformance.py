@@ -10,10 +10,12 @@ and the test fails, so the document can only say what this suite checks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -394,6 +396,12 @@ SHOWN: tuple[tuple[str, Side, str, str], ...] = (
         "`DELETE /api/delete` with a user's key (403), then an admin's (Ollama's answer)",
     ),
     (
+        "test_gateway_answers_a_full_queue_with_503_and_retry_after",
+        "gateway",
+        "backpressure",
+        "a chat while a stream holds the only slot, directly (served) and through a gateway with one slot and no queue",
+    ),
+    (
         "test_gateway_tells_a_refused_client_when_to_come_back",
         "gateway",
         "backpressure",
@@ -687,6 +695,31 @@ def test_gateway_tells_a_refused_client_when_to_come_back(
     refused = [send(gateway.url + "/llm", "POST", "/api/chat", body, AUTH) for _ in range(2)]
     assert [a.status for a in refused] == [200, 429]
     assert int(refused[1].headers["retry-after"]) >= 1
+
+
+def test_gateway_answers_a_full_queue_with_503_and_retry_after(
+    server: RealOllama, gateway_for: Callable[..., ServerThread]
+) -> None:
+    """A second chat while a stream holds the only slot: Ollama queues it without bound; a gateway
+    with one slot and no queue refuses it at once and says when to come back."""
+    short = {"model": "loop", "messages": HI, "options": {"num_predict": 2}, "stream": False}
+
+    def second_while_streaming(url: str, headers: Mapping[str, str]) -> Answer:
+        with httpx.stream("POST", url + "/api/chat", json=LONG_STREAMS["/api/chat"], headers=headers) as first:
+            lines = first.iter_lines()  # kept: a dropped iterator would close the stream
+            next(lines)
+            with ThreadPoolExecutor(1) as pool:
+                second = pool.submit(send, url, "POST", "/api/chat", short, headers)
+                with contextlib.suppress(TimeoutError):
+                    second.result(timeout=1.5)  # a refusal comes at once; a queued request waits
+                first.close()  # the first client leaves, which frees the slot
+                return second.result()
+
+    assert second_while_streaming(server.url, {}).status == 200
+    gateway = gateway_for(server, parallel=1, max_queue=0, num_ctx_buckets=(4096, 8192))
+    refused = second_while_streaming(gateway.url + "/llm", AUTH)
+    assert refused.status == 503
+    assert int(refused.headers["retry-after"]) >= 1
 
 
 # ----------------------------------------------------------------------------- the document
