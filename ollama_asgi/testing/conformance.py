@@ -226,18 +226,9 @@ def _delta_role(form: dict[str, Any]) -> dict[str, Any]:
     return _each_frame(form, frame)
 
 
-def _zero_usage(form: dict[str, Any]) -> dict[str, Any]:
-    zero = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-
-    def frame(value: Any) -> Any:
-        if isinstance(value, dict) and value.get("usage") == zero:
-            return {k: v for k, v in value.items() if k != "usage"}
-        return value
-
-    return _each_frame(form, frame)
-
-
 def _sorted_models(form: dict[str, Any]) -> dict[str, Any]:
+    """Model lists (``/api/tags``, ``/v1/models``) in name order."""
+
     def frame(value: Any) -> Any:
         if isinstance(value, dict) and isinstance(value.get("models"), list):
             return {**value, "models": sorted(value["models"], key=lambda m: str(m.get("name")))}

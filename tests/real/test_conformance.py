@@ -58,6 +58,7 @@ HI = [{"role": "user", "content": "hi"}]
 ZERO_BUG = 'the gateway reads keep_alive "0" as a number without a unit; Go reads it as zero'
 V1_ORDER = "the gateway writes a /v1 completion chunk's `model` before `choices`"
 RUNNER_DIED = "an error was encountered while running the model: unexpected EOF"
+EMBED_404 = "the gateway answers /api/show's 404 text, not the embed route's"
 INDEX_BUG = "the gateway numbers /v1 tool calls by their place in a chunk (0 each) and makes new ids"
 
 
@@ -253,14 +254,14 @@ CHECKS: tuple[Check, ...] = (
         "POST",
         "/api/embed",
         {"model": "nope", "input": "hi"},
-        known={"gateway": "the gateway answers /api/show's 404 text, not the embed route's"},
+        known={"gateway": EMBED_404},
     ),
     Check(
         "unknown model, embeddings",
         "POST",
         "/api/embeddings",
         {"model": "nope", "prompt": "hi"},
-        known={"gateway": "the gateway answers /api/show's 404 text, not the embed route's"},
+        known={"gateway": EMBED_404},
     ),
     Check("unknown model, show", "POST", "/api/show", {"model": "nope"}),
     Check(
@@ -271,7 +272,7 @@ CHECKS: tuple[Check, ...] = (
         "POST",
         "/v1/embeddings",
         {"model": "nope", "input": "hi"},
-        known={"gateway": "the gateway answers /api/show's 404 text, not the embed route's"},
+        known={"gateway": EMBED_404},
     ),
     Check("unknown model, v1 model", "GET", "/v1/models/nope"),
     Check("no model, chat", "POST", "/api/chat", {"messages": HI}),
