@@ -27,6 +27,7 @@ def load(dirs: Sequence[Path]) -> dict[str, Any]:
             path = d / f"{name}.json"
             if path.exists():
                 found[name] = json.loads(path.read_text())
+                found.setdefault(f"all-{name}", []).append(found[name])
         env = d / "env.txt"
         if env.exists():
             found.setdefault("env", []).append(env.read_text())
@@ -170,10 +171,13 @@ def plot_churn(data: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
-def report_coldstart(data: dict[str, Any], out: Path) -> list[str]:
+def report_coldstart(data: dict[str, Any], out: Path, suffix: str = "") -> list[str]:
     steps = [s for run in data["runs"] for s in run["steps"]]
-    write_csv(out / "real-coldstart.csv", steps)
+    write_csv(out / f"real-coldstart{suffix}.csv", steps)
+    pattern = " → ".join(dict.fromkeys(data["trace"]))
     lines = [
+        f"Pattern {pattern}, {len(data['trace'])} requests, {data['think_s']:g} s of think time.",
+        "",
         "| pass | requests ok | cold starts (model not resident on arrival) | latency of ok, p50 / p95 / max | "
         "mean latency of ok | runner starts | trace wall time |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -188,7 +192,7 @@ def report_coldstart(data: dict[str, Any], out: Path) -> list[str]:
     return lines
 
 
-def plot_coldstart(data: dict[str, Any], out: Path) -> None:
+def plot_coldstart(data: dict[str, Any], out: Path, suffix: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,11 +213,12 @@ def plot_coldstart(data: dict[str, Any], out: Path) -> None:
                 ax.annotate(str(step["status"]), (bar.get_x() + width / 2, bar.get_height()), ha="center", fontsize=7)
     ax.set_xlabel("request (the pipeline's three models in turn)")
     ax.set_ylabel("latency (s)")
-    ax.set_title("Cold starts on a patterned trace, with and without pre-warming")
+    ax.set_title(f"Cold starts, {' → '.join(dict.fromkeys(data['trace']))}, with and without pre-warming")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.15)
+    ax.legend(fontsize=8, loc="upper center", ncol=3)
     fig.tight_layout()
-    fig.savefig(out / "real-coldstart.png", dpi=110)
+    fig.savefig(out / f"real-coldstart{suffix}.png", dpi=110)
     plt.close(fig)
 
 
@@ -307,7 +312,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, table, draw in (
         ("loads", lambda d: report_loads(d, args.out, h2d), lambda d: plot_loads(d, args.out, h2d)),
         ("churn", lambda d: report_churn(d, args.out), lambda d: plot_churn(d, args.out)),
-        ("coldstart", lambda d: report_coldstart(d, args.out), lambda d: plot_coldstart(d, args.out)),
         ("overload", lambda d: report_overload(d, args.out), lambda d: plot_overload(d, args.out)),
         ("prefix", lambda d: report_prefix(d, args.out), None),
     ):
@@ -317,6 +321,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(table(found[name])))
         if draw is not None:
             draw(found[name])
+    for i, data in enumerate(found.get("all-coldstart", [])):  # one per run, each its own pattern
+        suffix = f"-{i + 1}" if i else ""
+        print(f"\n### coldstart{suffix} ({data.get('device')})\n")
+        print("\n".join(report_coldstart(data, args.out, suffix)))
+        plot_coldstart(data, args.out, suffix)
     return 0
 
 
