@@ -187,22 +187,28 @@ class DefaultAuthorizer:
     def from_api_key(self, scope: Scope) -> Principal | None:
         if not self._keys:
             return None
-        header = None
+        header = api_key = None
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
                 header = value
                 break
+            if name == b"x-api-key" and api_key is None:
+                api_key = value
         if header is None:
-            return None
-        if header.__class__ is not bytes:  # ASGI says bytes; a bytearray would not hash
+            if api_key is None:
+                return None
+            # The anthropic client sends its key as X-Api-Key; read only where no Authorization is
+            # sent, and remembered apart from Authorization values (a NUL never reaches a header).
+            header = b"\0" + bytes(api_key)
+        elif header.__class__ is not bytes:  # ASGI says bytes; a bytearray would not hash
             header = bytes(header)
         # A dict lookup compares the keyed 64-bit hash before any byte, so its timing says nothing
         # about how close a wrong token came to a valid one.
         principal = self._verified.get(header)
         if principal is not None:
             return principal
-        token = bearer_token(scope)
-        if token is None:
+        token = header[1:].decode("latin-1").strip() if header[:1] == b"\0" else bearer_token(scope)
+        if not token:
             return None
         digest = hashlib.sha256(token.encode()).hexdigest()
         key = self._keys.get(digest)

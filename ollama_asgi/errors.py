@@ -1,11 +1,15 @@
-"""Gateway errors and their wire shapes: Ollama's ``{"error": "..."}`` and OpenAI's nested object.
+"""Gateway errors and their wire shapes: Ollama's ``{"error": "..."}``, OpenAI's nested object and
+Anthropic's typed one.
 
 Ollama clients read ``error`` as a string; OpenAI clients expect an object with ``message`` and
-``type``. One exception type carries status, message and headers, and is rendered for the API
-family the request came in on, so no handler has to know which shape to write.
+``type``; the anthropic client reads ``{"type": "error", "error": {"type", "message"}}``. One
+exception type carries status, message and headers, and is rendered for the API family the
+request came in on, so no handler has to know which shape to write.
 """
 
 from __future__ import annotations
+
+import secrets
 
 import orjson
 
@@ -19,6 +23,19 @@ _OPENAI_TYPES = {
     405: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
+}
+
+
+# Anthropic's error types, as Ollama's own /v1/messages maps statuses to them (413 as Anthropic does).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
 }
 
 
@@ -44,19 +61,34 @@ def _openai_error(status: int, message: str) -> dict[str, object]:
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
-def error_body(status: int, message: str, *, openai: bool) -> bytes:
+def anthropic_error(status: int, message: str) -> dict[str, object]:
+    """Anthropic's error object, with a request id as Ollama's ``/v1/messages`` gives one."""
+    return {
+        "type": "error",
+        "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message},
+        "request_id": f"req_{secrets.token_hex(12)}",
+    }
+
+
+def error_body(status: int, message: str, *, openai: bool, anthropic: bool = False) -> bytes:
     """The JSON body of an error answered before any byte of the response was sent."""
+    if anthropic:
+        return orjson.dumps(anthropic_error(status, message))
     if openai:
         return orjson.dumps(_openai_error(status, message))
     return orjson.dumps({"error": message})
 
 
-def stream_error_line(message: str, *, sse: bool) -> bytes:
+def stream_error_line(message: str, *, sse: bool, anthropic: bool = False, status: int = 502) -> bytes:
     """The terminal line that ends a stream that already started with status 200.
 
     Ollama ends a broken NDJSON stream with one ``{"error": ...}`` line; under ``/v1`` the error is
-    an SSE event carrying an OpenAI error object, which the openai client raises as ``APIError``.
+    an SSE event carrying an OpenAI error object, which the openai client raises as ``APIError``;
+    under ``/v1/messages`` an ``error`` event, which the anthropic client raises.
     """
+    if anthropic:
+        error = {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
+        return b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
     if sse:
         return b"data: " + orjson.dumps(_openai_error(502, message)) + b"\n\n"
     return orjson.dumps({"error": message}) + b"\n"

@@ -223,6 +223,7 @@ class OllamaGateway:
         path = route_path(scope)
         method: str = scope["method"]
         openai = path.startswith("/v1/")
+        anthropic = path == "/v1/messages"  # errors in Anthropic's shape, as its clients read them
         head = method == "HEAD"
         record = self.telemetry.begin(scope, loop)
         progress = _Progress(record)
@@ -279,10 +280,10 @@ class OllamaGateway:
             exc = caught.error if isinstance(caught, _Retryable) else caught
             record.error = exc
             if progress.started:
-                tail = stream_error_line(exc.message, sse=True)
+                tail = stream_error_line(exc.message, sse=True, anthropic=anthropic, status=exc.status)
                 await send({"type": "http.response.body", "body": tail, "more_body": False})
             else:
-                await send_error(record.capture(send), exc, openai=openai, head=head)
+                await send_error(record.capture(send), exc, openai=openai, anthropic=anthropic, head=head)
         except _ClientGone:
             return
         finally:

@@ -19,12 +19,12 @@ from typing import Any
 
 import orjson
 
+from ollama_asgi import anthropic_compat, openai_compat, responses_compat
 from ollama_asgi.auth import Principal
 from ollama_asgi.catalog import BackendModels, ModelInfo
 from ollama_asgi.context import TokenCounter, choose_num_ctx, truncate_messages
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.lifecycle import Loader, LoadLock
-from ollama_asgi.openai_compat import to_native
 from ollama_asgi.prewarm import TrafficModel
 from ollama_asgi.protocol import (
     MAX_JSON_DEPTH,
@@ -70,6 +70,7 @@ class Prepared:
     truncated: int = 0
     cold: bool = False
     load_only: bool = False
+    request: dict[str, Any] | None = None  # the client's body, for answers that echo it (Responses)
 
 
 class ModelLifecycle:
@@ -203,6 +204,9 @@ class ModelLifecycle:
             openai_route = name
             encoding = body.get("encoding_format") if isinstance(body.get("encoding_format"), str) else None
             prepared_path, body, include_usage = to_native(name, body)
+            if name == "anthropic_messages" and body.get("think") and "thinking" not in info.capabilities:
+                # Ollama's /v1/messages drops thinking for a model without it (Claude Code asks for it).
+                del body["think"]
 
         client_keep_alive = body.get("keep_alive")
         load_only = _is_load_request(name, body)
@@ -277,6 +281,7 @@ class ModelLifecycle:
             truncated,
             cold,
             load_only,
+            parsed.body if route.openai else None,
         )
 
     def is_ready(self, prepared: Prepared) -> bool:
@@ -367,6 +372,15 @@ class ModelLifecycle:
                 name: {"issued": t.issued, "hits": t.hits, "misses": t.misses} for name, t in self.traffic.items()
             },
         }
+
+
+def to_native(route: str, req: dict[str, Any]) -> tuple[str, dict[str, Any], bool]:
+    """The native path and body for a request under ``/v1``, whichever API family it speaks."""
+    if route == "anthropic_messages":
+        return anthropic_compat.to_native(req)
+    if route == "openai_responses":
+        return responses_compat.to_native(req)
+    return openai_compat.to_native(route, req)
 
 
 def _dumps(body: dict[str, Any]) -> bytes:

@@ -9,14 +9,18 @@ error event, which the openai client raises, instead of Ollama's silent stop.
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from typing import TypeGuard
 
 import aiohttp
 import orjson
 
+from ollama_asgi.anthropic_compat import MessagesStream, whole_message
 from ollama_asgi.errors import GatewayError, stream_error_line
 from ollama_asgi.inference import Prepared
 from ollama_asgi.openai_compat import ChatStream, CompletionStream, embeddings_response, whole_response
 from ollama_asgi.relay import RelayResult, in_own_task, stream_headers
+from ollama_asgi.responses_compat import ResponsesStream
+from ollama_asgi.responses_compat import whole_response as whole_responses_response
 from ollama_asgi.types import Message, Send
 from ollama_asgi.upstream import UpstreamResponse
 
@@ -62,7 +66,7 @@ async def _relay_whole(
     if resp.status != 200:
         message = _error_message(raw, resp.status)
         if started:
-            tail = stream_error_line(message, sse=True)
+            tail = stream_error_line(message, sse=True, anthropic=prepared.openai_route == "anthropic_messages")
             await send({"type": "http.response.body", "body": tail, "more_body": False})
             return RelayResult(resp.status, len(tail), None, message)
         raise GatewayError(resp.status, message, [h for h in extra if h[0] == b"retry-after"])
@@ -75,6 +79,10 @@ async def _relay_whole(
     route = prepared.openai_route or ""
     if route == "openai_embeddings":
         answer = embeddings_response(prepared.model, native, prepared.encoding_format)
+    elif route == "anthropic_messages":
+        answer = whole_message(prepared.model, native)
+    elif route == "openai_responses":
+        answer = whole_responses_response(prepared.model, prepared.request, native)
     else:
         answer = whole_response(route, prepared.model, native)
     body = orjson.dumps(answer)
@@ -84,14 +92,26 @@ async def _relay_whole(
     return RelayResult(200, len(body), raw if len(raw) < 1 << 20 else None)
 
 
+def _translator(prepared: Prepared) -> ChatStream | CompletionStream | MessagesStream | ResponsesStream:
+    route = prepared.openai_route
+    if route == "openai_chat":
+        return ChatStream(prepared.model, prepared.include_usage)
+    if route == "anthropic_messages":
+        return MessagesStream(prepared.model, prepared.request)
+    if route == "openai_responses":
+        return ResponsesStream(prepared.model, prepared.request)
+    return CompletionStream(prepared.model, prepared.include_usage)
+
+
+def _ends_own_way(translator: object) -> TypeGuard[MessagesStream | ResponsesStream]:
+    """Anthropic and Responses streams end a failure with an event of their API's own."""
+    return isinstance(translator, MessagesStream | ResponsesStream)
+
+
 async def _relay_stream(
     resp: UpstreamResponse, send: Send, prepared: Prepared, started: bool, extra: list[tuple[bytes, bytes]]
 ) -> RelayResult:
-    translator = (
-        ChatStream(prepared.model, prepared.include_usage)
-        if prepared.openai_route == "openai_chat"
-        else CompletionStream(prepared.model, prepared.include_usage)
-    )
+    translator = _translator(prepared)
     # The head goes out with the first event, so a failure before it still gets a real status.
     head: Message | None = None
     if not started:
@@ -150,6 +170,8 @@ async def _relay_stream(
         if error:
             raise GatewayError(502, error)
         await send(head)
-    tail = stream_error_line(error, sse=True) if error else b""
+    tail = b""
+    if error:
+        tail = translator.fail(error) if _ends_own_way(translator) else stream_error_line(error, sse=True)
     await send({"type": "http.response.body", "body": tail, "more_body": False})
     return RelayResult(200, sent + len(tail), final, error, broken)

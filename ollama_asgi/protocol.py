@@ -420,6 +420,8 @@ def parse_request(route: Route, raw: bytes, *, max_num_ctx: int) -> ParsedReques
         ("system", str, "a string"),
         ("images", list, "an array"),
     ):
+        if key == "system" and route.name == "anthropic_messages":
+            continue  # Anthropic's system prompt may be an array of text blocks
         if key in body and body[key] is not None and not isinstance(body[key], kind):
             raise _bad(f"{key} must be {name}, got {_type_name(body[key])}")
     if route.openai:

@@ -26,11 +26,13 @@ async def send_bytes(
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 
-async def send_error(send: Send, error: GatewayError, *, openai: bool, head: bool = False) -> None:
+async def send_error(
+    send: Send, error: GatewayError, *, openai: bool, anthropic: bool = False, head: bool = False
+) -> None:
     await send_bytes(
         send,
         error.status,
-        error_body(error.status, error.message, openai=openai),
+        error_body(error.status, error.message, openai=openai, anthropic=anthropic),
         headers=error.headers,
         head=head,
     )

@@ -65,6 +65,9 @@ ROUTES: dict[str, Route] = {
     "/v1/chat/completions": _r("openai_chat", "POST", Kind.INFERENCE, openai=True, stream_default=False, **_GEN),
     "/v1/completions": _r("openai_completions", "POST", Kind.INFERENCE, openai=True, stream_default=False, **_GEN),
     "/v1/embeddings": _r("openai_embeddings", "POST", Kind.INFERENCE, openai=True, **_GEN),
+    # Anthropic's Messages API and OpenAI's Responses API, served through /api/chat like /v1 chat.
+    "/v1/messages": _r("anthropic_messages", "POST", Kind.INFERENCE, openai=True, stream_default=False, **_GEN),
+    "/v1/responses": _r("openai_responses", "POST", Kind.INFERENCE, openai=True, stream_default=False, **_GEN),
     "/v1/models": _r("openai_models", "GET", Kind.READ, openai=True),
     "/_gateway/health": _r("health", "GET HEAD", Kind.GATEWAY),
     "/_gateway/status": _r("status", "GET HEAD", Kind.GATEWAY),
