@@ -6,7 +6,8 @@ forth; and when a ``/v1`` stream fails it ends without the error. The gateway th
 ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings`` onto ``/api/chat``,
 ``/api/generate`` and ``/api/embed`` (where it can size the context) and renders the answers the
 way Ollama's ``/v1`` does: ids, chunk order, a dedicated finish chunk, the ``include_usage``
-chunk, tool-call arguments as JSON strings, and OpenAI-shaped errors, mid-stream ones included.
+chunk, tool calls with Ollama's own ids and running index and their arguments as JSON strings,
+logprobs, and OpenAI-shaped errors, mid-stream ones included.
 """
 
 from __future__ import annotations
@@ -95,14 +96,34 @@ def _messages(raw: object) -> list[dict[str, Any]]:
         calls = message.get("tool_calls")
         if isinstance(calls, list):
             native["tool_calls"] = [_native_call(c) for c in calls]
-        for key in ("name", "tool_call_id"):
-            if isinstance(message.get(key), str):
-                native["tool_name" if key == "name" else key] = message[key]
+        call_id = message.get("tool_call_id")
+        if isinstance(call_id, str) and call_id:
+            native["tool_call_id"] = call_id
+        if isinstance(native["role"], str) and native["role"].lower() == "tool":
+            name = message.get("name")
+            if not (isinstance(name, str) and name) and native.get("tool_call_id"):
+                name = _called_function(raw, call_id)
+            if isinstance(name, str) and name:
+                native["tool_name"] = name
         out.append(native)
     return out
 
 
+def _called_function(messages: list[Any], call_id: object) -> str:
+    """The function name of the assistant's call ``call_id`` (searched from the last message, as
+    Ollama does): a tool result names its call only by id, and Ollama's templates want the name."""
+    for message in reversed(messages):
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        for call in calls if isinstance(calls, list) else ():
+            if isinstance(call, dict) and call.get("id") == call_id:
+                function = call.get("function")
+                name = function.get("name") if isinstance(function, dict) else None
+                return name if isinstance(name, str) else ""
+    return ""
+
+
 def _native_call(call: object) -> dict[str, Any]:
+    """A request's tool call in native form, keeping its id (Ollama's templates may print it)."""
     function = call.get("function") if isinstance(call, dict) else None
     if not isinstance(function, dict):
         raise GatewayError(400, "invalid tool call")
@@ -110,8 +131,12 @@ def _native_call(call: object) -> dict[str, Any]:
     try:
         parsed = orjson.loads(arguments) if isinstance(arguments, str) else arguments
     except orjson.JSONDecodeError:
-        raise GatewayError(400, "tool call arguments must be a JSON object") from None
-    return {"function": {"name": function.get("name", ""), "arguments": parsed}}
+        raise GatewayError(400, "invalid tool call arguments") from None
+    native: dict[str, Any] = {"function": {"name": function.get("name", ""), "arguments": parsed}}
+    call_id = call.get("id") if isinstance(call, dict) else None
+    if isinstance(call_id, str) and call_id:
+        native = {"id": call_id, **native}
+    return native
 
 
 def to_native(route: str, req: dict[str, Any]) -> tuple[str, dict[str, Any], bool]:
@@ -138,12 +163,13 @@ def to_native(route: str, req: dict[str, Any]) -> tuple[str, dict[str, Any], boo
         body["messages"] = _messages(req.get("messages"))
         if isinstance(req.get("tools"), list):
             body["tools"] = req["tools"]
-        effort = req.get("reasoning_effort")
-        reasoning = req.get("reasoning")
-        if isinstance(reasoning, dict):
-            effort = reasoning.get("effort", effort)
-        if effort is not None:
-            body["think"] = effort if effort in ("high", "medium", "low") else effort != "none"
+        think = _think(req)
+        if think is not None:
+            body["think"] = think
+        logprobs = req.get("logprobs")
+        if logprobs is not None and not isinstance(logprobs, bool):
+            raise GatewayError(400, "logprobs must be a boolean")
+        _add_logprobs(body, bool(logprobs), _integer(req, "top_logprobs"))
         return "/api/chat", body, include_usage
     prompt = req.get("prompt", "")
     if isinstance(prompt, list):
@@ -155,18 +181,73 @@ def to_native(route: str, req: dict[str, Any]) -> tuple[str, dict[str, Any], boo
     body["prompt"] = prompt
     if isinstance(req.get("suffix"), str):
         body["suffix"] = req["suffix"]
+    # A completion's logprobs is the number of alternatives; Ollama answers it without them.
+    top = _integer(req, "logprobs")
+    if top is not None and top > 0:
+        _add_logprobs(body, True, top)
     return "/api/generate", body, include_usage
 
 
-def _tool_calls(calls: object) -> list[dict[str, Any]]:
+def _integer(req: dict[str, Any], key: str) -> int | None:
+    value = req.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise GatewayError(400, f"{key} must be an integer")
+    return value
+
+
+def _add_logprobs(body: dict[str, Any], wanted: bool, top: int | None) -> None:
+    """Ask Ollama for logprobs, refusing the ``top_logprobs`` its handlers refuse (before any model
+    is looked up, as Ollama does)."""
+    if top is not None and not 0 <= top <= 20:
+        raise GatewayError(400, "top_logprobs must be between 0 and 20")
+    if wanted:
+        body["logprobs"] = True
+    if top:
+        body["top_logprobs"] = top
+
+
+_EFFORTS = frozenset({"high", "medium", "low", "max", "none"})
+
+
+def _think(req: dict[str, Any]) -> bool | str | None:
+    """Native ``think`` for a reasoning effort, mapped as Ollama's ``/v1`` maps it: a ``reasoning``
+    object wins over ``reasoning_effort``, ``none`` turns thinking off, and an effort Ollama does
+    not know is a 400."""
+    reasoning = req.get("reasoning")
+    if reasoning is not None:
+        if not isinstance(reasoning, dict):
+            raise GatewayError(400, "reasoning must be an object")
+        effort = reasoning.get("effort")
+    else:
+        effort = req.get("reasoning_effort")
+    if effort is None or effort == "":
+        return None
+    if not isinstance(effort, str):
+        raise GatewayError(400, "reasoning effort must be a string")
+    if effort not in _EFFORTS:
+        raise GatewayError(
+            400, f'invalid reasoning value: \'{effort}\' (must be "high", "medium", "low", "max", or "none")'
+        )
+    return False if effort == "none" else effort
+
+
+def _tool_calls(calls: object, first: int) -> list[dict[str, Any]]:
+    """Native calls in OpenAI's shape, with Ollama's own id and running ``function.index``.
+
+    Ollama streams one call per chunk, so the index cannot be the place in the chunk: clients merge
+    deltas of one index into one call. An Ollama too old to number or name its calls gets the
+    count so far (``first`` on) and an id made here.
+    """
     out = []
     if isinstance(calls, list):
-        for index, call in enumerate(calls):
+        for place, call in enumerate(calls, first):
             function = call.get("function", {}) if isinstance(call, dict) else {}
+            call_id = call.get("id") if isinstance(call, dict) else None
+            index = function.get("index")
             out.append(
                 {
-                    "id": f"call_{secrets.token_hex(4)}",
-                    "index": index,
+                    "id": call_id if isinstance(call_id, str) and call_id else f"call_{secrets.token_hex(4)}",
+                    "index": index if isinstance(index, int) else place,
                     "type": "function",
                     "function": {
                         "name": function.get("name", ""),
@@ -194,6 +275,7 @@ def _event(value: dict[str, Any]) -> bytes:
 
 
 DONE = b"data: [DONE]\n\n"
+_NO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
 
 class ChatStream:
@@ -210,29 +292,34 @@ class ChatStream:
             "system_fingerprint": "fp_ollama",
         }
         self.first = True
-        self.had_tools = False
+        self.calls = 0
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
         message = chunk.get("message") or {}
         done = bool(chunk.get("done"))
+        logprobs = chunk.get("logprobs")
         delta: dict[str, Any] = {}
         if message.get("content"):
             delta["content"] = message["content"]
         if message.get("thinking"):
             delta["reasoning"] = message["thinking"]
         if message.get("tool_calls"):
-            delta["tool_calls"] = _tool_calls(message["tool_calls"])
-            self.had_tools = True
+            calls = _tool_calls(message["tool_calls"], self.calls)
+            self.calls += len(calls)
+            delta["tool_calls"] = calls
         out = b""
-        if delta or not done or self.first:
+        if delta or not done or self.first or logprobs:
             if self.first:
                 delta = {"role": "assistant", **delta}
             if not ({"content", "reasoning", "tool_calls"} & delta.keys()):
                 delta["content"] = ""
-            out += _event({**self.head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
+            if logprobs:
+                choice["logprobs"] = {"content": logprobs}
+            out += _event({**self.head, "choices": [choice]})
             self.first = False
         if done:
-            finish = {"index": 0, "delta": {}, "finish_reason": _finish_reason(chunk, self.had_tools)}
+            finish = {"index": 0, "delta": {}, "finish_reason": _finish_reason(chunk, self.calls > 0)}
             out += _event({**self.head, "choices": [finish]})
             if self.include_usage:
                 out += _event({**self.head, "choices": [], "usage": _usage(chunk)})
@@ -245,23 +332,21 @@ class CompletionStream:
 
     def __init__(self, model: str, include_usage: bool) -> None:
         self.include_usage = include_usage
-        self.head = {
-            "id": f"cmpl-{_rng.randrange(999)}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": model,
-            "system_fingerprint": "fp_ollama",
-        }
+        self.head = {"id": f"cmpl-{_rng.randrange(999)}", "object": "text_completion", "created": int(time.time())}
+        # Ollama's completion chunk has its choices before the model, and with include_usage a
+        # zeroed usage on every chunk before the one that counts.
+        self.tail: dict[str, Any] = {"model": model, "system_fingerprint": "fp_ollama"}
+        if include_usage:
+            self.tail["usage"] = _NO_USAGE
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
         done = bool(chunk.get("done"))
         reason = _finish_reason(chunk, False) if done else None
-        out = _event(
-            {**self.head, "choices": [{"text": chunk.get("response", ""), "index": 0, "finish_reason": reason}]}
-        )
+        choice = {"text": chunk.get("response", ""), "index": 0, "finish_reason": reason}
+        out = _event({**self.head, "choices": [choice], **self.tail})
         if done:
             if self.include_usage:
-                out += _event({**self.head, "choices": [], "usage": _usage(chunk)})
+                out += _event({**self.head, "choices": [], **self.tail, "usage": _usage(chunk)})
             out += DONE
         return out
 
@@ -271,19 +356,22 @@ def whole_response(route: str, model: str, native: dict[str, Any]) -> dict[str, 
     created = int(time.time())
     if route == "openai_chat":
         message = native.get("message") or {}
-        calls = _tool_calls(message.get("tool_calls"))
+        calls = _tool_calls(message.get("tool_calls"), 0)
         out_message: dict[str, Any] = {"role": "assistant", "content": message.get("content", "")}
         if message.get("thinking"):
             out_message["reasoning"] = message["thinking"]
         if calls:
             out_message["tool_calls"] = calls
+        choice = {"index": 0, "message": out_message, "finish_reason": _finish_reason(native, bool(calls))}
+        if native.get("logprobs"):
+            choice["logprobs"] = {"content": native["logprobs"]}
         return {
             "id": f"chatcmpl-{_rng.randrange(999)}",
             "object": "chat.completion",
             "created": created,
             "model": model,
             "system_fingerprint": "fp_ollama",
-            "choices": [{"index": 0, "message": out_message, "finish_reason": _finish_reason(native, bool(calls))}],
+            "choices": [choice],
             "usage": _usage(native),
         }
     return {

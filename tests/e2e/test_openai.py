@@ -55,6 +55,88 @@ def test_streamed_tool_calls(client: openai.OpenAI) -> None:
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
 
 
+def two_calls(model: str, prompt: str) -> list[str]:
+    """A model that answers with two calls, which Ollama's parser sends one per chunk."""
+    return [
+        '{"name": "get_weather", "parameters": {"city": "Paris"}} ',
+        '{"name": "get_weather", "parameters": {"city": "London"}}',
+    ]
+
+
+def test_two_streamed_calls_are_assembled_as_two(client: openai.OpenAI, emulator: EmulatorServer) -> None:
+    emulator.emulator.reply = two_calls
+    with client.chat.completions.stream(
+        model="llama3.2",
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=TOOLS,  # type: ignore[arg-type]
+    ) as stream:
+        message = stream.get_final_completion().choices[0].message
+    calls = message.tool_calls or []
+    assert [(c.function.name, c.function.arguments) for c in calls] == [
+        ("get_weather", '{"city":"Paris"}'),
+        ("get_weather", '{"city":"London"}'),
+    ]
+    assert len({c.id for c in calls}) == 2
+
+
+def test_two_calls_in_a_whole_answer_keep_their_index(client: openai.OpenAI, emulator: EmulatorServer) -> None:
+    emulator.emulator.reply = two_calls
+    completion = client.chat.completions.create(
+        model="llama3.2",
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=TOOLS,  # type: ignore[arg-type]
+    )
+    calls = [c.model_dump() for c in completion.choices[0].message.tool_calls or []]
+    assert [(c["index"], c["function"]["arguments"]) for c in calls] == [
+        (0, '{"city":"Paris"}'),
+        (1, '{"city":"London"}'),
+    ]
+
+
+def test_a_tool_result_reaches_ollama_with_its_call_id_and_function_name(
+    client: openai.OpenAI, emulator: EmulatorServer
+) -> None:
+    call = {"id": "call_7", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    client.chat.completions.create(
+        model="llama3.2",
+        messages=[
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},  # type: ignore[list-item]
+            {"role": "tool", "tool_call_id": "call_7", "content": "sunny"},
+        ],
+    )
+    sent = [r.json for r in emulator.emulator.requests if r.path == "/api/chat"][-1]["messages"]
+    assert sent[1]["tool_calls"][0]["id"] == "call_7"
+    assert (sent[2]["tool_call_id"], sent[2]["tool_name"]) == ("call_7", "get_weather")
+
+
+def test_logprobs_are_asked_of_ollama(client: openai.OpenAI, emulator: EmulatorServer) -> None:
+    client.chat.completions.create(
+        model="llama3.2", messages=[{"role": "user", "content": "x"}], logprobs=True, top_logprobs=2
+    )
+    sent = [r.json for r in emulator.emulator.requests if r.path == "/api/chat"][-1]
+    assert (sent["logprobs"], sent["top_logprobs"]) == (True, 2)
+
+
+def test_top_logprobs_over_20_is_refused_before_ollama_is_asked(
+    client: openai.OpenAI, emulator: EmulatorServer
+) -> None:
+    with pytest.raises(openai.BadRequestError, match="top_logprobs must be between 0 and 20"):
+        client.chat.completions.create(model="llama3.2", messages=[{"role": "user", "content": "x"}], top_logprobs=21)
+    assert [r.path for r in emulator.emulator.requests] == []
+
+
+def test_completions_streamed_with_usage_have_zero_usage_until_the_last(client: openai.OpenAI) -> None:
+    parts = list(
+        client.completions.create(
+            model="llama3.2", prompt="red green blue", max_tokens=3, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    usages = [(p.usage.prompt_tokens, p.usage.completion_tokens) if p.usage else None for p in parts]
+    assert usages[:-1] == [(0, 0)] * (len(parts) - 1)
+    assert usages[-1] is not None and usages[-1][1] == 3
+
+
 def test_completions_stream_and_whole(client: openai.OpenAI) -> None:
     whole = client.completions.create(model="llama3.2", prompt="red green blue", max_tokens=3)
     assert whole.choices[0].text == "red green blue" and whole.choices[0].finish_reason == "length"

@@ -306,10 +306,6 @@ def test_openai_chat_stream_chunks_are_ollamas(openai_clients: Pair) -> None:
     assert stable(gateway) == newest_shape(direct)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gateway's /v1 chat drops logprobs: it neither asks Ollama for them nor renders them",
-)
 def test_openai_chat_logprobs(openai_clients: Pair) -> None:
     direct, gateway = openai_clients.each(
         lambda c: c.chat.completions.create(model="tiny", messages=HI, logprobs=True, top_logprobs=2, max_tokens=2)
@@ -374,11 +370,6 @@ def test_openai_tool_calls(openai_clients: Pair) -> None:
     assert stable(gateway) == stable(direct)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gateway's /v1 stream gives each tool call index 0; Ollama numbers them 0, 1, ... so clients "
-    "that merge deltas by index see one call with both calls' arguments run together",
-)
 def test_openai_two_tool_calls_streamed_keep_their_index(openai_clients: Pair) -> None:
     def deltas(client: openai.OpenAI) -> list[tuple[int, str | None, str | None]]:
         chunks = stream_with_usage(client, model="tools2", tools=[WEATHER_TOOL])
@@ -394,11 +385,6 @@ def test_openai_two_tool_calls_streamed_keep_their_index(openai_clients: Pair) -
     assert gateway == direct
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gateway's /v1 stream gives each tool call index 0, so openai-python's stream helper merges "
-    'two calls into one named "get_weatherget_weather" with arguments \'{"city":"Paris"}{"city":"London"}\'',
-)
 def test_openai_stream_helper_assembles_two_tool_calls(openai_clients: Pair) -> None:
     def final_calls(client: openai.OpenAI) -> list[tuple[str, str]]:
         with client.chat.completions.stream(model="tools2", messages=HI, tools=[WEATHER_TOOL]) as stream:
@@ -446,11 +432,6 @@ def test_openai_completions_streamed(openai_clients: Pair) -> None:
     assert stable(gateway) == stable(direct)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with include_usage, Ollama's /v1/completions stream puts a zeroed usage in every chunk before the "
-    "usage chunk; the gateway's chunks have none",
-)
 def test_openai_completions_streamed_with_usage(openai_clients: Pair) -> None:
     direct, gateway = openai_clients.each(
         lambda c: list(

@@ -1,0 +1,215 @@
+"""The /v1 translation: OpenAI requests in native form, native answers in OpenAI's, as Ollama's own
+``/v1`` layer maps them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from ollama_asgi.errors import GatewayError
+from ollama_asgi.openai_compat import ChatStream, CompletionStream, to_native, whole_response
+
+HI = [{"role": "user", "content": "hi"}]
+LOGPROBS = [
+    {"token": "The", "logprob": -0.1, "bytes": [84, 104, 101], "top_logprobs": [{"token": "The", "logprob": -0.1}]}
+]
+
+
+def call(call_id: str, index: int, city: str) -> dict[str, Any]:
+    return {"id": call_id, "function": {"index": index, "name": "get_weather", "arguments": {"city": city}}}
+
+
+def chat_chunk(**message: Any) -> dict[str, Any]:
+    return {"model": "m", "message": {"role": "assistant", "content": "", **message}, "done": False}
+
+
+FINAL = {"model": "m", "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop"}
+
+
+def events(stream: bytes) -> list[Any]:
+    return [orjson.loads(line[6:]) for line in stream.split(b"\n\n") if line.startswith(b"data: {")]
+
+
+def native_chat(**request: Any) -> dict[str, Any]:
+    return to_native("openai_chat", {"model": "m", "messages": HI, **request})[1]
+
+
+def refusal(route: str, **request: Any) -> str:
+    with pytest.raises(GatewayError) as info:
+        to_native(route, {"model": "m", "messages": HI, **request})
+    assert info.value.status == 400
+    return str(info.value.message)
+
+
+# ------------------------------------------------------------------------------------- tool calls
+
+
+def test_streamed_calls_keep_ollamas_ids_and_running_index() -> None:
+    stream = ChatStream("m", include_usage=False)
+    out = stream.feed(chat_chunk(tool_calls=[call("call_a", 0, "Paris")]))
+    out += stream.feed(chat_chunk(tool_calls=[call("call_b", 1, "London")]))
+    out += stream.feed(FINAL)
+    calls = [c for e in events(out) for c in e["choices"][0]["delta"].get("tool_calls", [])]
+    assert [(c["id"], c["index"], c["function"]["arguments"]) for c in calls] == [
+        ("call_a", 0, '{"city":"Paris"}'),
+        ("call_b", 1, '{"city":"London"}'),
+    ]
+
+
+def test_calls_without_an_index_are_counted_across_chunks() -> None:
+    stream = ChatStream("m", include_usage=False)
+    bare = [{"function": {"name": "get_weather", "arguments": {}}}]
+    out = stream.feed(chat_chunk(tool_calls=bare)) + stream.feed(chat_chunk(tool_calls=bare))
+    calls = [c for e in events(out) for c in e["choices"][0]["delta"]["tool_calls"]]
+    assert [c["index"] for c in calls] == [0, 1]
+    assert all(c["id"].startswith("call_") for c in calls)
+
+
+def test_whole_answer_keeps_ollamas_ids_and_indexes() -> None:
+    native = {
+        **FINAL,
+        "message": {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [call("call_a", 0, "Paris"), call("call_b", 1, "London")],
+        },
+    }
+    answer = whole_response("openai_chat", "m", native)
+    calls = answer["choices"][0]["message"]["tool_calls"]
+    assert [(c["id"], c["index"]) for c in calls] == [("call_a", 0), ("call_b", 1)]
+    assert answer["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_assistant_calls_are_sent_on_with_their_ids() -> None:
+    messages = [
+        *HI,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                }
+            ],
+        },
+    ]
+    native = native_chat(messages=messages)
+    assert native["messages"][1]["tool_calls"] == [
+        {"id": "call_1", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    ]
+
+
+def test_a_tool_result_is_named_after_the_call_its_id_names() -> None:
+    calls = [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}},
+        {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+    ]
+    messages = [
+        *HI,
+        {"role": "assistant", "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "call_2", "content": "noon"},
+    ]
+    tool = native_chat(messages=messages)["messages"][2]
+    assert (tool["tool_call_id"], tool["tool_name"]) == ("call_2", "get_time")
+
+
+def test_a_tool_results_own_name_wins_over_its_call_id() -> None:
+    messages = [
+        *HI,
+        {"role": "assistant", "tool_calls": [{"id": "call_1", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "name": "weather", "content": "sunny"},
+    ]
+    assert native_chat(messages=messages)["messages"][2]["tool_name"] == "weather"
+
+
+def test_only_tool_results_get_a_tool_name() -> None:
+    native = native_chat(messages=[{"role": "user", "name": "ann", "content": "hi"}])
+    assert "tool_name" not in native["messages"][0]
+
+
+# --------------------------------------------------------------------------------------- logprobs
+
+
+def test_chat_logprobs_are_asked_of_ollama() -> None:
+    native = native_chat(logprobs=True, top_logprobs=2)
+    assert (native["logprobs"], native["top_logprobs"]) == (True, 2)
+
+
+def test_chat_without_logprobs_asks_for_none() -> None:
+    assert {"logprobs", "top_logprobs"}.isdisjoint(native_chat())
+
+
+@pytest.mark.parametrize("top", [-1, 21])
+def test_top_logprobs_out_of_range_is_refused_as_by_ollama(top: int) -> None:
+    assert refusal("openai_chat", top_logprobs=top) == "top_logprobs must be between 0 and 20"
+
+
+def test_a_completions_logprobs_count_asks_for_that_many_alternatives() -> None:
+    native = to_native("openai_completions", {"model": "m", "prompt": "hi", "logprobs": 3})[1]
+    assert (native["logprobs"], native["top_logprobs"]) == (True, 3)
+
+
+def test_a_completions_logprobs_count_over_20_is_refused_as_by_ollama() -> None:
+    assert refusal("openai_completions", prompt="hi", logprobs=25) == "top_logprobs must be between 0 and 20"
+
+
+def test_whole_chat_answer_carries_ollamas_logprobs() -> None:
+    answer = whole_response(
+        "openai_chat", "m", {**FINAL, "message": {"role": "assistant", "content": "The"}, "logprobs": LOGPROBS}
+    )
+    choice = answer["choices"][0]
+    assert choice["logprobs"] == {"content": LOGPROBS}
+    assert list(choice) == ["index", "message", "finish_reason", "logprobs"]
+
+
+def test_each_streamed_chunk_carries_its_tokens_logprobs() -> None:
+    stream = ChatStream("m", include_usage=False)
+    out = stream.feed({**chat_chunk(content="The"), "logprobs": LOGPROBS}) + stream.feed(FINAL)
+    choices = [e["choices"][0] for e in events(out)]
+    assert [c.get("logprobs") for c in choices] == [{"content": LOGPROBS}, None]
+
+
+# ------------------------------------------------------------------------------ reasoning effort
+
+
+@pytest.mark.parametrize(("effort", "think"), [("low", "low"), ("high", "high"), ("max", "max"), ("none", False)])
+def test_reasoning_effort_becomes_think(effort: str, think: object) -> None:
+    assert native_chat(reasoning_effort=effort)["think"] == think
+
+
+def test_a_reasoning_object_wins_over_reasoning_effort() -> None:
+    assert native_chat(reasoning={"effort": "low"}, reasoning_effort="high")["think"] == "low"
+
+
+def test_an_unknown_reasoning_effort_is_refused_with_ollamas_words() -> None:
+    assert refusal("openai_chat", reasoning_effort="extreme") == (
+        'invalid reasoning value: \'extreme\' (must be "high", "medium", "low", "max", or "none")'
+    )
+
+
+# ------------------------------------------------------------------------------------ completions
+
+
+def test_completion_chunks_carry_zero_usage_until_the_usage_chunk() -> None:
+    stream = CompletionStream("m", include_usage=True)
+    out = stream.feed({"response": "The", "done": False})
+    out += stream.feed({"response": "", "done": True, "done_reason": "stop", "prompt_eval_count": 5, "eval_count": 1})
+    usages = [e["usage"] for e in events(out)]
+    zero = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    assert usages == [zero, zero, {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}]
+
+
+def test_completion_chunks_put_choices_before_the_model() -> None:
+    stream = CompletionStream("m", include_usage=True)
+    out = stream.feed({"response": "", "done": True, "done_reason": "stop"})
+    fields = ["id", "object", "created", "choices", "model", "system_fingerprint", "usage"]
+    assert [list(e) for e in events(out)] == [fields, fields]
+
+
+def test_completion_chunks_without_include_usage_have_no_usage() -> None:
+    out = CompletionStream("m", include_usage=False).feed({"response": "The", "done": False})
+    assert "usage" not in events(out)[0]
