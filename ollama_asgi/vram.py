@@ -183,6 +183,22 @@ class VramGuard:
                 )
         free = self.free_bytes(models) if freed is None else freed
         victims = [v for v in self._victims(models, exclude=info.name) if v[0] not in evicted]
+        # Room that only busy models could give: evicting idle ones first would cost loads and still
+        # not fit. A pre-warm gives up at once (a guess never waits for, nor evicts for, real work);
+        # a request waits for the busy models to finish, as it would in Ollama's own queue.
+        while free + sum(released for _, released in victims) < need and self._busy(models):
+            if not patient:
+                self.refusals += 1
+                raise GatewayError(
+                    503,
+                    f"no room to pre-load '{info.name}' ({_size(need)} needed) while "
+                    f"{', '.join(self._busy(models))} are busy",
+                    [(b"retry-after", str(max(1, math.ceil(self.settle))).encode())],
+                    reason="models_busy",
+                )
+            await asyncio.sleep(_IDLE_POLL)
+            free = self.free_bytes(models) if freed is None else freed
+            victims = [v for v in self._victims(models, exclude=info.name) if v[0] not in evicted]
         while free < need and victims:
             victim, released = victims.pop(0)
             await self._evict(models, victim)

@@ -67,15 +67,30 @@ async def test_idle_models_are_evicted_least_valuable_first() -> None:
     assert guard.evictions == 1
 
 
-async def test_busy_models_are_never_evicted() -> None:
+async def test_a_load_only_busy_models_could_make_room_for_waits_for_them_and_never_evicts_them() -> None:
     gpu = FakeGpu(40 * GIB, GIB // 2)
     guard, unloaded = _guard(gpu)
     models = _models(gpu, {"busy:latest": 30 * GIB})
     models.in_flight["busy:latest"] = 1
+    load = asyncio.ensure_future(
+        guard.before_load(models, ModelInfo("new:latest", 8192, ("completion",), 12 * GIB), 4096)
+    )
+    await asyncio.sleep(0.2)
+    assert not load.done() and unloaded == []  # waiting its turn, as in Ollama's own queue
+    del models.in_flight["busy:latest"]
+    await asyncio.wait_for(load, 1)
+    assert unloaded == ["busy:latest"]
+
+
+async def test_a_pre_warm_that_only_busy_models_could_make_room_for_evicts_nothing_and_gives_up() -> None:
+    gpu = FakeGpu(40 * GIB, GIB // 2)
+    guard, unloaded = _guard(gpu)
+    models = _models(gpu, {"busy:latest": 30 * GIB, "idle:latest": 3 * GIB})
+    models.in_flight["busy:latest"] = 1
     with pytest.raises(GatewayError) as info:
-        await guard.before_load(models, ModelInfo("new:latest", 8192, ("completion",), 12 * GIB), 4096)
-    assert info.value.status == 503 and "busy:latest" in info.value.message
-    assert unloaded == []
+        await guard.before_load(models, ModelInfo("next:latest", 8192, ("completion",), 12 * GIB), 4096, patient=False)
+    assert info.value.reason == "models_busy" and "busy:latest" in info.value.message
+    assert unloaded == []  # evicting the idle model would not have made room: it stays
 
 
 async def test_without_nvml_a_budget_is_used() -> None:
@@ -174,9 +189,8 @@ async def test_a_request_that_joins_a_refused_pre_warm_waits_its_turn(monkeypatc
 
 
 async def test_a_refusal_states_sizes_in_units_that_show_them() -> None:
-    guard, _ = _guard(None, budget=2 * 2**20 + 200 * 2**10)
-    models = _models(FakeGpu(0, 0), {"busy:latest": 2 * 2**20})
-    models.in_flight["busy:latest"] = 1
+    guard, _ = _guard(None, budget=200 * 2**10)
+    models = _models(FakeGpu(0, 0), {})
     with pytest.raises(GatewayError) as info:
         await guard.before_load(models, ModelInfo("small:latest", 8192, ("completion",), 250_000), 4096)
     assert "(268.6 KiB needed, 200.0 KiB free)" in info.value.message
