@@ -12,6 +12,15 @@ slot. Priority classes are strict: interactive work is served before batch work.
 
 A freed slot is handed straight to the next waiter's future (no polling), and everything a
 request needs before it reaches Ollama (parse, auth, policy, placement) happens before it queues.
+
+Swap-aware scheduling (``ModelTurns``): a backend that holds at most ``limit`` models at once
+(Ollama's ``OLLAMA_MAX_LOADED_MODELS``) reloads a model for every switch, so served in arrival order
+a queue alternating between two models costs a load per request. In front of the slots, a gate
+lets requests through for at most ``limit`` models at a time; requests for another model wait
+until one of those has nothing left in flight, and then the whole group of the oldest waiting
+model goes through together (A B A C is served A A B C). A waiter passed over for longer than
+``max_delay`` beyond its FIFO turn closes the current groups to newcomers, which bounds the
+unfairness. A request whose model is already let through costs two dictionary updates.
 """
 
 from __future__ import annotations
@@ -26,13 +35,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from heapq import heapify, heappop, heappush
+from typing import TYPE_CHECKING
 
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.state import SharedSlots, StateUnavailable
 
+if TYPE_CHECKING:
+    from ollama_asgi.catalog import BackendModels, ModelInfo
+    from ollama_asgi.lifecycle import BeforeLoad
+
 logger = logging.getLogger("ollama_asgi.admission")
 
-__all__ = ["Admission", "Lease", "Pool", "PRIORITIES"]
+__all__ = ["Admission", "Lease", "ModelTurns", "Pool", "PRIORITIES", "Turn", "hold_prewarms", "queue_headers"]
 
 PRIORITIES = {"interactive": 0, "batch": 1}
 _MAX_PROMISED = 4096  # refused requests remembered until the time they were told to come back
@@ -49,6 +63,7 @@ class _Waiter:
     enqueued: float = field(default_factory=time.monotonic)
     granted_at: float = 0.0
     holder: str = ""  # the shared lease granted to this waiter, when state is shared
+    position: int = 0  # requests ahead of it when it queued (told to the client)
 
 
 class _ServiceClock:
@@ -168,6 +183,34 @@ class Pool:
         """Seconds until a request with ``ahead`` requests in front of it gets a slot."""
         return (ahead + 1) * self.service_time() / self.capacity
 
+    def position(self, waiter: _Waiter) -> int:
+        """Requests the fair queue will serve before ``waiter``, as it stands (arrivals to come aside).
+
+        Within a priority class, a principal's k-th waiter starts at virtual time ``v + k / weight``;
+        waiters of other principals with an earlier start go first, as ``_pop_next`` would pick them.
+        """
+        ahead = 0
+        for priority, queues in enumerate(self._classes):
+            if priority < waiter.priority:
+                ahead += sum(len(queue) for queue in queues.values())
+                continue
+            own = queues.get(waiter.principal)
+            if own is None or waiter not in own:
+                return ahead  # granted or gone
+            index = own.index(waiter)
+            start = self._vtime[waiter.principal] + index / waiter.weight
+            earlier = True  # ties go to the principal met first, as ``min`` in ``_pop_next`` picks
+            for principal, queue in queues.items():
+                if principal == waiter.principal:
+                    ahead += index
+                    earlier = False
+                    continue
+                span = (start - self._vtime[principal]) * queue[0].weight
+                if span >= 0:
+                    ahead += min(len(queue), math.floor(span) + 1 if earlier else math.ceil(span))
+            return ahead
+        return ahead
+
     def refusal_wait(self, ahead: int, requester: tuple[str, str] | None = None) -> float:
         """Seconds to advertise in a refused request's ``Retry-After``.
 
@@ -223,6 +266,12 @@ def retry_after(seconds: float) -> list[tuple[bytes, bytes]]:
     return [(b"retry-after", str(max(1, math.ceil(seconds))).encode())]
 
 
+def queue_headers(waited: float, position: int) -> list[tuple[bytes, bytes]]:
+    """``X-Queue-Wait`` (seconds waited) and ``X-Queue-Position`` (requests ahead on arrival), sent
+    on answers that queued, so a client can see what the wait was made of."""
+    return [(b"x-queue-wait", f"{waited:.3f}".encode()), (b"x-queue-position", str(position).encode())]
+
+
 def _granted(waiter: _Waiter) -> bool:
     return waiter.future.done() and not waiter.future.cancelled()
 
@@ -230,16 +279,24 @@ def _granted(waiter: _Waiter) -> bool:
 class Lease:
     """A granted slot; release it exactly once when the upstream exchange ends."""
 
-    __slots__ = ("_admission", "_pool", "_released", "granted_at", "holder", "queued_for")
+    __slots__ = ("_admission", "_pool", "_released", "granted_at", "holder", "position", "queued_for", "turn")
 
     def __init__(
-        self, pool: Pool, granted_at: float, queued_for: float, holder: str = "", admission: Admission | None = None
+        self,
+        pool: Pool,
+        granted_at: float,
+        queued_for: float,
+        holder: str = "",
+        admission: Admission | None = None,
+        position: int = 0,
     ) -> None:
         self._pool = pool
         self._admission = admission
         self.granted_at = granted_at
         self.queued_for = queued_for
         self.holder = holder
+        self.position = position
+        self.turn: Turn | None = None  # the model's turn on a swap-limited backend, given back with the slot
         self._released = False
 
     def release(self, *, ok: bool = True) -> None:
@@ -248,6 +305,257 @@ class Lease:
             if self.holder and self._admission is not None:
                 self._admission.release_shared(self._pool, self.holder)
             self._pool.release(self.granted_at, record=ok)
+            if self.turn is not None:
+                self.turn.release()
+
+    def queue_headers(self) -> list[tuple[bytes, bytes]]:
+        """The answer's queue headers: empty when the request never waited."""
+        turn = self.turn
+        waited = self.queued_for + (turn.waited if turn is not None else 0.0)
+        if not waited:
+            return []
+        position = turn.position if turn is not None and turn.waited else self.position
+        return queue_headers(waited, position)
+
+
+class Turn:
+    """One request's pass through a ``ModelTurns`` gate; give it back once when the request ends."""
+
+    __slots__ = ("_gate", "enqueued", "future", "model", "position", "request_id", "seq", "waited", "due_since")
+
+    def __init__(self, gate: ModelTurns, model: str, seq: int, request_id: str = "") -> None:
+        self._gate: ModelTurns | None = gate
+        self.model = model
+        self.seq = seq
+        self.request_id = request_id
+        self.enqueued = 0.0
+        self.waited = 0.0  # seconds spent waiting for the model's turn
+        self.position = 0  # requests ahead of it when it started waiting
+        self.due_since: float | None = None  # when it would have been served in FIFO order
+        self.future: asyncio.Future[None] | None = None
+
+    def release(self) -> None:
+        gate = self._gate
+        if gate is not None:
+            self._gate = None
+            gate._release(self)
+
+
+class ModelTurns:
+    """At most ``limit`` models with requests past this gate on one backend; the rest wait grouped by model.
+
+    ``resident`` counts, per model let through, its requests not yet finished (loading, queued for a
+    slot or in flight). A model with none left gives its place to the model of the oldest waiter,
+    whose whole group then goes through. While that waiter is overdue (passed over for ``max_delay``
+    seconds after its FIFO turn: fewer than ``capacity`` requests that came before it still
+    unfinished), the current groups take no newcomers, so they drain and the turn passes.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        max_delay: float,
+        capacity: int = 1,
+        estimate: Callable[[int, int], float] | None = None,
+    ) -> None:
+        self.limit = limit
+        self.max_delay = max_delay
+        self.capacity = capacity
+        self.estimate = estimate  # (requests ahead, loads ahead) -> seconds
+        self.resident: dict[str, int] = {}
+        self.closing = False  # an overdue waiter: the current groups take no newcomers
+        self.waiting = 0
+        self.switches = 0  # a model let through in place of another
+        self.overdue = 0  # times a waiter's bound closed the current groups
+        self._queues: dict[str, deque[Turn]] = {}
+        self._holders: dict[int, None] = {}  # sequence numbers of requests let through, unfinished
+        self._seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def try_enter(self, model: str, request_id: str = "") -> Turn | None:
+        """Let the request through at once if its model may run now; None means ``enter`` must wait."""
+        count = self.resident.get(model)
+        if count is None:
+            if self.waiting or not self._make_room():
+                return None
+            count = 0
+        elif self.closing:
+            return None
+        self.resident[model] = count + 1
+        self._seq += 1
+        self._holders[self._seq] = None
+        return Turn(self, model, self._seq, request_id)
+
+    def _make_room(self) -> bool:
+        """A place for one more model: a free one, or one whose requests are all finished."""
+        if len(self.resident) < self.limit:
+            return True
+        for name, count in self.resident.items():  # oldest let through first
+            if not count:
+                del self.resident[name]
+                self.switches += 1
+                return True
+        return False
+
+    async def enter(
+        self, model: str, wait_limit: float, request_id: str = "", on_queued: Callable[[Turn], None] | None = None
+    ) -> Turn:
+        """Wait for the model's turn; 503 with Retry-After when it does not come within ``wait_limit``.
+
+        ``on_queued`` sees the turn when it has to wait (so a client can be told where it stands).
+        """
+        turn = self.try_enter(model, request_id)
+        if turn is not None:
+            return turn
+        self._seq += 1
+        turn = Turn(self, model, self._seq, request_id)
+        turn.future = asyncio.get_running_loop().create_future()
+        turn.enqueued = time.monotonic()
+        turn.position = self.position(turn)
+        self._queues.setdefault(model, deque()).append(turn)
+        self.waiting += 1
+        if on_queued is not None:
+            on_queued(turn)
+        self._settle()
+        try:
+            async with asyncio.timeout(wait_limit):
+                await turn.future
+        except TimeoutError:
+            if turn.future.done() and not turn.future.cancelled():
+                return turn
+            self._forget(turn)
+            raise GatewayError(
+                503,
+                f"model '{model}' did not get its turn on this backend within {wait_limit:g}s",
+                retry_after(self.expected_wait(turn)),
+                reason="deadline",
+            ) from None
+        except asyncio.CancelledError:
+            if turn.future.done() and not turn.future.cancelled():
+                turn.release()
+            else:
+                self._forget(turn)
+            raise
+        return turn
+
+    def fail_waiters(self, error: Callable[[], GatewayError]) -> int:
+        """Answer every waiting request with a fresh ``error()`` (the gateway is stopping); return how many."""
+        failed = 0
+        for queue in self._queues.values():
+            for turn in queue:
+                if turn.future is not None and not turn.future.done():
+                    turn.future.set_exception(error())
+                    failed += 1
+        self._queues.clear()
+        self.waiting = 0
+        return failed
+
+    def _forget(self, turn: Turn) -> None:
+        queue = self._queues.get(turn.model)
+        if queue is not None and turn in queue:
+            queue.remove(turn)
+            self.waiting -= 1
+            if not queue:
+                del self._queues[turn.model]
+        if turn.future is not None and not turn.future.done():
+            turn.future.cancel()
+        turn._gate = None
+        self._settle()
+
+    def _release(self, turn: Turn) -> None:
+        self._holders.pop(turn.seq, None)
+        left = self.resident.get(turn.model, 0) - 1
+        if turn.model in self.resident:
+            self.resident[turn.model] = max(0, left)
+        if self.waiting and (left <= 0 or self.closing or self._due_changed(turn)):
+            self._settle()
+
+    def _due_changed(self, turn: Turn) -> bool:
+        """A finished request that came before the oldest waiter brings that waiter nearer its FIFO turn."""
+        oldest = self._oldest()
+        return oldest is not None and oldest.due_since is None and turn.seq < oldest.seq
+
+    def _oldest(self) -> Turn | None:
+        heads = [queue[0] for queue in self._queues.values() if queue]
+        return min(heads, key=lambda turn: turn.seq) if heads else None
+
+    def _let_through(self, model: str) -> None:
+        queue = self._queues.pop(model, None)
+        if not queue:
+            return
+        now = time.monotonic()
+        count = self.resident.get(model, 0)
+        for turn in queue:
+            self.waiting -= 1
+            if turn.future is None or turn.future.done():
+                continue
+            turn.waited = now - turn.enqueued
+            self._holders[turn.seq] = None
+            count += 1
+            turn.future.set_result(None)
+        self.resident[model] = count
+
+    def _settle(self) -> None:
+        """Let waiting groups through where they may go now, and watch the oldest waiter's bound."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.closing:
+            for model in [m for m in self._queues if m in self.resident]:
+                self._let_through(model)  # newcomers held back while the groups were closed
+        while self._queues:
+            oldest = self._oldest()
+            assert oldest is not None
+            if oldest.model not in self.resident and not self._make_room():
+                break
+            self.closing = False
+            self._let_through(oldest.model)
+            for model in [m for m in self._queues if m in self.resident]:
+                self._let_through(model)
+        oldest = self._oldest()
+        if oldest is None:
+            self.closing = False
+            return
+        now = time.monotonic()
+        if oldest.due_since is None:
+            earlier = sum(1 for seq in self._holders if seq < oldest.seq)
+            if earlier < self.capacity:
+                oldest.due_since = now
+        if oldest.due_since is not None and not self.closing:
+            left = oldest.due_since + self.max_delay - now
+            if left <= 0:
+                self.closing = True
+                self.overdue += 1
+            else:
+                self._timer = asyncio.get_running_loop().call_later(left, self._settle)
+
+    # -- what a waiting client is told ------------------------------------------------------------
+
+    def position(self, turn: Turn) -> int:
+        """Requests served before ``turn``: every one let through and unfinished, then the groups
+        whose oldest waiter came first, then the earlier waiters of its own model."""
+        ahead = len(self._holders)
+        own = turn.seq
+        for model, queue in self._queues.items():
+            if model == turn.model:
+                ahead += sum(1 for t in queue if t.seq < own)
+            elif queue and queue[0].seq < self._group_start(turn):
+                ahead += len(queue)
+        return ahead
+
+    def _group_start(self, turn: Turn) -> int:
+        queue = self._queues.get(turn.model)
+        return queue[0].seq if queue else turn.seq
+
+    def loads_ahead(self, turn: Turn) -> int:
+        """Model switches before ``turn`` runs: one per group ahead of it, and its own."""
+        start = self._group_start(turn)
+        return 1 + sum(1 for m, q in self._queues.items() if m != turn.model and q and q[0].seq < start)
+
+    def expected_wait(self, turn: Turn) -> float:
+        if self.estimate is None:
+            return 0.0
+        return self.estimate(self.position(turn), self.loads_ahead(turn))
 
 
 class Admission:
@@ -272,11 +580,111 @@ class Admission:
         self.fail_open = fail_open
         self._background: set[asyncio.Task[None]] = set()
         self.closing: Callable[[], GatewayError] | None = None  # set once the gateway stops taking work
+        # Swap-aware gates per backend (see ``configure_turns``); empty: no request pays for them.
+        self.turns: dict[str, ModelTurns] = {}
+        self._turn_limit = 0
+        self._turn_delay = 0.0
+        self.load_seconds: Callable[[str], float] = lambda backend: 5.0  # expected seconds per model switch
+        # Requests waiting now, by request id: what their client may ask of ``describe``.
+        self._queued_requests: dict[str, tuple[str, Callable[[], dict[str, object]]]] = {}
+
+    def configure_turns(self, limit: int, max_delay: float) -> None:
+        """Group each backend's queue by model when it holds at most ``limit`` models (see ``ModelTurns``)."""
+        self._turn_limit = limit
+        self._turn_delay = max_delay
+
+    def gate(self, backend: str) -> ModelTurns | None:
+        if not self._turn_limit:
+            return None
+        gate = self.turns.get(backend)
+        if gate is None:
+            pool = self.pool(backend, "generate")
+            gate = self.turns[backend] = ModelTurns(
+                self._turn_limit,
+                self._turn_delay,
+                pool.capacity,
+                lambda ahead, loads: pool.expected_wait(ahead) + loads * self.load_seconds(backend),
+            )
+        return gate
+
+    @property
+    def grouped(self) -> bool:
+        """Whether requests take their model's turn before a slot (``configure_turns`` was called)."""
+        return bool(self._turn_limit)
+
+    def may_prewarm(self, backend: str, model: str) -> bool:
+        """A pre-warm of ``model`` takes no group's place: its model runs there, or a place is free."""
+        gate = self.turns.get(backend)
+        return gate is None or model in gate.resident or (len(gate.resident) < gate.limit and not gate.waiting)
+
+    async def enter_turn(
+        self, backend: str, model: str, wait_limit: float, request_id: str = "", principal: str = ""
+    ) -> Turn | None:
+        """The model's turn on ``backend``, waited for when another model's group runs there now."""
+        gate = self.gate(backend)
+        if gate is None:
+            return None
+        if self.closing is not None:
+            raise self.closing()
+        turn = gate.try_enter(model, request_id)
+        if turn is not None:
+            return turn
+        if self.queued(backend) >= self.max_queue:
+            pool = self.pool(backend, "generate")
+            raise GatewayError(
+                503,
+                f"the gateway's queue for this backend is full ({self.max_queue} waiting); try again later",
+                retry_after(pool.refusal_wait(self.queued(backend))),
+                reason="queue_full",
+            )
+        describe: tuple[str, Callable[[], dict[str, object]]] | None = None
+
+        def queued(turn: Turn) -> None:
+            nonlocal describe
+            if request_id:
+                describe = (principal, partial(self._describe_turn, gate, turn, backend))
+                self._queued_requests[request_id] = describe
+
+        try:
+            return await gate.enter(model, wait_limit, request_id, on_queued=queued)
+        finally:
+            if describe is not None and self._queued_requests.get(request_id) is describe:
+                del self._queued_requests[request_id]
+
+    @staticmethod
+    def _describe_turn(gate: ModelTurns, turn: Turn, backend: str) -> dict[str, object]:
+        return {
+            "state": "waiting_for_model",
+            "backend": backend,
+            "model": turn.model,
+            "position": gate.position(turn),
+            "expected_wait": round(gate.expected_wait(turn), 3),
+            "waited": round(time.monotonic() - turn.enqueued, 3),
+        }
+
+    def _describe_slot(self, pool: Pool, waiter: _Waiter, backend: str) -> dict[str, object]:
+        ahead = pool.position(waiter)
+        return {
+            "state": "waiting_for_slot",
+            "backend": backend,
+            "position": ahead,
+            "expected_wait": round(pool.expected_wait(ahead), 3),
+            "waited": round(time.monotonic() - waiter.enqueued, 3),
+        }
+
+    def describe(self, request_id: str, principal: str | None = None) -> dict[str, object] | None:
+        """Where a waiting request stands: its position and expected wait; None when it is not waiting
+        (or, with ``principal``, when it is another principal's)."""
+        entry = self._queued_requests.get(request_id)
+        if entry is None or (principal is not None and entry[0] != principal):
+            return None
+        return {"request_id": request_id, **entry[1]()}
 
     def close(self, error: Callable[[], GatewayError]) -> int:
         """Refuse new requests and fail every queued one with ``error()``; slots in use stay until released."""
         self.closing = error
-        return sum(pool.fail_waiters(error) for pool in self.pools.values())
+        failed = sum(gate.fail_waiters(error) for gate in self.turns.values())
+        return failed + sum(pool.fail_waiters(error) for pool in self.pools.values())
 
     async def aclose(self) -> None:
         """Wait for shared-lease releases still on their way to the store."""
@@ -296,18 +704,35 @@ class Admission:
         return pool
 
     def queued(self, backend: str) -> int:
-        return sum(p.waiting for name, p in self.pools.items() if name.split("#", 1)[0] == backend)
+        gate = self.turns.get(backend)
+        waiting = gate.waiting if gate is not None else 0
+        return waiting + sum(p.waiting for name, p in self.pools.items() if name.split("#", 1)[0] == backend)
 
-    def try_admit(self, backend: str, kind: str) -> Lease | None:
+    def try_admit(self, backend: str, kind: str, model: str | None = None) -> Lease | None:
         """A free slot at once, when nobody waits for it; None sends the caller through ``admit``.
 
         Most requests find a slot free: this takes it without a coroutine or a clock read more.
+        ``model`` takes its turn too where the backend's queue is grouped by model.
         """
         if self.closing is not None or self.shared is not None:
             return None
         pool = self.pool(backend, kind)
+        if self._turn_limit and model is not None:
+            return self._try_admit_turn(pool, backend, model)
         granted_at = pool.grant_now()
         return None if granted_at is None else Lease(pool, granted_at, 0.0)
+
+    def _try_admit_turn(self, pool: Pool, backend: str, model: str) -> Lease | None:
+        gate = self.gate(backend)
+        assert gate is not None
+        if not (pool.in_flight < pool.capacity and not pool.waiting):
+            return None
+        turn = gate.try_enter(model)
+        if turn is None:
+            return None
+        lease = Lease(pool, pool._grant(), 0.0)
+        lease.turn = turn
+        return lease
 
     async def admit(
         self,
@@ -319,10 +744,12 @@ class Admission:
         priority: int = 0,
         wait_limit: float,
         client: str = "",
+        request_id: str = "",
     ) -> Lease:
         """Wait for a slot; raise a 503 ``GatewayError`` with Retry-After when none comes in time.
 
-        ``client`` (the caller's host) tells requesters of one principal apart for Retry-After.
+        ``client`` (the caller's host) tells requesters of one principal apart for Retry-After;
+        ``request_id`` lets the client ask ``describe`` where it stands while it waits.
         """
         if self.closing is not None:
             raise self.closing()
@@ -344,6 +771,13 @@ class Admission:
             )
         waiter = _Waiter(principal, weight, priority, now + wait_limit, asyncio.get_running_loop().create_future())
         pool._enqueue(waiter)
+        waiter.position = pool.position(waiter)
+        describe = None
+        if request_id:
+            describe = self._queued_requests[request_id] = (
+                principal,
+                partial(self._describe_slot, pool, waiter, backend),
+            )
         try:
             async with asyncio.timeout(wait_limit):
                 await waiter.future
@@ -363,7 +797,10 @@ class Admission:
                 pool._remove(waiter)
                 waiter.future.cancel()
             raise
-        return Lease(pool, waiter.granted_at, waiter.granted_at - now)
+        finally:
+            if describe is not None and self._queued_requests.get(request_id) is describe:
+                del self._queued_requests[request_id]
+        return Lease(pool, waiter.granted_at, waiter.granted_at - now, position=waiter.position)
 
     # -- shared (Redis) mode -------------------------------------------------------------------------
     #
@@ -492,3 +929,18 @@ class Admission:
             if pool.last_release:
                 pool.refill_gaps.append(waiter.granted_at - pool.last_release)
             waiter.future.set_result(None)
+
+
+def hold_prewarms(admission: Admission, before_load: BeforeLoad) -> BeforeLoad:
+    """``before_load`` that refuses a pre-warm (a guess) which would take a waiting group's place.
+
+    Refused with ``models_busy``, as the VRAM guard refuses a pre-warm, so a request that joined it
+    loads with a turn of its own.
+    """
+
+    async def before(models: BackendModels, info: ModelInfo, num_ctx: int, *, patient: bool) -> None:
+        if not patient and not admission.may_prewarm(models.backend.name, info.name):
+            raise GatewayError(503, f"pre-warming '{info.name}' would take another model's turn", reason="models_busy")
+        await before_load(models, info, num_ctx, patient=patient)
+
+    return before

@@ -13,13 +13,14 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import orjson
 
-from ollama_asgi.admission import PRIORITIES, Admission, Lease
+from ollama_asgi.admission import PRIORITIES, Admission, Lease, hold_prewarms
 from ollama_asgi.auth import Authorizer, DefaultAuthorizer, Principal, call_authorizer, model_allowed
 from ollama_asgi.errors import GatewayError, stream_error_line
 from ollama_asgi.gc_tuning import tune_gc
@@ -111,6 +112,12 @@ class OllamaGateway:
             fail_open=self.settings.redis_fail_open,
             capacities={spec.name: spec.parallel for spec in self.settings.backends if spec.parallel},
         )
+        if self.settings.swap_grouping and self.settings.max_loaded_models and self.lifecycle is not None:
+            self.admission.configure_turns(self.settings.max_loaded_models, self.settings.swap_max_delay)
+            self.admission.load_seconds = self._switch_seconds
+            loader = self.lifecycle.loader
+            if loader.before_load is not None:
+                loader.before_load = hold_prewarms(self.admission, loader.before_load)
         self.placement = Placement(
             [Backend(spec, upstream) for spec, upstream in zip(self.settings.backends, self.backends, strict=True)],
             failures_to_open=self.settings.breaker_failures,
@@ -322,6 +329,12 @@ class OllamaGateway:
             return 0.0
         return pool.expected_wait(pool.waiting)
 
+    def _switch_seconds(self, backend: str) -> float:
+        """Expected seconds of a model switch on ``backend``: the loads seen so far, on average."""
+        assert self.lifecycle is not None
+        seen = self.lifecycle.loader.clock.per_model
+        return sum(seen.values()) / len(seen) if seen else 5.0
+
     def _loaded_on(self, backend: str, model: str) -> bool:
         """Loaded there, or being loaded there (a cold burst follows its first request)."""
         if self.lifecycle is None:
@@ -422,6 +435,8 @@ class OllamaGateway:
                 self.lifecycle.begin(prepared)
         else:
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k in _FORWARD]
+        if lease is not None and (lease.queued_for or lease.turn is not None):
+            extra.extend(lease.queue_headers())
         ok = False
         try:
             try:
@@ -553,7 +568,8 @@ class OllamaGateway:
         for name, _ in request.scope["headers"]:
             if name in _ADMISSION_HEADERS:
                 return None, prepared  # read and checked by _admit
-        return self.admission.try_admit(backend.name, _pool_kind(request.route)), prepared
+        model = prepared.info.name if prepared is not None else None
+        return self.admission.try_admit(backend.name, _pool_kind(request.route), model), prepared
 
     def _must_load(self, prepared: Prepared | None) -> bool:
         """The request's model is not yet loaded with its ``num_ctx``: it loads before taking a slot."""
@@ -590,21 +606,37 @@ class OllamaGateway:
         priority: int,
         wait_limit: float,
         client: str,
+        request_id: str = "",
     ) -> Lease:
-        # The model is loaded (once, whoever else waits for it) before the request takes a slot, so
-        # slots are only ever held by requests Ollama can start at once.
-        if self._must_load(prepared):
-            assert prepared is not None and self.lifecycle is not None
-            await self.lifecycle.ensure_loaded(prepared, wait_limit=self.settings.load_wait_timeout)
-        return await self.admission.admit(
-            backend.name,
-            kind=kind,
-            client=client,
-            principal=principal.id,
-            weight=principal.weight,
-            priority=priority,
-            wait_limit=wait_limit,
-        )
+        # On a backend that holds fewer models than are wanted, the model's turn comes first (the
+        # queue is served grouped by model), so its load never evicts a model whose group still runs.
+        turn = None
+        if prepared is not None and self.admission.grouped:
+            turn = await self.admission.enter_turn(
+                backend.name, prepared.info.name, wait_limit, request_id, principal.id
+            )
+        try:
+            # The model is loaded (once, whoever else waits for it) before the request takes a slot, so
+            # slots are only ever held by requests Ollama can start at once.
+            if self._must_load(prepared):
+                assert prepared is not None and self.lifecycle is not None
+                await self.lifecycle.ensure_loaded(prepared, wait_limit=self.settings.load_wait_timeout)
+            lease = await self.admission.admit(
+                backend.name,
+                kind=kind,
+                client=client,
+                principal=principal.id,
+                weight=principal.weight,
+                priority=priority,
+                wait_limit=wait_limit,
+                request_id=request_id,
+            )
+        except BaseException:
+            if turn is not None:
+                turn.release()
+            raise
+        lease.turn = turn
+        return lease
 
     async def _check_rate(self, principal: Principal) -> None:
         """Ask the rate limiter (only called when ``_rate_limited``); 429 when over a limit."""
@@ -635,17 +667,31 @@ class OllamaGateway:
                 elif value.strip().lower() != b"interactive":
                     raise GatewayError(400, "X-Request-Priority must be 'interactive' or 'batch'")
         if not self._must_load(prepared):
-            lease = self.admission.try_admit(backend.name, kind)
+            lease = self.admission.try_admit(backend.name, kind, prepared.info.name if prepared else None)
             if lease is not None:
                 return lease
         peer = request.scope.get("client")
         client = str(peer[0]) if peer else ""
-        admit = self._load_then_admit(backend, prepared, kind, principal, priority, wait_limit, client)
+        request_id = progress.record.request_id
+        admit = self._load_then_admit(backend, prepared, kind, principal, priority, wait_limit, client, request_id)
         interval = self.settings.sse_keepalive
         parsed = request.parsed
         if not (interval and request.route.openai and parsed is not None and parsed.stream):
             return await admit
-        return await _with_sse_keepalive(admit, send, progress, interval)
+        told = partial(self.admission.describe, request_id)
+        return await _with_sse_keepalive(admit, send, progress, interval, lambda: _queue_comment(told()))
+
+    async def _queue_endpoint(self, scope: Scope, send: Send) -> None:
+        """Where a waiting request stands (``GET /_gateway/queue/{request_id}``), for its own principal
+        or an administrator; any other caller, and a request not waiting, gets 404."""
+        principal = await call_authorizer(self._authorize, scope)
+        if principal is None:
+            raise GatewayError(401, "authentication required", [(b"www-authenticate", b'Bearer realm="ollama"')])
+        request_id = route_path(scope).rsplit("/", 1)[-1]
+        told = self.admission.describe(request_id, None if principal.is_admin else principal.id)
+        if told is None:
+            raise GatewayError(404, f"request {request_id!r} is not waiting in the queue")
+        await send_bytes(send, 200, orjson.dumps(told))
 
     async def _backends_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Admin view and control of backends: list, add, remove, drain and undrain."""
@@ -764,6 +810,9 @@ class OllamaGateway:
         if route.name == "backends":
             await self._backends_endpoint(scope, receive, send)
             return
+        if route.name == "queue":
+            await self._queue_endpoint(scope, send)
+            return
         if route.name != "health":  # status and metrics: the telemetry module checks who may see them
             await self.telemetry.endpoint(route.name, scope, send, record, self._authorize)
             return
@@ -823,8 +872,22 @@ _NONE: frozenset[str] = frozenset()
 _KEEPALIVE = b": waiting for a free slot\n\n"
 
 
+def _queue_comment(told: dict[str, object] | None) -> bytes:
+    """The SSE comment sent while a request waits: where it stands, when it is queued."""
+    if told is None:
+        return _KEEPALIVE
+    return (
+        f": queued position={told['position']} expected_wait={told['expected_wait']} "
+        f"waited={told['waited']} state={told['state']}\n\n"
+    ).encode()
+
+
 async def _with_sse_keepalive(
-    admit: Coroutine[None, None, Lease], send: Send, progress: _Progress, interval: float
+    admit: Coroutine[None, None, Lease],
+    send: Send,
+    progress: _Progress,
+    interval: float,
+    comment: Callable[[], bytes] | None = None,
 ) -> Lease:
     """Wait for admission, keeping an SSE client's connection alive with comment lines meanwhile.
 
@@ -846,7 +909,8 @@ async def _with_sse_keepalive(
                         "headers": stream_headers(b"text/event-stream", [progress.record.id_header]),
                     }
                 )
-            await send({"type": "http.response.body", "body": _KEEPALIVE, "more_body": True})
+            body = comment() if comment is not None else _KEEPALIVE
+            await send({"type": "http.response.body", "body": body, "more_body": True})
     except asyncio.CancelledError:
         task.cancel()
         raise

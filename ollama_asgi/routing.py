@@ -75,6 +75,7 @@ ROUTES: dict[str, Route] = {
 }
 _BLOBS = _r("blobs", "HEAD POST", Kind.MANAGE, streamed_body=True)
 _BACKENDS = _r("backends", "GET POST DELETE", Kind.GATEWAY)
+_QUEUE = _r("queue", "GET", Kind.GATEWAY)  # /_gateway/queue/{request_id}: where a waiting request stands
 _MODEL = _r("openai_model", "GET", Kind.READ, openai=True)
 
 
@@ -102,6 +103,8 @@ def match_route(path: str) -> Route | None:
         return _BLOBS
     if path == "/_gateway/backends" or (path.startswith("/_gateway/backends/") and _backend_path(path[19:])):
         return _BACKENDS
+    if path.startswith("/_gateway/queue/") and _single_segment(path[16:]):
+        return _QUEUE
     if path.startswith("/v1/models/") and path[11:] and ".." not in path[11:].split("/"):
         return _MODEL
     return None

@@ -628,6 +628,22 @@ class Settings:
             _optional_pos_int,
         ),
     )
+    swap_grouping: bool = field(
+        default=True,
+        metadata=_doc(
+            "With max_loaded_models set, serve each backend's queue grouped by model (A B A C as A A B C), "
+            "so a backend that holds fewer models than are wanted loads each once per group, not per request.",
+            _to_bool,
+        ),
+    )
+    swap_max_delay: float = field(
+        default=10.0,
+        metadata=_doc(
+            "The most a request is passed over for another model's group beyond its FIFO turn, in seconds; "
+            "then the running groups take no newcomers until its model has had its turn.",
+            _duration,
+        ),
+    )
     nvml: bool = field(
         default=True, metadata=_doc("Read GPU memory with NVML when nvidia-ml-py and a GPU are present.", _to_bool)
     )

@@ -1,0 +1,231 @@
+"""Swap-aware scheduling: a backend that holds fewer models than are wanted serves its queue grouped
+by model, within a bound; and what a waiting client is told of its place."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ollama_asgi.admission import Admission, Lease, ModelTurns, Turn
+from ollama_asgi.errors import GatewayError
+
+
+def _admission(limit: int = 1, max_delay: float = 60.0, parallel: int = 1) -> Admission:
+    admission = Admission(parallel=parallel, embed_parallel=None, max_queue=1000)
+    admission.configure_turns(limit, max_delay)
+    return admission
+
+
+async def _take(admission: Admission, model: str, principal: str = "u", request_id: str = "") -> Lease:
+    """What the gateway does for a request: the model's turn, then a slot."""
+    turn = await admission.enter_turn("b0", model, 30, request_id, principal)
+    lease = await admission.admit("b0", kind="generate", principal=principal, wait_limit=30, request_id=request_id)
+    lease.turn = turn
+    return lease
+
+
+async def _served_order(admission: Admission, models: list[str]) -> list[str]:
+    """Queue ``models`` at once (in that order) and return the order they were served in."""
+    order: list[str] = []
+    arrived = asyncio.Event()  # the first request runs until every other one has queued
+
+    async def one(model: str) -> None:
+        lease = await _take(admission, model)
+        order.append(model)
+        await arrived.wait()
+        lease.release()
+
+    tasks = []
+    for model in models:
+        tasks.append(asyncio.ensure_future(one(model)))
+        await asyncio.sleep(0)  # each queues before the next arrives
+    arrived.set()
+    await asyncio.gather(*tasks)
+    return order
+
+
+async def test_a_b_a_c_is_served_a_a_b_c() -> None:
+    assert await _served_order(_admission(), ["A", "B", "A", "C"]) == ["A", "A", "B", "C"]
+
+
+async def test_an_alternating_queue_switches_model_once() -> None:
+    admission = _admission()
+    order = await _served_order(admission, ["A", "B"] * 20)
+    assert order == ["A"] * 20 + ["B"] * 20
+    assert admission.turns["b0"].switches == 1
+
+
+async def test_groups_go_in_the_order_of_their_oldest_request() -> None:
+    order = await _served_order(_admission(), ["A", "C", "B", "C", "B", "A"])
+    assert order == ["A", "A", "C", "C", "B", "B"]
+
+
+async def test_two_places_hold_two_groups_at_once() -> None:
+    admission = _admission(limit=2)
+    order = await _served_order(admission, ["A", "B", "C", "A", "B", "C"])
+    assert sorted(order[:4]) == ["A", "A", "B", "B"] and order[4:] == ["C", "C"]
+
+
+async def test_without_grouping_nothing_is_held_back() -> None:
+    admission = Admission(parallel=1, embed_parallel=None, max_queue=1000)
+    assert await _served_order(admission, ["A", "B", "A", "C"]) == ["A", "B", "A", "C"]
+    assert not admission.turns
+
+
+async def _arrive(admission: Admission, model: str, arrivals: list[asyncio.Future[Lease]]) -> None:
+    arrivals.append(asyncio.ensure_future(_take(admission, model)))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+async def _bounded_run(max_delay: float) -> list[str]:
+    """A1 runs; B2 and A3 arrive; A1 ends; A4 arrives; then everything is served in turn."""
+    admission = _admission(max_delay=max_delay)
+    arrivals: list[asyncio.Future[Lease]] = []
+    order: list[str] = []
+    first = await _take(admission, "A")
+    order.append("A1")
+    await _arrive(admission, "B", arrivals)
+    await _arrive(admission, "A", arrivals)
+    first.release()
+    await asyncio.sleep(0)
+    await _arrive(admission, "A", arrivals)
+    names = ["B2", "A3", "A4"]
+    pending = dict(zip(arrivals, names, strict=True))
+    while pending:
+        done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in sorted(done, key=lambda t: pending[t][1]):
+            order.append(pending.pop(task))
+            task.result().release()
+            await asyncio.sleep(0)
+    return order
+
+
+async def test_a_request_passed_over_beyond_the_bound_closes_the_group_to_newcomers() -> None:
+    # Within the bound, the A group takes its newcomer A4 ahead of B2; with a bound of 0, B2 is
+    # overtaken only by A3, which had already been let through before B2's FIFO turn came.
+    assert await _bounded_run(max_delay=60.0) == ["A1", "A3", "A4", "B2"]
+    assert await _bounded_run(max_delay=0.0) == ["A1", "A3", "B2", "A4"]
+
+
+async def test_a_waiter_gone_before_its_turn_leaves_no_trace() -> None:
+    admission = _admission()
+    held = await _take(admission, "A")
+    waiting = asyncio.ensure_future(_take(admission, "B"))
+    await asyncio.sleep(0)
+    gate = admission.turns["b0"]
+    assert gate.waiting == 1 and admission.queued("b0") == 1
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert gate.waiting == 0
+    held.release()
+    assert gate.resident == {"A": 0}
+    assert (await _served_order(admission, ["C"])) == ["C"]
+    assert list(gate.resident) == ["C"]
+
+
+async def test_a_turn_that_never_comes_is_a_503_with_retry_after() -> None:
+    admission = _admission()
+    held = await _take(admission, "A")
+    with pytest.raises(GatewayError) as info:
+        await admission.enter_turn("b0", "B", 0.01)
+    assert info.value.status == 503 and int(dict(info.value.headers)[b"retry-after"]) >= 1
+    assert admission.turns["b0"].waiting == 0
+    held.release()
+
+
+async def test_closing_fails_requests_waiting_for_their_turn() -> None:
+    admission = _admission()
+    held = await _take(admission, "A")
+    waiting = asyncio.ensure_future(admission.enter_turn("b0", "B", 30))
+    await asyncio.sleep(0)
+    assert admission.close(lambda: GatewayError(503, "stopping")) == 1
+    with pytest.raises(GatewayError):
+        await waiting
+    held.release()
+
+
+async def test_the_fast_path_takes_a_turn_only_where_grouping_is_on() -> None:
+    plain = Admission(parallel=1, embed_parallel=None, max_queue=10)
+    lease = plain.try_admit("b0", "generate", "A")
+    assert lease is not None and lease.turn is None
+    grouped = _admission()
+    first = grouped.try_admit("b0", "generate", "A")
+    assert first is not None and first.turn is not None
+    assert grouped.try_admit("b0", "generate", "B") is None  # the slot is taken, and B is not A
+    first.release()
+    second = grouped.try_admit("b0", "generate", "B")  # A has nothing left in flight: B takes its place
+    assert second is not None and list(grouped.turns["b0"].resident) == ["B"]
+    second.release()
+
+
+async def test_a_pre_warm_never_takes_a_waiting_groups_place() -> None:
+    admission = _admission()
+    held = await _take(admission, "A")
+    assert admission.may_prewarm("b0", "A")
+    assert not admission.may_prewarm("b0", "B")
+    held.release()
+    assert not admission.may_prewarm("b0", "B")  # A stays loaded while no other model waits...
+    assert _admission(limit=2).may_prewarm("b0", "B")  # ...but a free place may be warmed
+
+
+# -- what a waiting client is told ------------------------------------------------------------------
+
+
+async def test_position_in_the_fair_queue_follows_the_order_it_serves() -> None:
+    admission = Admission(parallel=1, embed_parallel=None, max_queue=100)
+    held = await admission.admit("b0", kind="generate", principal="x", wait_limit=5)
+    names = [("u", "u1"), ("u", "u2"), ("u", "u3"), ("v", "v1"), ("w", "w1")]
+    tasks = {}
+    for principal, rid in names:
+        tasks[rid] = asyncio.ensure_future(
+            admission.admit("b0", kind="generate", principal=principal, wait_limit=5, request_id=rid)
+        )
+        await asyncio.sleep(0)
+    told = {rid: admission.describe(rid) for _, rid in names}
+    positions = {rid: d["position"] for rid, d in told.items() if d is not None}
+    served: list[str] = []
+    lease = held
+    for _ in names:
+        lease.release()
+        await asyncio.sleep(0)
+        rid = next(r for r, t in tasks.items() if t.done() and r not in served)
+        served.append(rid)
+        lease = tasks[rid].result()
+    lease.release()
+    assert sorted(positions, key=positions.__getitem__) == served
+    assert sorted(positions.values()) == list(range(len(names)))
+
+
+async def test_a_request_is_described_only_while_it_waits_and_only_to_its_principal() -> None:
+    admission = _admission()
+    held = await _take(admission, "A")
+    waiting = asyncio.ensure_future(_take(admission, "B", principal="u", request_id="r-1"))
+    await asyncio.sleep(0)
+    told = admission.describe("r-1", "u")
+    assert told is not None and told["state"] == "waiting_for_model" and told["position"] == 1
+    assert admission.describe("r-1", "someone else") is None
+    held.release()
+    lease = await waiting
+    assert admission.describe("r-1") is None
+    assert lease.turn is not None and lease.turn.position == 1
+    assert dict(lease.queue_headers())[b"x-queue-position"] == b"1"
+    lease.release()
+
+
+async def test_an_answer_that_never_queued_carries_no_queue_headers() -> None:
+    admission = Admission(parallel=1, embed_parallel=None, max_queue=10)
+    lease = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+    assert lease.queue_headers() == []
+    lease.release()
+
+
+def test_a_turn_is_given_back_once() -> None:
+    gate = ModelTurns(limit=1, max_delay=1.0)
+    turn = gate.try_enter("A")
+    assert isinstance(turn, Turn) and gate.resident == {"A": 1}
+    turn.release()
+    turn.release()
+    assert gate.resident == {"A": 0}
