@@ -10,6 +10,7 @@ import pytest
 
 from ollama_asgi.cli import main
 from ollama_asgi.testing import EmulatorServer
+from ollama_asgi.testing.wire import EMULATED_VERSION
 from tests.support.processes import free_port
 from tests.support.redis_server import RedisServer
 
@@ -39,7 +40,7 @@ def test_a_healthy_setup_passes(
     assert code == 0, table
     assert table["settings"][0] == "ok" and "1 upstream(s)" in table["settings"][1]
     result, detail = table["upstream backend-0"]
-    assert result == "ok" and "Ollama 0.12.6" in detail and "6 model(s): all-minilm:latest" in detail
+    assert result == "ok" and f"Ollama {EMULATED_VERSION}" in detail and "6 model(s): all-minilm:latest" in detail
     assert table["gpu (nvml)"][0] in ("ok", "warn")  # no GPU here is worth a warning, not a failure
     assert table["metrics"][0] == "ok"
 
