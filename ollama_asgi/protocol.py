@@ -96,7 +96,7 @@ _FLOAT32_MAX = 3.4028234663852886e38
 _FLOAT32_MIN = -_FLOAT32_MAX
 # Deepest JSON the gateway accepts: orjson writes no deeper, and every checked body is rewritten.
 MAX_JSON_DEPTH = 254
-_GO_DURATION = re.compile(r"-?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+")
+_GO_DURATION = re.compile(r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+")
 
 
 @dataclass(slots=True)
@@ -156,13 +156,16 @@ def parse_keep_alive(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, _NUMBER_OR_TEXT):
         raise _bad(f"keep_alive: Unsupported type: '{_type_name(value)}'")
     if isinstance(value, str):
-        if not _GO_DURATION.fullmatch(value.strip()):
-            if re.fullmatch(r"-?\d+(?:\.\d+)?", value.strip()):
+        text = value  # Go trims nothing: " 5m" is an invalid duration
+        unsigned = text[1:] if text[:1] in ("-", "+") else text
+        if unsigned == "0":  # Go's ParseDuration takes a bare zero, the one number without a unit
+            return 0.0
+        if not _GO_DURATION.fullmatch(text):
+            if re.fullmatch(r"[-+]?\d+(?:\.\d+)?", text):
                 raise _bad(f'time: missing unit in duration "{value}"')
             raise _bad(f'time: invalid duration "{value}"')
-        negative = value.strip().startswith("-")
-        seconds = parse_duration(value.strip().lstrip("-"), field="keep_alive")
-        return -seconds if negative else seconds
+        seconds = parse_duration(unsigned, field="keep_alive")
+        return -seconds if text.startswith("-") else seconds
     return float(value)
 
 

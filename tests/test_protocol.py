@@ -78,7 +78,18 @@ def test_show_accepts_name_as_well_as_model() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "seconds"), [(3600, 3600.0), (1.5, 1.5), ("10m", 600.0), ("-1", None), ("-1m", -60.0), (0, 0.0)]
+    ("value", "seconds"),
+    [
+        (3600, 3600.0),
+        (1.5, 1.5),
+        ("10m", 600.0),
+        ("-1", None),
+        ("-1m", -60.0),
+        (0, 0.0),
+        ("0", 0.0),
+        ("+5m", 300.0),
+        (" 5m", None),
+    ],
 )
 def test_keep_alive_is_read_like_ollama(value: object, seconds: float | None) -> None:
     if seconds is None:
