@@ -116,3 +116,22 @@ def test_header_values_given_as_bytearray_are_accepted() -> None:
             {"type": "http", "headers": [(b"authorization", bytearray(b"Bearer ci-secret-key"))]}
         )
         assert principal is not None and principal.id == "ci"
+
+
+def test_an_x_api_key_header_is_an_api_key() -> None:
+    authorizer = DefaultAuthorizer(SETTINGS)
+    for _ in range(2):  # checked, then remembered
+        principal = authorizer.resolve({"type": "http", "headers": [(b"x-api-key", b"ci-secret-key")]})
+        assert principal is not None and principal.id == "ci"
+    assert authorizer.resolve({"type": "http", "headers": [(b"x-api-key", b"ci-secret-kez")]}) is None
+
+
+def test_authorization_is_read_before_x_api_key() -> None:
+    headers = [(b"x-api-key", b"ops-secret-key"), (b"authorization", b"Bearer wrong-key")]
+    assert DefaultAuthorizer(SETTINGS).resolve({"type": "http", "headers": headers}) is None
+
+
+def test_an_x_api_key_is_not_taken_for_a_remembered_authorization_value() -> None:
+    authorizer = DefaultAuthorizer(SETTINGS)
+    assert authorizer.resolve(scope(token="ci-secret-key")) is not None
+    assert authorizer.resolve({"type": "http", "headers": [(b"x-api-key", b"Bearer ci-secret-key")]}) is None
