@@ -369,14 +369,15 @@ SHOWN: tuple[tuple[str, Side, str, str], ...] = (
         "test_loaded_models_match_real_ollama",
         "gateway",
         "keep_alive",
-        "`GET /api/ps` after the same load with keep_alive `5m`, `3600` and `-1` on each side (the emulator "
-        "may differ in `model_files`)",
+        "`GET /api/ps` after the same loads on each side: keep_alive `5m`, `3600`, `-1`, `1h` then none "
+        "(the last explicit one holds), `num_ctx` 8192 (the emulator may differ in `model_files`)",
     ),
     (
-        "test_gateway_loads_at_its_own_context_size",
+        "test_gateway_loads_at_its_own_context_size_and_keep_alive",
         "gateway",
         "num_ctx",
-        "`GET /api/ps` after the same chat, directly and through a gateway with the default buckets",
+        "`GET /api/ps` after the same chat (keep_alive `5m`), directly and through a gateway with the default "
+        "settings: 2048 and 30 minutes there",
     ),
     ("test_gateway_asks_for_credentials_where_ollama_asks_none", "gateway", "auth", "`GET /api/tags` without a key"),
     (
@@ -549,13 +550,24 @@ def test_framing_follows_ollama(check: Check, server: RealOllama, other: Other) 
     assert (framing_faults(direct), framing_faults(theirs)) == ([], [])
 
 
-@pytest.mark.parametrize("keep_alive", ["5m", 3600, -1], ids=["5m", "3600", "forever"])
-def test_loaded_models_match_real_ollama(server: RealOllama, other: Other, keep_alive: object) -> None:
-    """/api/ps after the same chat on each side; the gateway's own keep_alive shows in ``expires_at``."""
-    body = {"model": "tiny", "messages": [], "keep_alive": keep_alive}
-    send(server.url, "POST", "/api/chat", body)
+LOADS = {
+    "5m": [{"keep_alive": "5m"}],
+    "3600": [{"keep_alive": 3600}],
+    "forever": [{"keep_alive": -1}],
+    "the-last-explicit-keep_alive": [{"keep_alive": "1h"}, {}],
+    "num_ctx-8192": [{"keep_alive": "5m", "options": {"num_ctx": 8192}}],
+}
+
+
+@pytest.mark.parametrize("loads", list(LOADS.values()), ids=list(LOADS))
+def test_loaded_models_match_real_ollama(server: RealOllama, other: Other, loads: list[dict[str, Any]]) -> None:
+    """/api/ps after the same loads on each side; the gateway's own keep_alive shows in ``expires_at``."""
+    bodies = [{"model": "tiny", "messages": [], **extra} for extra in loads]
+    for body in bodies:
+        send(server.url, "POST", "/api/chat", body)
     direct = send(server.url, "GET", "/api/ps")
-    send(other.url, "POST", "/api/chat", body, other.headers)
+    for body in bodies:  # the gateway's loads go to the same server, after the direct ones were seen
+        send(other.url, "POST", "/api/chat", body, other.headers)
     theirs = send(other.url, "GET", "/api/ps", None, other.headers)
     keys = ("keep_alive",) if other.side == "gateway" else ("model_files",)
     mine, yours = compare(direct, theirs, other.side, keys, model="tiny:latest")
@@ -644,17 +656,20 @@ def test_a_runner_that_dies_mid_stream_ends_it_as_ollama_does(
 # ----------------------------------------------------------------------------- what only the gateway does
 
 
-def test_gateway_loads_at_its_own_context_size(server: RealOllama, gateway_for: Callable[..., ServerThread]) -> None:
-    """With the default buckets a short prompt loads at 2048, where Ollama loads at its default 4096."""
+def test_gateway_loads_at_its_own_context_size_and_keep_alive(
+    server: RealOllama, gateway_for: Callable[..., ServerThread]
+) -> None:
+    """With the default settings a short prompt loads at 2048 for 30 minutes, where Ollama loads at its
+    default 4096 for the 5 minutes the client asked."""
     gateway = gateway_for(server)
     body = {"model": "tiny", "messages": HI, "stream": False, "keep_alive": "5m"}
     send(server.url, "POST", "/api/chat", body)
     direct = send(server.url, "GET", "/api/ps")
     send(gateway.url + "/llm", "POST", "/api/chat", body, AUTH)
     theirs = send(gateway.url + "/llm", "GET", "/api/ps", None, AUTH)
-    mine, yours = compare(direct, theirs, "gateway", ("keep_alive",), model="tiny:latest")
-    contexts = [[m["context_length"] for m in form["frames"][0]["models"]] for form in (mine, yours)]
-    assert contexts == [[4096], [2048]]
+    mine, yours = compare(direct, theirs, "gateway", model="tiny:latest")
+    seen = [[(m["context_length"], m["expires_at"]) for m in form["frames"][0]["models"]] for form in (mine, yours)]
+    assert seen == [[(4096, "<now+5m>")], [(2048, "<now+30m>")]]
     mine, yours = compare(direct, theirs, "gateway", ("keep_alive", "num_ctx"), model="tiny:latest")
     assert yours == mine
 
