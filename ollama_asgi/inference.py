@@ -252,7 +252,9 @@ class ModelLifecycle:
             requested=int(requested) if isinstance(requested, NUMBER_TYPES) else None,
             reserve=settings.num_predict_reserve,
         )
-        num_ctx = choice.num_ctx
+        # Ollama raises a smaller one to its floor and reports that: asking for less would never
+        # find the model loaded, and every request would send the load again.
+        num_ctx = max(choice.num_ctx, 2048 if "vision" in info.capabilities else 4)
         self.context_choices[choice.reason] += 1
         self.context_sizes[num_ctx] += 1
         if choice.reason == "sticky":

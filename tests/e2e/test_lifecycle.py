@@ -202,6 +202,24 @@ def test_client_num_ctx_is_honoured_up_to_the_model_cap(
     assert _sent_num_ctx(emulator) == [8192, 16384]
 
 
+def _load_requests(emulator: EmulatorServer) -> int:
+    return len(
+        [r for r in emulator.emulator.requests if r.path == "/api/generate" and not (r.json or {}).get("prompt")]
+    )
+
+
+def test_a_num_ctx_under_ollamas_floor_is_loaded_once(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    server = host_factory(num_ctx_buckets=(1024, 4096), num_predict_reserve=256)
+    client = httpx.Client(base_url=server.url + "/llm", headers=AUTH, timeout=30)
+    for _ in range(3):  # Ollama raises num_ctx 2 to 4, and a vision model's 1024 to 2048
+        assert client.post("/api/chat", json=_chat(num_ctx=2)).status_code == 200
+        assert client.post("/api/chat", json=_chat(model="llava:7b")).status_code == 200
+    assert _load_requests(emulator) == 2
+    assert (_sent_num_ctx(emulator)[:2], emulator.emulator.stats.reloads) == ([4, 2048], 0)
+
+
 def test_prompt_over_the_model_limit_gets_a_clear_400(
     emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
 ) -> None:
