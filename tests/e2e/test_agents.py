@@ -4,6 +4,9 @@ and errors in each API's own shape."""
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 import anthropic
@@ -12,7 +15,10 @@ import openai
 import pytest
 
 from ollama_asgi.testing import EmulatorServer, Fault
-from tests.conftest import API_KEY
+from tests.conftest import ADMIN, API_KEY, AUTH
+from tests.support.rawhttp import request
+from tests.support.server import ServerThread
+from tests.test_metrics import scrape_when, value
 
 HI: Any = [{"role": "user", "content": "hi"}]
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -150,6 +156,22 @@ def test_an_upstream_error_mid_stream_is_raised_by_the_anthropic_client(
             pass
 
 
+def test_a_stream_that_times_out_in_the_queue_after_keep_alive_comments_ends_with_anthropics_error(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    emulator.emulator.token_interval = 0.05
+    server = host_factory(parallel=1, sse_keepalive=0.1, queue_timeout=0.5)
+    busy = {"model": "llama3.2", "prompt": "b", "options": {"num_predict": 40}}
+    blocker = request(server.url + "/llm/api/generate", body=json.dumps(busy).encode(), headers=AUTH)
+    time.sleep(0.1)
+    client = anthropic.Anthropic(base_url=server.url + "/llm", api_key=API_KEY, max_retries=0)
+    with pytest.raises(anthropic.APIStatusError, match="overloaded_error") as info:
+        for _ in client.messages.create(model="llama3.2", max_tokens=5, messages=HI, stream=True):
+            pass
+    assert info.value.status_code == 200  # raised from the event: the stream had started with comments
+    blocker.chunks()
+
+
 # ------------------------------------------------------------------------------------ /v1/responses
 
 
@@ -216,3 +238,21 @@ def test_an_upstream_error_mid_stream_ends_with_response_failed(codex: openai.Op
     assert failed.type == "response.failed"
     assert failed.response.status == "failed"
     assert failed.response.error is not None and failed.response.error.message == "runner crashed"
+
+
+# --------------------------------------------------------------------------------------- both routes
+
+
+def test_tokens_of_both_routes_are_counted_from_ollamas_final_chunk(
+    claude: anthropic.Anthropic, codex: openai.OpenAI, llm_url: str
+) -> None:
+    message = claude.messages.create(model="llama3.2", max_tokens=5, messages=HI)
+    response = codex.responses.create(model="llama3.2", input="hi", max_output_tokens=3, stream=False)
+    assert response.usage is not None
+    requests = "ollama_asgi_requests_total"
+    metrics = scrape_when(llm_url + "/_gateway/metrics", lambda m: value(m, requests) >= 2, ADMIN)
+    assert value(metrics, requests, route="anthropic_messages", status="200") == 1
+    assert value(metrics, requests, route="openai_responses", status="200") == 1
+    completion = message.usage.output_tokens + response.usage.output_tokens
+    assert value(metrics, "ollama_asgi_completion_tokens_total") == completion == 8
+    assert value(metrics, "ollama_asgi_prompt_tokens_total") == message.usage.input_tokens + response.usage.input_tokens
