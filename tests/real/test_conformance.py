@@ -353,6 +353,13 @@ CHECKS: tuple[Check, ...] = (
 
 SHOWN: tuple[tuple[str, Side, str, str], ...] = (
     (
+        "test_the_emulators_pending_queue_refuses_as_ollamas_does",
+        "emulator",
+        "",
+        "ten chats at once on a server with one slot and `OLLAMA_MAX_QUEUE=2` (the emulator: `max_queue=2`), "
+        "each needing a reload, then all for the loaded model: statuses, media types and 503 bodies",
+    ),
+    (
         "test_a_runner_that_dies_mid_stream_ends_it_as_ollama_does",
         "gateway",
         "v1_stream_error",
@@ -651,6 +658,40 @@ def test_a_runner_that_dies_mid_stream_ends_it_as_ollama_does(
     keys = ("stream_headers", "v1_stream_error") if side == "gateway" else ()
     mine, yours = compare(direct, theirs, side, keys)
     assert ending(yours) == ending(mine)
+
+
+@pytest.fixture(scope="module")
+def one_slot_server(start_ollama: Callable[..., RealOllama]) -> Iterator[RealOllama]:
+    """A real server with one slot per model and room for two pending requests."""
+    real = start_ollama(("tiny",), OLLAMA_NUM_PARALLEL="1", OLLAMA_MAX_QUEUE="2")
+    yield real
+    real.stop()
+
+
+def storm(url: str, reloads: bool) -> list[tuple[int, str, bytes]]:
+    """Ten chats at once, each at a context of its own (each needs a reload) or all at the loaded one."""
+    send(url, "POST", "/api/chat", {"model": "tiny", "messages": []})  # loaded at the default context
+    bodies = [
+        {"model": "tiny", "messages": HI, "stream": False, "options": {"num_predict": 2}}
+        | ({"options": {"num_predict": 2, "num_ctx": 2048 + 256 * i}} if reloads else {})
+        for i in range(10)
+    ]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda body: send(url, "POST", "/api/chat", body), bodies))
+    return sorted((a.status, a.media, b"" if a.status == 200 else a.raw) for a in answers)
+
+
+@pytest.mark.parametrize("reloads", [True, False], ids=["each-needs-a-reload", "for-the-loaded-model"])
+def test_the_emulators_pending_queue_refuses_as_ollamas_does(one_slot_server: RealOllama, reloads: bool) -> None:
+    """OLLAMA_MAX_QUEUE bounds only requests that need the scheduler: with one slot and a queue of
+    two, ten that each need a reload get three answers and seven 503s; ten for the loaded model are
+    all answered."""
+    direct = storm(one_slot_server.url, reloads)
+    emulator = EmulatorServer(models=emulated_like(one_slot_server), max_queue=2, load_base_seconds=0.3)
+    with emulator:
+        emulator.emulator.reply = fixture_reply
+        assert storm(emulator.url, reloads) == direct
+    assert [status for status, *_ in direct].count(503) == (7 if reloads else 0)
 
 
 # ----------------------------------------------------------------------------- what only the gateway does
