@@ -699,7 +699,10 @@ def _cell(text: str) -> str:
 
 
 def render(
-    checks: Sequence[Planned], shown: Sequence[tuple[str, Side, str, str]], emulated_version: str, oracle: str
+    checks: Sequence[Planned],
+    shown: Sequence[tuple[str, Side, Sequence[str], str]],
+    emulated_version: str,
+    oracle: str,
 ) -> str:
     """``docs/conformance.md``: the table of differences and the checks that hold both sides to Ollama."""
     lines = [
@@ -755,6 +758,7 @@ def render(
         "| test | difference shown | what it does |",
         "|---|---|---|",
     ]
-    for test, side, key, how in shown:
-        lines.append(f"| `{test}` | {f'{side} `{key}`' if key else 'none'} | {_cell(how)} |")
+    for test, side, keys, how in shown:
+        differs = f"{side} " + ", ".join(f"`{key}`" for key in keys) if keys else "none"
+        lines.append(f"| `{test}` | {differs} | {_cell(how)} |")
     return "\n".join(lines) + "\n"
