@@ -99,6 +99,15 @@ def test_thinking_is_asked_of_a_model_that_can_think(claude: anthropic.Anthropic
     assert sent_chat(emulator)["think"] is True
 
 
+def test_a_thinking_model_streams_a_thinking_block_before_the_text(claude: anthropic.Anthropic) -> None:
+    with claude.messages.stream(
+        model="qwen3:0.6b", max_tokens=50, messages=HI, thinking={"type": "enabled", "budget_tokens": 64}
+    ) as stream:
+        message = stream.get_final_message()
+    assert [block.type for block in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking  # type: ignore[union-attr]
+
+
 def test_two_streamed_tool_uses_are_two_blocks(claude: anthropic.Anthropic, emulator: EmulatorServer) -> None:
     emulator.emulator.reply = two_calls
     tool: Any = {"name": "get_weather", "input_schema": CITY}
@@ -183,6 +192,14 @@ def test_a_response_reaches_ollama_as_a_chat_with_the_gateways_context_and_keep_
     assert sent["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     assert sent["options"]["num_predict"] == 40 and sent["options"]["temperature"] == 1.0
     assert sent["options"]["num_ctx"] > 0 and sent["keep_alive"] is not None
+
+
+def test_a_model_thinking_by_default_answers_with_a_reasoning_item_before_the_message(codex: openai.OpenAI) -> None:
+    events = list(codex.responses.create(model="qwen3:0.6b", input="hi", stream=True))
+    completed = events[-1]
+    assert completed.type == "response.completed"
+    assert [item.type for item in completed.response.output] == ["reasoning", "message"]
+    assert completed.response.output_text
 
 
 def test_a_function_call_and_its_output_reach_ollama_as_a_call_and_a_tool_message(
