@@ -4,11 +4,19 @@ by model, within a bound; and what a waiting client is told of its place."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
+from collections.abc import Callable
 
+import httpx
 import pytest
 
 from ollama_asgi.admission import Admission, Lease, ModelTurns, Turn
 from ollama_asgi.errors import GatewayError
+from ollama_asgi.testing import EmulatorServer
+from tests.conftest import ADMIN, API_KEY, AUTH
+from tests.support.rawhttp import RawResponse, request
+from tests.support.server import ServerThread
 
 
 def _admission(limit: int = 1, max_delay: float = 60.0, parallel: int = 1) -> Admission:
@@ -185,7 +193,7 @@ async def test_position_in_the_fair_queue_follows_the_order_it_serves() -> None:
         )
         await asyncio.sleep(0)
     told = {rid: admission.describe(rid) for _, rid in names}
-    positions = {rid: d["position"] for rid, d in told.items() if d is not None}
+    positions = {rid: int(str(d["position"])) for rid, d in told.items() if d is not None}
     served: list[str] = []
     lease = held
     for _ in names:
@@ -229,3 +237,71 @@ def test_a_turn_is_given_back_once() -> None:
     turn.release()
     turn.release()
     assert gate.resident == {"A": 0}
+
+
+# -- through the gateway ---------------------------------------------------------------------------------
+
+
+def _blocker(server: ServerThread, tokens: int = 20) -> RawResponse:
+    """A streamed generation that holds the only slot while the test looks at what queues behind it."""
+    body = json.dumps({"model": "llama3.2", "prompt": "b", "options": {"num_predict": tokens}}).encode()
+    blocker = request(server.url + "/llm/api/generate", body=body, headers=AUTH)
+    time.sleep(0.1)
+    return blocker
+
+
+def test_a_queued_openai_stream_is_told_its_place_in_sse_comments(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    emulator.emulator.token_interval = 0.05
+    server = host_factory(parallel=1, sse_keepalive=0.1)
+    blocker = _blocker(server)
+    body = json.dumps({"model": "llama3.2", "stream": True, "messages": [{"role": "user", "content": "k"}]}).encode()
+    response = request(server.url + "/llm/v1/chat/completions", body=body, headers=AUTH)
+    assert response.status == 200
+    events = [e for c in response.chunks() for e in c.split(b"\n\n") if e]
+    assert events[0].startswith(b": queued position=0 expected_wait="), events[0]
+    assert b"state=waiting_for_slot" in events[0]
+    assert events[-1] == b"data: [DONE]"
+    blocker.chunks()
+
+
+async def test_the_queue_endpoint_answers_the_waiting_requests_principal_and_admins_only(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    emulator.emulator.token_interval = 0.05
+    server = host_factory(parallel=1, api_keys=(f"ci={API_KEY}", "other=other-key-456"))
+    blocker = _blocker(server)
+    base = server.url + "/llm"
+    async with httpx.AsyncClient(base_url=base, headers=AUTH, timeout=30) as client:
+        waiting = asyncio.ensure_future(
+            client.post(
+                "/api/generate",
+                json={"model": "llama3.2", "prompt": "q", "stream": False},
+                headers={"x-request-id": "queued-1"},
+            )
+        )
+        await asyncio.sleep(0.2)
+        mine = await client.get("/_gateway/queue/queued-1")
+        admin = await client.get("/_gateway/queue/queued-1", headers=ADMIN)
+        other = await client.get("/_gateway/queue/queued-1", headers={"Authorization": "Bearer other-key-456"})
+        nobody = await client.get("/_gateway/queue/queued-1", headers={"Authorization": ""})
+        unknown = await client.get("/_gateway/queue/no-such-request")
+        answer = await waiting
+        after = await client.get("/_gateway/queue/queued-1")
+    blocker.chunks()
+    assert mine.status_code == 200 and admin.status_code == 200
+    told = mine.json()
+    assert told["request_id"] == "queued-1" and told["state"] == "waiting_for_slot" and told["position"] == 0
+    assert other.status_code == 404 and unknown.status_code == 404 and after.status_code == 404
+    assert nobody.status_code == 401
+    assert answer.status_code == 200
+    assert answer.headers["x-queue-position"] == "0" and float(answer.headers["x-queue-wait"]) > 0
+
+
+async def test_an_answer_that_found_a_free_slot_has_no_queue_headers(host: ServerThread) -> None:
+    async with httpx.AsyncClient(base_url=host.url + "/llm", headers=AUTH, timeout=30) as client:
+        await client.post("/api/generate", json={"model": "llama3.2", "prompt": "warm", "stream": False})
+        answer = await client.post("/api/generate", json={"model": "llama3.2", "prompt": "q", "stream": False})
+    assert answer.status_code == 200
+    assert "x-queue-wait" not in answer.headers and "x-queue-position" not in answer.headers
