@@ -129,6 +129,11 @@ def _check(value: Any, kind: str, path: str) -> Any:
             )
         if not isinstance(value, (bool, str)):
             raise ApiError(400, 'think must be a boolean or string ("high", "medium", "low", true, or false)')
+    elif kind == "[]image":
+        if not isinstance(value, list):
+            raise _type_error(value, path, "[]api.ImageData")
+        for index, item in enumerate(value):
+            _check_image(item, f"{path}.{index}")
     elif kind.startswith("[]"):
         inner = kind[2:]
         if not isinstance(value, list):
@@ -142,6 +147,39 @@ def _check(value: Any, kind: str, path: str) -> Any:
     return value
 
 
+_BASE64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def base64_error_at(text: str) -> int | None:
+    """Where Go's ``base64.StdEncoding`` finds ``text`` corrupt (``illegal base64 data at input byte
+    N``), or None when it decodes: a character outside the alphabet, padding too early or followed by
+    data, or a last group of one to three characters without its padding."""
+    for start in range(0, len(text), 4):
+        group = text[start : start + 4]
+        for offset, char in enumerate(group):
+            if char == "=":
+                if offset < 2:
+                    return start + offset
+                if len(group) < 4 or group[offset:] != "=" * (4 - offset):
+                    return start + len(group) if len(group) < 4 else start + offset
+                return start + 4 if start + 4 < len(text) else None
+            if char not in _BASE64:
+                return start + offset
+    return len(text) - len(text) % 4 if len(text) % 4 else None
+
+
+def _check_image(value: Any, path: str) -> None:
+    """One ``api.ImageData``: a base64 string, decoded by its own unmarshaller (hence Go's shorter message)."""
+    if not isinstance(value, str):
+        raise ApiError(400, f"json: cannot unmarshal {json_type_name(value)} into {path} of type api.ImageData")
+    at = base64_error_at(value)
+    if at is not None:
+        message = (
+            f"json: cannot unmarshal string into {path} of type api.ImageData: illegal base64 data at input byte {at}"
+        )
+        raise ApiError(400, message)
+
+
 _GO_ELEMENT_NAMES = {"Message": "api.Message", "Tool": "api.Tool", "ToolCall": "api.ToolCall"}
 
 STRUCTS: dict[str, dict[str, str]] = {
@@ -149,7 +187,7 @@ STRUCTS: dict[str, dict[str, str]] = {
         "role": "string",
         "content": "string",
         "thinking": "string",
-        "images": "[]string",
+        "images": "[]image",
         "tool_calls": "[]ToolCall",
         "tool_name": "string",
     },
@@ -166,7 +204,7 @@ STRUCTS: dict[str, dict[str, str]] = {
         "raw": "bool",
         "format": "any",
         "keep_alive": "duration",
-        "images": "[]string",
+        "images": "[]image",
         "options": "map",
         "think": "think",
         "truncate": "bool",

@@ -311,6 +311,19 @@ CHECKS: tuple[Check, ...] = (
         "/api/chat",
         {"model": "tiny", "messages": [{"role": "user", "content": 1}]},
     ),
+    Check(
+        "an image that is not base64",
+        "POST",
+        "/api/generate",
+        {"model": "tiny", "prompt": "hi", "images": ["notbase64"]},
+    ),
+    Check(
+        "a message image that is not base64",
+        "POST",
+        "/api/chat",
+        {"model": "tiny", "messages": [{"role": "user", "content": "hi", "images": ["ab$d"]}]},
+    ),
+    Check("images of the wrong type", "POST", "/api/generate", {"model": "tiny", "prompt": "hi", "images": [5]}),
     Check("a body that is not JSON", "POST", "/api/chat", b"nope", ("refusal_wording",)),
     Check(
         "a format that is neither json nor a schema",
