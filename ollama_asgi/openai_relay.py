@@ -85,7 +85,7 @@ async def _relay_whole(
         answer = whole_responses_response(prepared.model, prepared.request, native)
     else:
         answer = whole_response(route, prepared.model, native)
-    body = orjson.dumps(answer)
+    body = orjson.dumps(answer) + b"\n"  # Ollama's /v1 writes its answers with json.Encoder
     headers = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode()), *extra]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -6,11 +6,12 @@ import base64
 import json
 import struct
 
+import httpx
 import openai
 import pytest
 
 from ollama_asgi.testing import EmulatorServer, Fault
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, AUTH
 
 TOOLS = [
     {
@@ -135,6 +136,12 @@ def test_completions_streamed_with_usage_have_zero_usage_until_the_last(client: 
     usages = [(p.usage.prompt_tokens, p.usage.completion_tokens) if p.usage else None for p in parts]
     assert usages[:-1] == [(0, 0)] * (len(parts) - 1)
     assert usages[-1] is not None and usages[-1][1] == 3
+
+
+def test_a_whole_answer_ends_with_a_newline_as_ollamas_does(llm_url: str) -> None:
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}]}
+    response = httpx.post(llm_url + "/v1/chat/completions", json=body, headers=AUTH, timeout=30)
+    assert response.content.endswith(b"}\n")
 
 
 def test_completions_stream_and_whole(client: openai.OpenAI) -> None:
