@@ -29,7 +29,7 @@ from ollama_asgi.openai_relay import relay_openai
 from ollama_asgi.placement import Backend, Placement
 from ollama_asgi.protocol import ParsedRequest, canonical_model, parse_request
 from ollama_asgi.ratelimit import MemoryRateLimiter, rate_limit_headers
-from ollama_asgi.relay import RelayResult, relay, stream_headers
+from ollama_asgi.relay import RelayResult, SendWatch, relay, stream_headers
 from ollama_asgi.responses import send_bytes, send_error
 from ollama_asgi.routing import EMBED_ROUTES, Kind, Route, match_route, route_path
 from ollama_asgi.settings import ConfigError, Settings, parse_duration
@@ -141,6 +141,7 @@ class OllamaGateway:
         self.shutting_down = False  # set by begin_shutdown(): new and queued requests get 503
         self._drain_timer: asyncio.Task[None] | None = None
         self._relaying: set[UpstreamResponse] = set()  # upstream answers being relayed, ended at the drain timeout
+        self._send_watch = SendWatch(self.settings.send_timeout)  # ends relays whose client stopped reading
         self._gc_pending = self.settings.tune_gc  # done at the first request, once the host app is built
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -194,6 +195,7 @@ class OllamaGateway:
         if self._drain_timer is not None:
             self._drain_timer.cancel()
             self._drain_timer = None
+        self._send_watch.close()
         await self.placement.aclose()
         if self.lifecycle is not None:
             await self.lifecycle.aclose()
@@ -467,12 +469,25 @@ class OllamaGateway:
                         extra_headers=extra,
                         expect_final=request.route.name in ("generate", "chat"),
                     )
+                sender: asyncio.Future[RelayResult] | asyncio.Task[object] | None
                 if isinstance(relaying, asyncio.Future):
-                    progress.relaying = relaying
-                result = await relaying
+                    progress.relaying = sender = relaying
+                else:
+                    sender = asyncio.current_task(request.loop)
+                if sender is not None:
+                    self._send_watch.watch(resp, sender)
+                try:
+                    result = await relaying
+                except asyncio.CancelledError:
+                    if not self._send_watch.done(resp):
+                        raise
+                    if isinstance(sender, asyncio.Task) and sender is not progress.relaying:
+                        sender.uncancel()  # the watch cancelled this task's send, nobody else did
+                    result = _stalled(resp.status, self.settings.send_timeout)
             finally:
                 resp.close()
                 self._relaying.discard(resp)
+                self._send_watch.done(resp)
             record.result = result
             ok = result.error is None and result.status < 500
             # The breaker counts what says the backend is broken: a failed connection or Ollama's own
@@ -919,6 +934,16 @@ async def _with_sse_keepalive(
 # What Ollama answers with a 500 when it cannot read a request (a format or schema it rejects, an
 # option of the wrong type): the request's fault, not the backend's, so the breaker does not count it.
 _REFUSALS = (b'"invalid format', b'"invalid JSON schema', b'"option \\"')
+
+
+def _stalled(status: int, timeout: float) -> RelayResult:
+    """The result of a relay ended because its client took no bytes for ``timeout`` seconds.
+
+    The response cannot be finished (the client reads nothing), so the app returns without it and
+    the server closes the connection.
+    """
+    error = f"the client read nothing for {timeout:g}s (send_timeout); the request was ended"
+    return RelayResult(status, 0, None, error, stalled=True)
 
 
 def _request_refused(body: bytes | None) -> bool:

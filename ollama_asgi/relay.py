@@ -23,7 +23,7 @@ from ollama_asgi.errors import GatewayError, stream_error_line
 from ollama_asgi.types import Message, Send
 from ollama_asgi.upstream import UpstreamResponse
 
-__all__ = ["RelayResult", "in_own_task", "relay", "stream_headers"]
+__all__ = ["RelayResult", "SendWatch", "in_own_task", "relay", "stream_headers"]
 
 # Hop-by-hop and per-connection headers never cross the proxy; the server sets its own Date/Server.
 _DROP = frozenset(
@@ -54,6 +54,81 @@ class RelayResult:
     final: bytes | None  # the final chunk or whole small body, for token accounting
     error: str | None = None  # set when a started stream had to be ended with an error
     broken: bool = False  # the connection to Ollama failed (a timeout, a reset): the backend's fault
+    stalled: bool = False  # the client stopped reading for longer than ``send_timeout``: the client's fault
+
+
+class _Watched:
+    __slots__ = ("consumed", "since", "stalled", "task")
+
+    def __init__(self, task: asyncio.Task[object] | asyncio.Future[RelayResult]) -> None:
+        self.task = task
+        self.consumed = -1
+        self.since = 0.0
+        self.stalled = False
+
+
+class SendWatch:
+    """Ends relays whose client stopped reading, so a stalled client cannot hold a slot for ever.
+
+    A relay blocked in ``send`` is not reading its upstream answer: bytes pile up unread in the
+    upstream reader (or the answer is complete and only the client's part is left), and what the
+    relay has taken does not move. One sweep checks every relay for that state, every second (or
+    every quarter of ``timeout``), instead of a timer per chunk, and cancels the task awaiting a
+    send that made no progress for ``timeout``. A relay waiting on a silent Ollama has nothing
+    waiting unread, so it is left to ``read_timeout``.
+
+    Memory stays bounded meanwhile: ASGI servers (uvicorn's ``send`` awaits the transport's drain
+    once its write buffer passes the high-water mark) hold at most one message beyond their buffer,
+    and aiohttp stops reading the upstream socket once its reader holds twice its limit.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._relays: dict[UpstreamResponse, _Watched] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def watch(self, resp: UpstreamResponse, task: asyncio.Task[object] | asyncio.Future[RelayResult]) -> None:
+        """Watch the relay of ``resp``; ``task`` is the one awaiting its sends (cancelled when stalled)."""
+        self._relays[resp] = _Watched(task)
+        if self._sweeper is None:
+            self._loop = asyncio.get_running_loop()
+            self._arm()
+
+    def done(self, resp: UpstreamResponse) -> bool:
+        """Stop watching ``resp``; True when its relay was ended for a stalled client."""
+        watched = self._relays.pop(resp, None)
+        return watched is not None and watched.stalled
+
+    def _arm(self) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            self._sweeper = loop.call_later(min(1.0, self.timeout / 4), self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        assert self._loop is not None
+        now = self._loop.time()
+        for resp, watched in self._relays.items():
+            if watched.stalled or watched.task.done():
+                continue
+            content = resp.content
+            unread = content._size  # bytes Ollama sent that the relay has not taken yet
+            consumed = content.total_bytes - unread
+            waiting = unread > 0 or content.is_eof() or content.exception() is not None or resp.closed
+            if not waiting or consumed != watched.consumed:
+                watched.consumed, watched.since = (consumed, now) if waiting else (-1, 0.0)
+            elif now - watched.since >= self.timeout:
+                watched.stalled = True
+                watched.task.cancel()
+        if self._relays:
+            self._arm()
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._relays.clear()
 
 
 def stream_headers(content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> list[tuple[bytes, bytes]]:

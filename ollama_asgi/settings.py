@@ -684,6 +684,14 @@ class Settings:
             _pos_duration,
         ),
     )
+    send_timeout: float = field(
+        default=60.0,
+        metadata=_doc(
+            "Longest a client may take no bytes of an answer: a client that stops reading then loses "
+            "its request, so its backend slot is freed and Ollama stops generating.",
+            _pos_duration,
+        ),
+    )
     upstream_retry_after: float = field(
         default=2.0,
         metadata=_doc("Retry-After sent when no upstream can be reached.", _pos_duration),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import ollama
@@ -294,3 +296,68 @@ def test_a_connection_lost_after_the_final_chunk_adds_nothing_after_it(scripted:
     url = scripted([TOKENS, REORDERED_FINAL], then_break=True)
     lines = _assert_whole_lines(request(url + "/api/chat", body=CHAT, headers=AUTH).chunks())
     assert lines == [orjson.loads(TOKENS), orjson.loads(REORDERED_FINAL)]
+
+
+def _stalled_reader(url: str, body: bytes) -> socket.socket:
+    """A client that sends its request, reads the response head, then never reads again."""
+    parts = urlsplit(url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills at once
+    sock.settimeout(10)
+    sock.connect((parts.hostname, parts.port))
+    head = f"POST {parts.path} HTTP/1.1\r\nHost: {parts.hostname}\r\nAuthorization: Bearer {API_KEY}\r\n"
+    sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert sock.recv(12).startswith(b"HTTP/1.1 200")
+    return sock
+
+
+ENDLESS = json.dumps({"model": "llama3.2", "prompt": "x", "options": {"num_predict": 60_000}}).encode()
+
+
+@pytest.mark.parametrize("path", ["/api/generate", "/v1/completions"])
+def test_a_client_that_stops_reading_loses_its_slot_and_its_generation(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread], path: str
+) -> None:
+    """Without a send timeout the relay waits on the client's full window for ever, holding the slot."""
+    # 59,000 lines (6 MB: more than every buffer between Ollama and the client), then Ollama goes on
+    # generating slowly, as the loop model does, so its request is still running when the client stalls.
+    emulator.emulator.inject(Fault(path="/api/generate", kind="stall", after_lines=59_000, delay=60))
+    host = host_factory(parallel=1, send_timeout=0.5, queue_timeout=30)
+    url = host.url + "/llm"
+    body = ENDLESS
+    if path.startswith("/v1"):
+        body = json.dumps({"model": "llama3.2", "prompt": "x", "stream": True, "max_tokens": 60_000}).encode()
+    stalled = _stalled_reader(url + path, body)
+    try:
+        wait_until(lambda: emulator.emulator.stats.cancellations == 1, timeout=20)
+        assert emulator.emulator.stats.active == 0
+        answer = httpx.post(
+            url + "/api/generate",
+            json={"model": "llama3.2", "prompt": "y", "stream": False, "options": {"num_predict": 3}},
+            headers=AUTH,
+            timeout=10,
+        )
+        assert answer.status_code == 200 and answer.json()["done"] is True
+    finally:
+        stalled.close()
+
+
+def test_a_slow_reader_that_keeps_reading_is_not_cut(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    """The send timeout bounds a send without progress, not a slow client."""
+    emulator.emulator.token_interval = 0.001
+    host = host_factory(send_timeout=0.5)
+    body = json.dumps({"model": "llama3.2", "prompt": "x", "options": {"num_predict": 3000}}).encode()
+    sock = _stalled_reader(host.url + "/llm/api/generate", body)
+    received = b""
+    try:
+        while not received.endswith(b"0\r\n\r\n"):
+            time.sleep(0.05)  # about 80 KB/s: the window is full most of the time
+            data = sock.recv(4096)
+            assert data, "the gateway closed the connection"
+            received += data
+    finally:
+        sock.close()
+    assert b'"done":true' in received and b'"error"' not in received
+    assert emulator.emulator.stats.cancellations == 0
