@@ -53,21 +53,22 @@ def _event(value: Any) -> bytes:
     return b"data: " + orjson.dumps(value) + b"\n\n"
 
 
-def _stop(value: Any) -> list[str] | None:
+def _stop(value: Any, strict: bool) -> list[str] | None:
+    """``stop`` as a list: /v1/completions refuses a non-string item, /v1/chat/completions drops it."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, list):
         for item in value:
-            if not isinstance(item, str):
+            if strict and not isinstance(item, str):
                 raise MiddlewareError(400, f"invalid type for 'stop' field: {go_type_name(item)}")
-        return list(value)
+        return [item for item in value if isinstance(item, str)]
     return None
 
 
-def _options(req: dict[str, Any]) -> dict[str, Any]:
+def _options(req: dict[str, Any], strict_stop: bool) -> dict[str, Any]:
     """Sampling options; temperature and top_p default to 1.0, and num_ctx can never be set."""
     options: dict[str, Any] = {}
-    stop = _stop(req.get("stop"))
+    stop = _stop(req.get("stop"), strict_stop)
     if stop is not None:
         options["stop"] = stop
     if req.get("max_tokens") is not None:
@@ -161,7 +162,7 @@ async def chat_completions(emu: OllamaEmulator, ex: Exchange) -> None:
     native = {
         "model": req.get("model", ""),
         "messages": _messages(req.get("messages")),
-        "options": _options(req),
+        "options": _options(req, strict_stop=False),
         "format": _format(req),
         "tools": req.get("tools") or [],
         "think": _think(req),
@@ -222,7 +223,11 @@ async def _chat_events(run: Run, head: dict[str, Any], include_usage: bool) -> A
 
 async def completions(emu: OllamaEmulator, ex: Exchange) -> None:
     req = _decode(ex, "CompletionRequest")
-    native = {"model": req.get("model", ""), "prompt": req.get("prompt", ""), "options": _options(req)}
+    native = {
+        "model": req.get("model", ""),
+        "prompt": req.get("prompt", ""),
+        "options": _options(req, strict_stop=True),
+    }
     if req.get("suffix"):
         native["suffix"] = req["suffix"]
     outcome = await prepare_generate(emu, ex, native)

@@ -56,6 +56,7 @@ WEATHER_TOOL = {
 }
 HI = [{"role": "user", "content": "hi"}]
 RUNNER_DIED = "an error was encountered while running the model: unexpected EOF"
+STOP_ITEMS = "the gateway refuses a /v1 chat stop list with a non-string item; Ollama's /v1 chat drops the item"
 EMBED_404 = "the gateway answers /api/show's 404 text, not the embed route's"
 
 
@@ -339,6 +340,22 @@ CHECKS: tuple[Check, ...] = (
         "POST",
         "/v1/chat/completions",
         {"model": "tiny", "messages": HI, "reasoning_effort": "extreme"},
+    ),
+    Check(
+        "v1 chat, a stop list with a number",
+        "POST",
+        "/v1/chat/completions",
+        {"model": "tiny", "messages": HI, "stop": [1, "fox"]},
+        (),
+        _COUNTS,
+        known={"gateway": STOP_ITEMS, "gateway order": STOP_ITEMS},
+    ),
+    Check(
+        "v1 completions, a stop list with a number",
+        "POST",
+        "/v1/completions",
+        {"model": "tiny", "prompt": "hi", "stop": [1, "fox"]},
+        ("refusal_wording",),
     ),
     Check(
         "v1 chat, messages of the wrong type",
