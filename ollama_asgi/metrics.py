@@ -141,6 +141,12 @@ class GatewayMetrics:
         self.response_bytes = self.request_counter(
             "response_bytes_total", "Response body bytes sent to clients.", ("route",)
         )
+        self.failed_answers = self.request_counter(
+            "failed_answers_total",
+            "Answers that failed after their status (200) went out: a stream ended by an error, by route, "
+            "model and reason (stream_broken, stream_error, client_stalled).",
+            ("route", "model", "reason"),
+        )
         self.rejections = self.request_counter(
             "rejections_total",
             "Requests the gateway answered itself instead of Ollama, by route and reason.",
@@ -244,7 +250,10 @@ class GatewayMetrics:
         sink.inc(self.requests, (route, model, _status_text(status)))
         sink.observe(self.duration, (route, model), now - record.started)
         if reason:
-            sink.inc(self.rejections, (route, reason))
+            if result is not None and record.error is None:  # a reason with a result: it failed mid-answer
+                sink.inc(self.failed_answers, (route, model, reason))
+            else:
+                sink.inc(self.rejections, (route, reason))
         if record.queued is not None:
             sink.observe(self.queue_wait, (record.backend,), record.queued)
         if result is None:

@@ -55,6 +55,7 @@ class RelayResult:
     error: str | None = None  # set when a started stream had to be ended with an error
     broken: bool = False  # the connection to Ollama failed (a timeout, a reset): the backend's fault
     stalled: bool = False  # the client stopped reading for longer than ``send_timeout``: the client's fault
+    ollama_error: str | None = None  # Ollama ended a started stream with its own error line (passed on)
 
 
 class _Watched:
@@ -254,6 +255,7 @@ async def _relay_frames(
     sent = 0
     body = b""  # after the loop: the last frames sent
     error: str | None = None
+    ollama_error: str | None = None
     broken = no_final = False
     readany = resp.content.readany
     try:
@@ -299,6 +301,7 @@ async def _relay_frames(
                 final, error, broken, no_final = last, None, False, False  # whole: nothing may follow it
             elif "error" in ending:
                 no_final = False  # Ollama ended the stream with its own error line
+                ollama_error = str(ending["error"])
     if no_final:
         error = "Ollama ended the stream before its final chunk"
     if start is not None:  # not one whole line arrived
@@ -307,7 +310,7 @@ async def _relay_frames(
         await send(start)
     tail = stream_error_line(error, sse=sse) if error else b""
     await send({"type": "http.response.body", "body": tail, "more_body": False})
-    return RelayResult(resp.status, sent + len(tail), final, error, broken)
+    return RelayResult(resp.status, sent + len(tail), final, error, broken, ollama_error=ollama_error)
 
 
 def _ending(line: bytes) -> dict[str, object] | None:

@@ -113,7 +113,13 @@ class RequestRecord:
         return send_with_id
 
     def outcome(self, exc: BaseException | None = None) -> tuple[int, str, str | None]:
-        """``(status, rejection reason, error text)``; 499 when the client left before the answer."""
+        """``(status, reason, error text)``; 499 when the client left before the answer.
+
+        An answer that failed after its status went out keeps that status (it is what the client
+        got) with a reason of its own: ``stream_broken`` (the connection to Ollama failed),
+        ``stream_error`` (Ollama's error line, a cut or unreadable stream) or ``client_stalled``
+        (the client read nothing for ``send_timeout``).
+        """
         if self.error is not None:
             error = self.error
             reason = error.reason or _REASONS.get(error.status, "")
@@ -123,8 +129,14 @@ class RequestRecord:
                 if error.status == 502:
                     reason = "upstream_error"
             return error.status, reason, error.message
-        if self.result is not None:
-            return self.result.status, "", self.result.error
+        result = self.result
+        if result is not None:
+            text = result.error or result.ollama_error
+            if text is None or result.status >= 400:
+                return result.status, "", text
+            # The status went out before the answer failed: the reason is what alerts count.
+            failed = "client_stalled" if result.stalled else "stream_broken" if result.broken else "stream_error"
+            return result.status, failed, text
         if isinstance(exc, Exception):
             return 500, "", f"{exc.__class__.__name__}: {exc}"
         if self.status:

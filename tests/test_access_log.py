@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from ollama_asgi.testing import EmulatorServer
+from ollama_asgi.testing import EmulatorServer, Fault
 from tests.conftest import ADMIN, AUTH
 from tests.support.processes import free_port
 from tests.support.rawhttp import request, wait_until
@@ -161,3 +161,20 @@ def test_a_stream_that_started_while_queued_carries_the_request_id(
     assert chunks[0].startswith(b": ")  # the head went out with a keep-alive comment, before Ollama answered
     assert response.headers["x-request-id"] == "queued-1"
     blocker.chunks()
+
+
+def test_a_stream_broken_after_its_status_is_a_warning_with_its_reason(
+    emulator: EmulatorServer, llm_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ollama_asgi.access")
+    emulator.emulator.inject(Fault(path="/api/chat", kind="close_midline", after_lines=2))
+    with httpx.stream("POST", llm_url + "/api/chat", json=CHAT, headers=AUTH) as response:
+        assert response.status_code == 200
+        lines = [json.loads(line) for line in response.iter_lines()]
+    assert "error" in lines[-1]
+    wait_until(lambda: any(r.name == "ollama_asgi.access" for r in caplog.records))
+    (record,) = [r for r in caplog.records if r.name == "ollama_asgi.access"]
+    fields = record.ollama_asgi  # type: ignore[attr-defined]
+    assert record.levelno == logging.WARNING
+    assert (fields["status"], fields["reason"]) == (200, "stream_broken")
+    assert "broke mid-stream" in fields["error"]

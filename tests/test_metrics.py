@@ -18,7 +18,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from ollama_asgi import ConfigError, OllamaGateway, Settings, __version__
-from ollama_asgi.testing import EmulatorServer
+from ollama_asgi.testing import EmulatorServer, Fault
 from tests.conftest import ADMIN, API_KEY, AUTH
 from tests.support.hosts import starlette_host
 from tests.support.processes import GatewayProcess, free_port
@@ -283,6 +283,8 @@ def test_the_dashboard_and_alerts_use_only_metrics_the_gateway_exports(
         with httpx.Client(base_url=llm, headers=AUTH, timeout=30) as client:
             assert client.post("/api/chat", json=_chat()).status_code == 200
             assert client.post("/api/chat", content=b"{").status_code == 400
+            emulator.emulator.inject(Fault(path="/api/chat", kind="midstream_error", after_lines=1))
+            assert client.post("/api/chat", json=_chat()).status_code == 200  # and then an error line
         exported = _exported_names(scrape(llm + "/_gateway/metrics", ADMIN))
     finally:
         redis.stop()
@@ -371,3 +373,34 @@ def test_lifecycle_metrics_count_loads_coalescing_and_context_choices(
     status = httpx.get(server.url + "/llm/_gateway/status", headers=ADMIN).json()["lifecycle"]
     assert status["loads"] == 2 and "llama3.2:latest" in status["backends"]["backend-0"]["loaded"]
     assert status["recent_load_seconds"]["llama3.2:latest"] >= 0.3
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        (Fault(path="/api/chat", kind="close_midline", after_lines=2), "stream_broken"),
+        (Fault(path="/api/chat", kind="midstream_error", after_lines=2), "stream_error"),
+    ],
+)
+def test_an_answer_that_fails_after_its_status_is_counted_as_failed(
+    emulator: EmulatorServer, llm_url: str, fault: Fault, reason: str
+) -> None:
+    """The client got a 200, so requests_total says 200; failed_answers_total is what alerts read."""
+    emulator.emulator.inject(fault)
+    with httpx.stream("POST", llm_url + "/api/chat", json=_chat(), headers=AUTH) as response:
+        assert response.status_code == 200
+        assert "error" in json.loads(list(response.iter_lines())[-1])
+    samples = scrape_when(
+        llm_url + "/_gateway/metrics", lambda s: value(s, "ollama_asgi_requests_total", route="chat") == 1, ADMIN
+    )
+    assert value(samples, "ollama_asgi_failed_answers_total", route="chat", model="llama3.2:latest", reason=reason) == 1
+    assert value(samples, "ollama_asgi_failed_answers_total") == 1
+    assert value(samples, "ollama_asgi_rejections_total") == 0
+
+
+def test_a_whole_stream_is_not_a_failed_answer(llm_url: str) -> None:
+    assert httpx.post(llm_url + "/api/chat", json=_chat(), headers=AUTH).status_code == 200
+    samples = scrape_when(
+        llm_url + "/_gateway/metrics", lambda s: value(s, "ollama_asgi_requests_total", route="chat") == 1, ADMIN
+    )
+    assert value(samples, "ollama_asgi_failed_answers_total") == 0
