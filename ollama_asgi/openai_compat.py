@@ -27,14 +27,18 @@ __all__ = ["ChatStream", "CompletionStream", "embeddings_response", "to_native",
 _rng = random.Random()  # a private generator: the host's global random state is not ours to advance
 
 
-def _options(req: dict[str, Any]) -> dict[str, Any]:
+def _options(req: dict[str, Any], route: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
     stop = req.get("stop")
     if isinstance(stop, str):
         options["stop"] = [stop]
     elif isinstance(stop, list):
-        if not all(isinstance(s, str) for s in stop):
-            raise GatewayError(400, "stop must be a string or an array of strings")
+        # Ollama's chat skips stop entries that are not strings; its completions refuse them.
+        if route == "openai_chat":
+            stop = [s for s in stop if isinstance(s, str)]
+        for s in stop:
+            if not isinstance(s, str):
+                raise GatewayError(400, f"invalid type for 'stop' field: {_go_type(s)}")
         options["stop"] = stop
     tokens = req.get("max_completion_tokens", req.get("max_tokens"))
     if tokens is not None:
@@ -61,52 +65,110 @@ def _format(req: dict[str, Any]) -> Any:
 
 
 def _messages(raw: object) -> list[dict[str, Any]]:
+    """The native messages, made as Ollama's ``/v1`` makes them (each content part a message of its
+    own, so the model sees the prompt it would see without the gateway)."""
     if not isinstance(raw, list) or not raw:
         raise GatewayError(400, "[] is too short - 'messages'")
-    out = []
+    out: list[dict[str, Any]] = []
     for message in raw:
         if not isinstance(message, dict):
             raise GatewayError(400, "each message must be an object")
-        native: dict[str, Any] = {"role": message.get("role", "user")}
+        role = message.get("role", "user")
         content = message.get("content")
-        images: list[str] = []
-        if isinstance(content, list):
-            texts = []
-            for part in content:
-                if not isinstance(part, dict):
-                    raise GatewayError(400, "invalid message content part")
-                if part.get("type") == "text":
-                    texts.append(str(part.get("text", "")))
-                elif part.get("type") == "image_url":
-                    url = part.get("image_url")
-                    url = url.get("url") if isinstance(url, dict) else url
-                    if not isinstance(url, str) or "base64," not in url:
-                        raise GatewayError(400, "invalid image input: only base64 data URLs are supported")
-                    images.append(url.split("base64,", 1)[1])
-            native["content"] = "\n".join(texts)
-        elif content is None or isinstance(content, str):
-            native["content"] = content or ""
-        else:
-            raise GatewayError(400, "message content must be a string or an array of parts")
-        if images:
-            native["images"] = images
-        reasoning = message.get("reasoning")
-        if isinstance(reasoning, str):
-            native["thinking"] = reasoning
         calls = message.get("tool_calls")
-        if isinstance(calls, list):
-            native["tool_calls"] = [_native_call(c) for c in calls]
-        call_id = message.get("tool_call_id")
-        if isinstance(call_id, str) and call_id:
-            native["tool_call_id"] = call_id
-        if isinstance(native["role"], str) and native["role"].lower() == "tool":
+        native_calls = [_native_call(c) for c in calls] if isinstance(calls, list) else None
+        extra: dict[str, Any] = {}
+        reasoning = message.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            extra["thinking"] = reasoning
+        if native_calls:
+            extra["tool_calls"] = native_calls
+        if isinstance(role, str) and role.lower() == "tool":
             name = message.get("name")
-            if not (isinstance(name, str) and name) and native.get("tool_call_id"):
+            call_id = message.get("tool_call_id")
+            if not (isinstance(name, str) and name) and isinstance(call_id, str) and call_id:
                 name = _called_function(raw, call_id)
             if isinstance(name, str) and name:
-                native["tool_name"] = name
-        out.append(native)
+                extra["tool_name"] = name
+        call_id = message.get("tool_call_id")
+        if isinstance(call_id, str) and call_id:
+            extra["tool_call_id"] = call_id
+        if isinstance(content, str):
+            out.append({"role": role, "content": content, **extra})
+        elif isinstance(content, list):
+            out.extend(_part(role, part) for part in content)
+            if out and native_calls:  # Ollama puts the calls (and what goes with them) on the last part
+                out[-1].update(extra)
+        elif calls is None:  # content may be left out only beside tool calls
+            raise GatewayError(400, f"invalid message content type: {_go_type(content)}")
+        else:
+            extra.pop("tool_name", None)
+            out.append({"role": role, "content": "", **extra})
     return out
+
+
+def _go_type(value: object) -> str:
+    """How Go's ``%T`` names a JSON value decoded into ``any``."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "float64"
+    return "map[string]interface {}" if isinstance(value, dict) else "[]interface {}"
+
+
+_IMAGE_PREFIXES = tuple(f"data:image/{kind};base64," for kind in ("jpeg", "jpg", "png", "webp"))
+
+
+def _part(role: object, part: object) -> dict[str, Any]:
+    """One content part as a native message of its own."""
+    if not isinstance(part, dict):
+        raise GatewayError(400, "invalid message format")
+    kind = part.get("type")
+    if kind == "text":
+        text = part.get("text")
+        if isinstance(text, str):
+            return {"role": role, "content": text}
+    elif kind == "image_url":
+        url = part.get("image_url")
+        url = url.get("url") if isinstance(url, dict) else url
+        if isinstance(url, str):
+            return {"role": role, "content": "", "images": [_image_data(url)]}
+    elif kind == "input_audio":
+        audio = part.get("input_audio")
+        if not isinstance(audio, dict):
+            raise GatewayError(400, "invalid input_audio format")
+        data = audio.get("data")
+        if not isinstance(data, str):
+            raise GatewayError(400, "invalid input_audio format: missing data")
+        if not _is_base64(data):
+            raise GatewayError(400, "invalid input_audio base64 data: illegal base64 data")
+        return {"role": role, "content": "", "images": [data]}
+    raise GatewayError(400, "invalid message format")
+
+
+def _image_data(url: str) -> str:
+    """The base64 of an image given as a data URL, the only kind Ollama's ``/v1`` takes."""
+    if url.startswith(("http://", "https://")):
+        raise GatewayError(400, "image URLs are not currently supported, please use base64 encoded data instead")
+    if url.startswith("data:;base64,"):
+        data = url[len("data:;base64,") :]
+    elif url.startswith(_IMAGE_PREFIXES):
+        data = url.split(";base64,", 1)[1]
+    else:
+        raise GatewayError(400, "invalid image input")
+    if not _is_base64(data):
+        raise GatewayError(400, "invalid image input")
+    return data
+
+
+def _is_base64(data: str) -> bool:
+    try:
+        base64.b64decode(data, validate=True)
+    except ValueError:
+        return False
+    return True
 
 
 def _called_function(messages: list[Any], call_id: object) -> str:
@@ -155,7 +217,7 @@ def to_native(route: str, req: dict[str, Any]) -> tuple[str, dict[str, Any], boo
         if req.get("dimensions") is not None:
             body["dimensions"] = req["dimensions"]
         return "/api/embed", body, False
-    body = {"model": req["model"], "stream": stream, "options": _options(req)}
+    body = {"model": req["model"], "stream": stream, "options": _options(req, route)}
     fmt = _format(req)
     if fmt is not None:
         body["format"] = fmt

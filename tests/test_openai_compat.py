@@ -43,6 +43,59 @@ def refusal(route: str, **request: Any) -> str:
     return str(info.value.message)
 
 
+# --------------------------------------------------------------------------------------- messages
+
+
+def test_each_content_part_is_a_message_of_its_own() -> None:
+    parts = [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+    assert native_chat(messages=[{"role": "user", "content": parts}])["messages"] == [
+        {"role": "user", "content": "hi"},
+        {"role": "user", "content": "", "images": ["AAAA"]},
+    ]
+
+
+def test_tool_calls_beside_content_parts_go_on_the_last_part() -> None:
+    calls = [{"id": "call_1", "function": {"name": "f", "arguments": "{}"}}]
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    messages = native_chat(messages=[*HI, {"role": "assistant", "content": parts, "tool_calls": calls}])["messages"]
+    assert [m.get("tool_calls") for m in messages[1:]] == [
+        None,
+        [{"id": "call_1", "function": {"name": "f", "arguments": {}}}],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "invalid message content type: <nil>"),
+        (5, "invalid message content type: float64"),
+        ([{"type": "audio"}], "invalid message format"),
+        (
+            [{"type": "image_url", "image_url": "https://example.com/a.png"}],
+            "image URLs are not currently supported, please use base64 encoded data instead",
+        ),
+        ([{"type": "image_url", "image_url": "data:image/gif;base64,AAAA"}], "invalid image input"),
+        ([{"type": "image_url", "image_url": "data:image/png;base64,!!"}], "invalid image input"),
+    ],
+)
+def test_content_ollama_cannot_read_is_refused_with_its_words(content: object, message: str) -> None:
+    assert refusal("openai_chat", messages=[{"role": "user", "content": content}]) == message
+
+
+def test_content_may_be_left_out_beside_tool_calls() -> None:
+    calls = [{"id": "call_1", "function": {"name": "f", "arguments": "{}"}}]
+    message = native_chat(messages=[*HI, {"role": "assistant", "content": None, "tool_calls": calls}])["messages"][1]
+    assert message["content"] == ""
+
+
+def test_chat_skips_stop_entries_that_are_not_strings() -> None:
+    assert native_chat(stop=["fox", 1])["options"]["stop"] == ["fox"]
+
+
+def test_completions_refuse_stop_entries_that_are_not_strings() -> None:
+    assert refusal("openai_completions", prompt="hi", stop=["fox", 1]) == "invalid type for 'stop' field: float64"
+
+
 # ------------------------------------------------------------------------------------- tool calls
 
 

@@ -324,6 +324,21 @@ def test_openai_chat_content_parts(openai_clients: Pair) -> None:
     assert stable(gateway) == stable(direct)
 
 
+def test_openai_chat_content_parts_reach_the_model_as_ollamas_messages(openai_clients: Pair) -> None:
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}]}]
+    direct, gateway = openai_clients.each(lambda c: c.chat.completions.create(model="tiny", messages=messages))
+    assert direct.usage.prompt_tokens == 32  # two user messages, not one of two lines
+    assert stable(gateway) == stable(direct)
+
+
+def test_openai_chat_stop_entries_that_are_not_strings_are_skipped(openai_clients: Pair) -> None:
+    direct, gateway = openai_clients.each(
+        lambda c: c.chat.completions.create(model="tiny", messages=HI, extra_body={"stop": ["fox", 1]})
+    )
+    assert direct.choices[0].message.content == "The quick brown "
+    assert stable(gateway) == stable(direct)
+
+
 def test_openai_chat_sampling_options(openai_clients: Pair) -> None:
     direct, gateway = openai_clients.each(
         lambda c: c.chat.completions.create(
