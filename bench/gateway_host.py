@@ -7,6 +7,9 @@ the benchmark's small prompts matches what direct clients load and no target cau
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from typing import Any
 
 from starlette.applications import Starlette
@@ -34,5 +37,8 @@ def build(upstream: str, *, parallel: int, max_queue: int, queue_timeout: float 
         metrics_access="admin",
         nvml=False,
     )
+    extra = os.environ.get("BENCH_GATEWAY_SETTINGS")  # JSON overrides, for a setting's cost (bench.swap_trace)
+    if extra:
+        settings = dataclasses.replace(settings, **json.loads(extra))
     gateway = OllamaGateway(settings)
     return Starlette(routes=[Mount("/llm", app=gateway)], lifespan=gateway.lifespan)

@@ -21,6 +21,11 @@ other model's load waits for the busy model to go idle, which its clients never 
 ``arrival`` is the gateway with its model lifecycle off (``lifecycle=false``): requests reach
 Ollama in arrival order, one at a time, as a plain FIFO proxy would send them.
 
+``--hot-path REF`` counts instructions per small request under callgrind (``bench.instructions``),
+the gateway as it was at git ``REF`` (before grouping) beside the tree here (``--after``, default
+the working tree), without and with ``max_loaded_models=1`` on a one-model load that never passes
+the limit: what grouping costs when no backend is over it.
+
 The emulator part measures the same estimate where service times are fixed: 40 streams of 16
 tokens at 20 ms a token, queued at once on one model behind ``parallel=2``, each asking twice
 (before any request has finished, and after some have).
@@ -282,38 +287,39 @@ _GATEWAYS: dict[str, dict[str, str]] = {
 }
 
 
-def real_runs(binary: str, traces: dict[str, list[tuple[float, str]] | None]) -> list[dict[str, Any]]:
+def real_runs(binary: str, traces: dict[str, list[tuple[float, str]] | None], repeat: int = 1) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="swap-trace-") as tmp:
         models_dir, fixtures_dir = Path(tmp, "models"), Path(tmp, "fixtures")
-        for trace_name, trace in traces.items():
-            for how in ("direct", "arrival", "fifo", "grouped"):
-                server = start_ollama(binary, models_dir, fixtures_dir)
-                gateway = None
-                try:
-                    base, key = server.url, None
-                    if how != "direct":
-                        settings = dict(_GATEWAYS[how])
-                        if trace is None and how == "grouped":
-                            settings["swap_max_delay"] = "2"
-                        gateway, base = start_gateway(server.url, **settings)
-                        key = API_KEY
-                    before = server.loads()
-                    started = time.perf_counter()
-                    if trace is None:
-                        sents = asyncio.run(steady(base, key=key))
-                    else:
-                        sents = asyncio.run(replay(base, trace, key=key, tokens=8, polls=(0.3,) if key else ()))
-                    wall = time.perf_counter() - started
-                    rows.append(summary(f"{trace_name}/{how}", sents, wall, server.loads() - before))
-                    others = [s.done - s.submitted for s in sents if s.model == "tools-1t"]
-                    rows[-1]["other_model_max_s"] = round(max(others), 3)
-                    rows[-1]["sent"] = [asdict(s) for s in sents]
-                finally:
-                    if gateway is not None:
-                        stop(gateway)
-                    server.stop()
-                print(_row(rows[-1]), flush=True)
+        runs = [(t, how) for _ in range(repeat) for t in traces for how in ("direct", "arrival", "fifo", "grouped")]
+        for trace_name, how in runs:
+            trace = traces[trace_name]
+            server = start_ollama(binary, models_dir, fixtures_dir)
+            gateway = None
+            try:
+                base, key = server.url, None
+                if how != "direct":
+                    settings = dict(_GATEWAYS[how])
+                    if trace is None and how == "grouped":
+                        settings["swap_max_delay"] = "2"
+                    gateway, base = start_gateway(server.url, **settings)
+                    key = API_KEY
+                before = server.loads()
+                started = time.perf_counter()
+                if trace is None:
+                    sents = asyncio.run(steady(base, key=key))
+                else:
+                    sents = asyncio.run(replay(base, trace, key=key, tokens=8, polls=(0.3,) if key else ()))
+                wall = time.perf_counter() - started
+                rows.append(summary(f"{trace_name}/{how}", sents, wall, server.loads() - before))
+                others = [s.done - s.submitted for s in sents if s.model == "tools-1t"]
+                rows[-1]["other_model_max_s"] = round(max(others), 3)
+                rows[-1]["sent"] = [asdict(s) for s in sents]
+            finally:
+                if gateway is not None:
+                    stop(gateway)
+                server.stop()
+            print(_row(rows[-1]), flush=True)
     return rows
 
 
@@ -334,6 +340,49 @@ def emulator_run() -> dict[str, Any]:
     return row
 
 
+def hot_path(before: str, after: str | None, requests: int) -> dict[str, Any]:
+    from bench.instructions import measure
+    from bench.procs import python_server
+    from bench.run import baseline_copy
+
+    counts: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="swap-hot-path-") as tmp:
+        workdir = Path(tmp)
+        emulator = python_server("emulator", "emulator", free_port(), "--parallel", "256", log=workdir / "emu.log")
+        emulator.start()
+        try:
+            old = str(baseline_copy(before, workdir))
+            new = str(baseline_copy(after, workdir)) if after else None
+            for name, package, extra in (
+                ("before", old, None),
+                ("after", new, None),
+                ("after, max_loaded_models=1", new, {"max_loaded_models": 1}),
+            ):
+                os.environ.pop("BENCH_GATEWAY_SETTINGS", None)
+                if extra:
+                    os.environ["BENCH_GATEWAY_SETTINGS"] = json.dumps(extra)
+                counts[name] = measure(
+                    name.split(",")[0] + ("-grouped" if extra else ""),
+                    "gateway",
+                    emulator.url,
+                    workdir,
+                    requests=requests,
+                    warmup=requests // 3,
+                    package_path=package,
+                )
+                print(f"{name}: {counts[name]:,} instructions per request", flush=True)
+        finally:
+            os.environ.pop("BENCH_GATEWAY_SETTINGS", None)
+            emulator.stop()
+    base = counts["before"]
+    return {
+        "before": before,
+        "after": after or "working tree",
+        "instructions_per_request": counts,
+        "ratio_to_before": {k: round(v / base, 4) for k, v in counts.items()},
+    }
+
+
 def _row(r: dict[str, Any]) -> str:
     est = r["estimate_first_call"] or {}
     return (
@@ -348,8 +397,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--skip-emulator", action="store_true")
+    parser.add_argument("--hot-path", metavar="REF", help="only count instructions per request: REF beside --after")
+    parser.add_argument("--after", default=None, help="git ref for --hot-path (default: the working tree)")
+    parser.add_argument("--requests", type=int, default=300, help="requests counted per target for --hot-path")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of the real runs (loads vary run to run)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "swap_trace.json"))
     args = parser.parse_args()
+    if args.hot_path:
+        result = hot_path(args.hot_path, args.after, args.requests)
+        out = Path(args.out).with_name("swap_hot_path.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        print(json.dumps(result))
+        return
     print(
         "| run | served | loads | p50 s | p99 s | wall s | max overtaken by | estimate error (median s) "
         "| expected/actual (median) | tools-1t max s |"
@@ -362,7 +422,8 @@ def main() -> None:
         binary = find_ollama_binary()
         if binary is None:
             raise SystemExit("no Ollama binary: set OLLAMA_BIN")
-        rows += real_runs(binary, {"alternating": alternating(), "multi": multi(), "steady": None})
+        traces = {"alternating": alternating(), "multi": multi(), "steady": None}
+        rows += real_runs(binary, traces, args.repeat)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"cpus": os.cpu_count(), "rows": rows}, indent=1))

@@ -308,14 +308,12 @@ class Lease:
             if self.turn is not None:
                 self.turn.release()
 
-    def queue_headers(self) -> list[tuple[bytes, bytes]]:
-        """The answer's queue headers: empty when the request never waited."""
-        turn = self.turn
-        waited = self.queued_for + (turn.waited if turn is not None else 0.0)
-        if not waited:
-            return []
-        position = turn.position if turn is not None and turn.waited else self.position
-        return queue_headers(waited, position)
+    def take_turn(self, turn: Turn) -> None:
+        """Hold ``turn`` with the slot; the wait for it counts as queueing, its position as the one told."""
+        self.turn = turn
+        if turn.waited:
+            self.queued_for += turn.waited
+            self.position = turn.position
 
 
 class Turn:
@@ -584,6 +582,7 @@ class Admission:
         self.turns: dict[str, ModelTurns] = {}
         self._turn_limit = 0
         self._turn_delay = 0.0
+        self.grouped = False  # requests take their model's turn before a slot (``configure_turns``)
         self.load_seconds: Callable[[str], float] = lambda backend: 5.0  # expected seconds per model switch
         # Requests waiting now, by request id: what their client may ask of ``describe``.
         self._queued_requests: dict[str, tuple[str, Callable[[], dict[str, object]]]] = {}
@@ -592,6 +591,7 @@ class Admission:
         """Group each backend's queue by model when it holds at most ``limit`` models (see ``ModelTurns``)."""
         self._turn_limit = limit
         self._turn_delay = max_delay
+        self.grouped = True
 
     def gate(self, backend: str) -> ModelTurns | None:
         if not self._turn_limit:
@@ -606,11 +606,6 @@ class Admission:
                 lambda ahead, loads: pool.expected_wait(ahead) + loads * self.load_seconds(backend),
             )
         return gate
-
-    @property
-    def grouped(self) -> bool:
-        """Whether requests take their model's turn before a slot (``configure_turns`` was called)."""
-        return bool(self._turn_limit)
 
     def may_prewarm(self, backend: str, model: str) -> bool:
         """A pre-warm of ``model`` takes no group's place: its model runs there, or a place is free."""
@@ -708,21 +703,22 @@ class Admission:
         waiting = gate.waiting if gate is not None else 0
         return waiting + sum(p.waiting for name, p in self.pools.items() if name.split("#", 1)[0] == backend)
 
-    def try_admit(self, backend: str, kind: str, model: str | None = None) -> Lease | None:
+    def try_admit(self, backend: str, kind: str) -> Lease | None:
         """A free slot at once, when nobody waits for it; None sends the caller through ``admit``.
 
         Most requests find a slot free: this takes it without a coroutine or a clock read more.
-        ``model`` takes its turn too where the backend's queue is grouped by model.
         """
         if self.closing is not None or self.shared is not None:
             return None
         pool = self.pool(backend, kind)
-        if self._turn_limit and model is not None:
-            return self._try_admit_turn(pool, backend, model)
         granted_at = pool.grant_now()
         return None if granted_at is None else Lease(pool, granted_at, 0.0)
 
-    def _try_admit_turn(self, pool: Pool, backend: str, model: str) -> Lease | None:
+    def try_admit_turn(self, backend: str, kind: str, model: str) -> Lease | None:
+        """``try_admit`` where the queue is grouped by model (``grouped``): ``model``'s turn and a slot, at once."""
+        if self.closing is not None or self.shared is not None:
+            return None
+        pool = self.pool(backend, kind)
         gate = self.gate(backend)
         assert gate is not None
         if not (pool.in_flight < pool.capacity and not pool.waiting):

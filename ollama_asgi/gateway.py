@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from ollama_asgi.admission import PRIORITIES, Admission, Lease, hold_prewarms
+from ollama_asgi.admission import PRIORITIES, Admission, Lease, hold_prewarms, queue_headers
 from ollama_asgi.auth import Authorizer, DefaultAuthorizer, Principal, call_authorizer, model_allowed
 from ollama_asgi.errors import GatewayError, stream_error_line
 from ollama_asgi.gc_tuning import tune_gc
@@ -437,8 +437,8 @@ class OllamaGateway:
                 self.lifecycle.begin(prepared)
         else:
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k in _FORWARD]
-        if lease is not None and (lease.queued_for or lease.turn is not None):
-            extra.extend(lease.queue_headers())
+        if lease is not None and lease.queued_for:
+            extra.extend(queue_headers(lease.queued_for, lease.position))
         ok = False
         try:
             try:
@@ -583,8 +583,9 @@ class OllamaGateway:
         for name, _ in request.scope["headers"]:
             if name in _ADMISSION_HEADERS:
                 return None, prepared  # read and checked by _admit
-        model = prepared.info.name if prepared is not None else None
-        return self.admission.try_admit(backend.name, _pool_kind(request.route), model), prepared
+        if self.admission.grouped and prepared is not None:
+            return self.admission.try_admit_turn(backend.name, _pool_kind(request.route), prepared.info.name), prepared
+        return self.admission.try_admit(backend.name, _pool_kind(request.route)), prepared
 
     def _must_load(self, prepared: Prepared | None) -> bool:
         """The request's model is not yet loaded with its ``num_ctx``: it loads before taking a slot."""
@@ -650,7 +651,8 @@ class OllamaGateway:
             if turn is not None:
                 turn.release()
             raise
-        lease.turn = turn
+        if turn is not None:
+            lease.take_turn(turn)
         return lease
 
     async def _check_rate(self, principal: Principal) -> None:
@@ -682,7 +684,10 @@ class OllamaGateway:
                 elif value.strip().lower() != b"interactive":
                     raise GatewayError(400, "X-Request-Priority must be 'interactive' or 'batch'")
         if not self._must_load(prepared):
-            lease = self.admission.try_admit(backend.name, kind, prepared.info.name if prepared else None)
+            if self.admission.grouped and prepared is not None:
+                lease = self.admission.try_admit_turn(backend.name, kind, prepared.info.name)
+            else:
+                lease = self.admission.try_admit(backend.name, kind)
             if lease is not None:
                 return lease
         peer = request.scope.get("client")
@@ -831,15 +836,33 @@ class OllamaGateway:
         if route.name != "health":  # status and metrics: the telemetry module checks who may see them
             await self.telemetry.endpoint(route.name, scope, send, record, self._authorize)
             return
-        # Health is for load balancers: unauthenticated, so it names backends but not their URLs.
-        results = await asyncio.gather(*(b.probe() for b in self.backends))
-        states = {b.name: b for b in self.placement.backends}
-        backends = [
-            {"name": b.name, "up": up, "breaker": states[b.name].breaker, "draining": states[b.name].draining}
-            for b, up in zip(self.backends, results, strict=True)
-        ]
-        healthy = any(results) and not self.shutting_down
-        status = "shutting_down" if self.shutting_down else "ok" if healthy else "unavailable"
+        await self._health(scope, send)
+
+    async def _health(self, scope: Scope, send: Send) -> None:
+        """``/_gateway/health`` for load balancers, from the state the gateway keeps.
+
+        It needs no login, so it never calls Ollama itself: the placement's background probes (one
+        per backend per ``health_interval``, however many ask) and the requests' own outcomes say
+        which backends are up. ``ok`` (200): every backend in service is up with its breaker
+        closed; ``degraded`` (200): some are not, requests go to the rest; ``unavailable`` (503,
+        Retry-After): none can take a request, or Redis is down with ``redis_fail_open`` off;
+        ``shutting_down`` (503). It names backends but not their URLs.
+        """
+        placement = self.placement
+        if any(b.up is None for b in placement.backends):
+            await placement.checked(within=2.5)  # a gateway's first moments: the first probes' answers
+        now = time.monotonic()
+        backends = []
+        usable = in_service = 0
+        for b in placement.backends:
+            backends.append({"name": b.name, "up": b.up, "breaker": b.breaker, "draining": b.draining})
+            if not b.draining:
+                in_service += 1
+                usable += bool(b.up and b.available(now))
+        healthy = usable > 0 and not self.shutting_down
+        status = "shutting_down" if self.shutting_down else "unavailable" if not healthy else "ok"
+        if healthy and usable < in_service:
+            status = "degraded"
         report: dict[str, object] = {"status": status, "backends": backends}
         if self.shared_state is not None:
             report["redis"] = "up" if self.shared_state.healthy else "down"
