@@ -15,6 +15,7 @@ backend is not hammered. Draining a backend stops new requests while in-flight o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
@@ -56,6 +57,13 @@ class Backend:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def up(self) -> bool | None:
+        """The last probe or request reached it (None: neither has happened yet)."""
+        if self.failures:
+            return False
+        return True if self.last_ok else None
+
     def available(self, now: float) -> bool:
         """May take new requests: in service and its breaker closed (probes decide when it reopens)."""
         return not self.draining and self.breaker == "closed"
@@ -86,6 +94,7 @@ class Placement:
     strategy: str = "affinity"  # "round_robin" and "random" exist for comparison in benchmarks
     spills: dict[str, _Spill] = field(default_factory=dict)
     _checker: asyncio.Task[None] | None = None
+    _checked: asyncio.Event | None = None  # set once every backend has been probed once
     _turn: int = 0
 
     # -- choosing ---------------------------------------------------------------------------------
@@ -196,12 +205,28 @@ class Placement:
 
     def start(self) -> None:
         if self._checker is None or self._checker.done():
+            self._checked = asyncio.Event()
             self._checker = asyncio.ensure_future(self._check_forever())
+
+    async def checked(self, within: float) -> None:
+        """Start the probes and wait, up to ``within``, until each backend has been probed once.
+
+        Only a gateway's first moments wait here; from then on health is read from what the probes
+        and requests recorded, so however often it is asked, Ollama sees one probe per interval.
+        """
+        self.start()
+        assert self._checked is not None
+        if not self._checked.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(within):
+                    await self._checked.wait()
 
     async def _check_forever(self) -> None:
         while True:
             # Open breakers are probed as soon as their cooldown ends; the rest on the jittered interval.
             await asyncio.gather(*(self.check(b) for b in list(self.backends)))
+            if self._checked is not None:
+                self._checked.set()
             pause = self.health_interval * _rng.uniform(0.8, 1.2)
             now = time.monotonic()
             for b in self.backends:

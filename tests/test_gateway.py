@@ -15,6 +15,7 @@ from ollama_asgi import OllamaGateway, Settings
 from ollama_asgi.testing import EmulatorServer, Fault
 from tests.conftest import ADMIN, AUTH
 from tests.support.hosts import starlette_host
+from tests.support.processes import free_port
 from tests.support.rawhttp import request
 from tests.support.server import ServerThread
 
@@ -248,3 +249,38 @@ def test_ollamas_own_500s_open_the_breaker(host_factory: Callable[..., ServerThr
         assert httpx.post(server.url + "/llm/api/chat", json=CHAT_STREAM, headers=AUTH, timeout=15).status_code == 500
     after = httpx.post(server.url + "/llm/api/chat", json=CHAT_STREAM, headers=AUTH, timeout=15)
     assert after.status_code == 503, after.text
+
+
+def test_health_asked_often_costs_ollama_one_probe_per_interval(emulator: EmulatorServer, llm_url: str) -> None:
+    """Health needs no login: were each call a live probe, anyone could multiply the load on Ollama."""
+    for _ in range(30):
+        assert httpx.get(llm_url + "/_gateway/health").status_code == 200
+    probes = [r for r in emulator.emulator.requests if (r.method, r.path) == ("GET", "/")]
+    assert len(probes) == 1  # the first probe of the background checks (every health_interval: 5 s)
+
+
+def test_health_is_unavailable_while_the_only_backends_breaker_is_open(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    server = host_factory(breaker_failures=1, breaker_cooldown=60)
+    emulator.emulator.inject(Fault(path="/api/chat", kind="http_error", status=500))
+    chat = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+    assert httpx.post(server.url + "/llm/api/chat", json=chat, headers=AUTH).status_code == 500
+    health = httpx.get(server.url + "/llm/_gateway/health")
+    assert health.status_code == 503 and health.headers["retry-after"]
+    assert health.json() == {
+        "status": "unavailable",
+        "backends": [{"name": "backend-0", "up": False, "breaker": "open", "draining": False}],
+    }
+
+
+def test_health_is_degraded_while_one_of_two_backends_is_down(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    server = host_factory(upstreams=({"url": emulator.url, "name": "a"}, {"url": dead, "name": "b"}))
+    health = httpx.get(server.url + "/llm/_gateway/health")
+    assert health.status_code == 200  # requests still have somewhere to go
+    report = health.json()
+    assert report["status"] == "degraded"
+    assert [(b["name"], b["up"]) for b in report["backends"]] == [("a", True), ("b", False)]
