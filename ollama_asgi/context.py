@@ -170,8 +170,17 @@ def choose_num_ctx(
     """Pick the context window for one request; raise 400 when the prompt cannot fit under ``cap``.
 
     ``reserve`` is the room kept for the answer when the client sets no ``num_predict``.
+
+    A ``num_predict`` (``max_tokens`` under ``/v1``) is a limit on the answer, not a size: it is
+    clamped, as a client's ``num_ctx`` is clamped to ``cap``, to what the largest bucket leaves
+    after the prompt (never below ``reserve``). Otherwise a client sending a huge ``max_tokens`` as
+    "no limit" loads the model at its largest context, which may not fit the GPU (Ollama's 500) and
+    reloads it for everyone. An answer that outgrows its context ends there, as on Ollama itself.
     """
     answer = num_predict if num_predict > 0 else reserve
+    largest = min(max(buckets), cap) if buckets else cap
+    if num_predict > 0 and prompt_tokens + answer > largest:
+        answer = max(min(answer, reserve), largest - prompt_tokens)
     needed = prompt_tokens + answer
     if prompt_tokens + min(answer, 16) > cap:
         raise GatewayError(

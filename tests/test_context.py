@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from ollama_asgi.context import choose_num_ctx, estimate_tokens, truncate_messages
 from ollama_asgi.errors import GatewayError
+from ollama_asgi.testing import EmulatorServer
+from tests.conftest import AUTH
 
 BUCKETS = (2048, 4096, 8192, 16384, 32768)
 
@@ -78,3 +81,31 @@ def test_a_configured_tokenizer_counts_real_tokens(tmp_path) -> None:  # type: i
     assert counter.count(body, "other:latest") == estimate_tokens(body) > 800  # no tokenizer: the estimate
     broken = TokenCounter((("tiny*", str(tmp_path / "missing.json")),))
     assert broken.count(body, "tiny:latest") == estimate_tokens(body)  # unusable file: estimate, no crash
+
+
+def test_a_huge_num_predict_is_clamped_to_the_largest_bucket_not_the_models_window() -> None:
+    """max_tokens=1,000,000 is a client's "no limit"; sizing the context by it loaded the model at its
+    whole window (131,072 here), which ran Ollama out of memory."""
+    choice = choose(100, num_predict=1_000_000, cap=131072)
+    assert (choice.num_ctx, choice.reason) == (32768, "bucket")
+    assert choose(20000, num_predict=1_000_000, cap=131072).num_ctx == 32768  # the rest of it is the answer's
+
+
+def test_a_prompt_past_the_buckets_still_gets_the_cap_with_the_reserve_for_its_answer() -> None:
+    choice = choose(40000, num_predict=1_000_000, cap=131072)
+    assert (choice.num_ctx, choice.needed) == (131072, 41024)
+
+
+def test_max_tokens_past_the_window_loads_the_model_at_the_largest_bucket(
+    emulator: EmulatorServer, llm_url: str
+) -> None:
+    body = {
+        "model": "llama3.2",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 1_000_000,
+        "stop": ["hi"],  # the emulator's answer (an echo) ends at once
+    }
+    answer = httpx.post(llm_url + "/v1/chat/completions", json=body, headers=AUTH, timeout=30)
+    assert answer.status_code == 200
+    (loaded,) = emulator.emulator.loaded_models().values()
+    assert loaded.num_ctx == 32768  # not llama3.2's 131,072
