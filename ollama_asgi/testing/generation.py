@@ -115,7 +115,7 @@ def _numbered(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def parse_tool_calls(text: str, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Ollama's tool parser, for a reply made of JSON calls only: ``{"name": ..., "parameters": ...}``
     objects (or ``arguments``) naming offered tools, one after another; anything else is no call."""
-    offered = {(tool.get("function") or {}).get("name") for tool in tools}
+    offered = {(tool.get("function") or {}).get("name") for tool in tools if isinstance(tool, dict)}
     decoder, at = json.JSONDecoder(), 0
     calls: list[dict[str, Any]] = []
     while True:

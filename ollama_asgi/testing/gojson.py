@@ -112,6 +112,9 @@ def _check(value: Any, kind: str, path: str) -> Any:
     elif kind == "bool":
         if not isinstance(value, bool):
             raise _type_error(value, path, "bool")
+    elif kind == "float64":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _type_error(value, path, "float64")
     elif kind == "int":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
             raise _type_error(value, path, "int")
@@ -258,12 +261,12 @@ STRUCTS: dict[str, dict[str, str]] = {
         "max_tokens": "int",
         "seed": "int",
         "stop": "any",
-        "temperature": "any",
+        "temperature": "float64",
         "frequency_penalty": "any",
         "presence_penalty": "any",
         "top_p": "any",
         "response_format": "map",
-        "tools": "any",
+        "tools": "[]Tool",
         "reasoning": "map",
         "reasoning_effort": "string",
     },

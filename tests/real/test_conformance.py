@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import signal
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -339,6 +340,19 @@ CHECKS: tuple[Check, ...] = (
         "POST",
         "/v1/chat/completions",
         {"model": "tiny", "messages": HI, "reasoning_effort": "extreme"},
+    ),
+    Check(
+        "v1 chat, a temperature of the wrong type",
+        "POST",
+        "/v1/chat/completions",
+        {"model": "tiny", "messages": HI, "temperature": "hot"},
+        ("refusal_wording",),
+    ),
+    Check(
+        "v1 chat, tools of the wrong type",
+        "POST",
+        "/v1/chat/completions",
+        {"model": "tiny", "messages": HI, "tools": "x"},
     ),
     Check(
         "v1 chat, a stop list with a number",
@@ -705,8 +719,14 @@ def storm(url: str, reloads: bool) -> list[tuple[int, str, bytes]]:
         | ({"options": {"num_predict": 2, "num_ctx": 2048 + 256 * i}} if reloads else {})
         for i in range(10)
     ]
+    start = threading.Barrier(len(bodies))
+
+    def at_once(body: dict[str, Any]) -> Answer:
+        start.wait()  # all ten leave together, well within the first reload
+        return send(url, "POST", "/api/chat", body)
+
     with ThreadPoolExecutor(len(bodies)) as pool:
-        answers = list(pool.map(lambda body: send(url, "POST", "/api/chat", body), bodies))
+        answers = list(pool.map(at_once, bodies))
     return sorted((a.status, a.media, b"" if a.status == 200 else a.raw) for a in answers)
 
 
@@ -716,11 +736,11 @@ def test_the_emulators_pending_queue_refuses_as_ollamas_does(one_slot_server: Re
     two, ten that each need a reload get three answers and seven 503s; ten for the loaded model are
     all answered."""
     direct = storm(one_slot_server.url, reloads)
-    emulator = EmulatorServer(models=emulated_like(one_slot_server), max_queue=2, load_base_seconds=0.3)
+    assert [status for status, *_ in direct].count(503) == (7 if reloads else 0)
+    emulator = EmulatorServer(models=emulated_like(one_slot_server), max_queue=2, load_base_seconds=0.5)
     with emulator:
         emulator.emulator.reply = fixture_reply
         assert storm(emulator.url, reloads) == direct
-    assert [status for status, *_ in direct].count(503) == (7 if reloads else 0)
 
 
 # ----------------------------------------------------------------------------- what only the gateway does
