@@ -23,8 +23,94 @@ import orjson
 
 from ollama_asgi.errors import GatewayError
 
-__all__ = ["ChatStream", "CompletionStream", "embeddings_response", "to_native", "whole_response"]
+__all__ = [
+    "ChatStream",
+    "CompletionStream",
+    "check_field_types",
+    "embeddings_response",
+    "to_native",
+    "whole_response",
+]
 _rng = random.Random()  # a private generator: the host's global random state is not ours to advance
+
+
+# The request structs of Ollama's /v1 layer (v0.24): each field's Go type, for Go's own refusal of
+# a value of the wrong JSON type. ``stop``, ``input`` and ``prompt`` take more than one type.
+_STRUCTS: dict[str, tuple[str, dict[str, str]]] = {
+    "openai_chat": (
+        "ChatCompletionRequest",
+        {
+            "model": "string",
+            "messages": "[]openai.Message",
+            "stream": "bool",
+            "stream_options": "openai.StreamOptions",
+            "max_tokens": "int",
+            "seed": "int",
+            "temperature": "float64",
+            "frequency_penalty": "float64",
+            "presence_penalty": "float64",
+            "top_p": "float64",
+            "response_format": "openai.ResponseFormat",
+            "tools": "[]api.Tool",
+            "reasoning": "openai.Reasoning",
+            "reasoning_effort": "string",
+            "logprobs": "bool",
+            "top_logprobs": "int",
+            "_debug_render_only": "bool",
+        },
+    ),
+    "openai_completions": (
+        "CompletionRequest",
+        {
+            "model": "string",
+            "frequency_penalty": "float32",
+            "max_tokens": "int",
+            "presence_penalty": "float32",
+            "seed": "int",
+            "stream": "bool",
+            "stream_options": "openai.StreamOptions",
+            "temperature": "float32",
+            "top_p": "float32",
+            "suffix": "string",
+            "logprobs": "int",
+            "_debug_render_only": "bool",
+        },
+    ),
+    "openai_embeddings": ("EmbedRequest", {"model": "string", "dimensions": "int", "encoding_format": "string"}),
+}
+_INT64 = 1 << 63
+_SCALAR_KINDS = {"string": "string", "bool": "bool", "int": "number", "float64": "number", "float32": "number"}
+
+
+def check_field_types(route: str, req: dict[str, Any]) -> None:
+    """Refuse the first field (in the body's order) whose JSON type its Go field cannot take, in the
+    words of Go's decoder, as Ollama's ``/v1`` does before anything else."""
+    struct = _STRUCTS.get(route)
+    if struct is None:
+        return
+    name, types = struct
+    for key, value in req.items():
+        go_type = types.get(key)
+        if go_type is None or value is None:
+            continue
+        kind = _json_kind(value)
+        if go_type == "int" and kind == "number":
+            if isinstance(value, int) and -_INT64 <= value < _INT64:
+                continue
+            kind = f"number {value}"  # Go names a number an int cannot hold
+        elif kind == _SCALAR_KINDS.get(go_type, "array" if go_type.startswith("[]") else "object"):
+            continue
+        raise GatewayError(400, f"json: cannot unmarshal {kind} into Go struct field {name}.{key} of type {go_type}")
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
 
 
 def _options(req: dict[str, Any], route: str) -> dict[str, Any]:
@@ -228,10 +314,7 @@ def to_native(route: str, req: dict[str, Any]) -> tuple[str, dict[str, Any], boo
         think = _think(req)
         if think is not None:
             body["think"] = think
-        logprobs = req.get("logprobs")
-        if logprobs is not None and not isinstance(logprobs, bool):
-            raise GatewayError(400, "logprobs must be a boolean")
-        _add_logprobs(body, bool(logprobs), _integer(req, "top_logprobs"))
+        _add_logprobs(body, bool(req.get("logprobs")), req.get("top_logprobs"))
         return "/api/chat", body, include_usage
     prompt = req.get("prompt", "")
     if isinstance(prompt, list):
@@ -244,17 +327,10 @@ def to_native(route: str, req: dict[str, Any]) -> tuple[str, dict[str, Any], boo
     if isinstance(req.get("suffix"), str):
         body["suffix"] = req["suffix"]
     # A completion's logprobs is the number of alternatives; Ollama answers it without them.
-    top = _integer(req, "logprobs")
+    top = req.get("logprobs")
     if top is not None and top > 0:
         _add_logprobs(body, True, top)
     return "/api/generate", body, include_usage
-
-
-def _integer(req: dict[str, Any], key: str) -> int | None:
-    value = req.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise GatewayError(400, f"{key} must be an integer")
-    return value
 
 
 def _add_logprobs(body: dict[str, Any], wanted: bool, top: int | None) -> None:
@@ -276,16 +352,18 @@ def _think(req: dict[str, Any]) -> bool | str | None:
     object wins over ``reasoning_effort``, ``none`` turns thinking off, and an effort Ollama does
     not know is a 400."""
     reasoning = req.get("reasoning")
-    if reasoning is not None:
-        if not isinstance(reasoning, dict):
-            raise GatewayError(400, "reasoning must be an object")
+    if isinstance(reasoning, dict):
         effort = reasoning.get("effort")
+        if effort is not None and not isinstance(effort, str):
+            kind = _json_kind(effort)
+            raise GatewayError(
+                400,
+                f"json: cannot unmarshal {kind} into Go struct field ChatCompletionRequest.reasoning.effort of type string",
+            )
     else:
         effort = req.get("reasoning_effort")
-    if effort is None or effort == "":
+    if not effort:
         return None
-    if not isinstance(effort, str):
-        raise GatewayError(400, "reasoning effort must be a string")
     if effort not in _EFFORTS:
         raise GatewayError(
             400, f'invalid reasoning value: \'{effort}\' (must be "high", "medium", "low", "max", or "none")'

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from ollama_asgi.errors import GatewayError
+from ollama_asgi.openai_compat import check_field_types
 from ollama_asgi.routing import Route
 from ollama_asgi.settings import parse_duration
 
@@ -394,6 +395,8 @@ def parse_request(route: Route, raw: bytes, *, max_num_ctx: int) -> ParsedReques
                 ):
                     messages[index] = folded
                     rewritten = True
+    if route.openai:
+        check_field_types(name, body)
 
     model: str | None = None
     for key in route.model_keys:

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from ollama_asgi.errors import GatewayError
-from ollama_asgi.openai_compat import ChatStream, CompletionStream, to_native, whole_response
+from ollama_asgi.openai_compat import ChatStream, CompletionStream, check_field_types, to_native, whole_response
 
 HI = [{"role": "user", "content": "hi"}]
 LOGPROBS = [
@@ -224,6 +224,35 @@ def test_each_streamed_chunk_carries_its_tokens_logprobs() -> None:
     out = stream.feed({**chat_chunk(content="The"), "logprobs": LOGPROBS}) + stream.feed(FINAL)
     choices = [e["choices"][0] for e in events(out)]
     assert [c.get("logprobs") for c in choices] == [{"content": LOGPROBS}, None]
+
+
+# ---------------------------------------------------------------------------------- field types
+
+
+def wrong_type(route: str, body: dict[str, Any]) -> str:
+    with pytest.raises(GatewayError) as info:
+        check_field_types(route, body)
+    return str(info.value.message)
+
+
+def test_a_field_of_the_wrong_type_is_refused_in_gos_words() -> None:
+    assert wrong_type("openai_chat", {"tools": "x"}) == (
+        "json: cannot unmarshal string into Go struct field ChatCompletionRequest.tools of type []api.Tool"
+    )
+
+
+def test_the_first_wrong_field_in_the_body_is_the_one_named() -> None:
+    assert "ChatCompletionRequest.temperature " in wrong_type("openai_chat", {"temperature": "hot", "tools": "x"})
+
+
+def test_a_fraction_for_an_integer_field_is_named_with_its_value() -> None:
+    assert wrong_type("openai_completions", {"logprobs": 2.5}) == (
+        "json: cannot unmarshal number 2.5 into Go struct field CompletionRequest.logprobs of type int"
+    )
+
+
+def test_nulls_and_fields_of_the_right_type_pass() -> None:
+    check_field_types("openai_chat", {"model": "m", "tools": None, "seed": 3, "top_p": 1, "response_format": {}})
 
 
 # ------------------------------------------------------------------------------ reasoning effort

@@ -61,9 +61,12 @@ def test_bad_bodies_get_a_clear_400(raw: bytes, message: str) -> None:
     assert message in info.value.message
 
 
-def test_openai_integer_fields_are_checked() -> None:
-    with pytest.raises(GatewayError, match="max_tokens must be an integer"):
+def test_openai_fields_of_the_wrong_type_are_refused_in_gos_words() -> None:
+    with pytest.raises(GatewayError) as info:
         parse(b'{"model":"m","max_tokens":"10"}', OPENAI_CHAT)
+    assert info.value.message == (
+        "json: cannot unmarshal string into Go struct field ChatCompletionRequest.max_tokens of type int"
+    )
 
 
 @pytest.mark.parametrize(
@@ -122,10 +125,10 @@ def test_options_ollama_does_not_know_pass_through() -> None:
 
 
 @pytest.mark.parametrize("value", [b'"NaN"', b'"Infinity"', b"1e300", b'"1"', b"true"])
-def test_an_openai_temperature_that_is_not_a_finite_number_is_a_400(value: bytes) -> None:
+def test_an_openai_temperature_that_is_not_a_finite_number_is_a_400_naming_it(value: bytes) -> None:
     with pytest.raises(GatewayError) as info:
         parse(b'{"model":"m","messages":[],"temperature":%s}' % value, OPENAI_CHAT)
-    assert info.value.status == 400 and "temperature must be" in info.value.message
+    assert info.value.status == 400 and "temperature" in info.value.message
 
 
 def test_json_nested_deeper_than_the_writer_accepts_is_a_400_naming_the_limit() -> None:
