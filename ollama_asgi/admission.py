@@ -372,17 +372,23 @@ class ModelTurns:
 
     def try_enter(self, model: str, request_id: str = "") -> Turn | None:
         """Let the request through at once if its model may run now; None means ``enter`` must wait."""
+        seq = self.enter_now(model)
+        return Turn(self, model, seq, request_id) if seq else None
+
+    def enter_now(self, model: str) -> int:
+        """``try_enter`` without a ``Turn`` (the fast path): the request's number, to give to
+        ``leave``, or 0 when it must wait."""
         count = self.resident.get(model)
         if count is None:
             if self.waiting or not self._make_room():
-                return None
+                return 0
             count = 0
         elif self.closing:
-            return None
+            return 0
         self.resident[model] = count + 1
-        self._seq += 1
-        self._holders[self._seq] = None
-        return Turn(self, model, self._seq, request_id)
+        seq = self._seq = self._seq + 1
+        self._holders[seq] = None
+        return seq
 
     def _make_room(self) -> bool:
         """A place for one more model: a free one, or one whose requests are all finished."""
@@ -461,17 +467,21 @@ class ModelTurns:
         self._settle()
 
     def _release(self, turn: Turn) -> None:
-        self._holders.pop(turn.seq, None)
-        left = self.resident.get(turn.model, 0) - 1
-        if turn.model in self.resident:
-            self.resident[turn.model] = max(0, left)
-        if self.waiting and (left <= 0 or self.closing or self._due_changed(turn)):
+        self.leave(turn.model, turn.seq)
+
+    def leave(self, model: str, seq: int) -> None:
+        """A request let through has finished."""
+        del self._holders[seq]
+        resident = self.resident
+        left = resident[model] - 1
+        resident[model] = left
+        if self.waiting and (not left or self.closing or self._due_changed(seq)):
             self._settle()
 
-    def _due_changed(self, turn: Turn) -> bool:
+    def _due_changed(self, seq: int) -> bool:
         """A finished request that came before the oldest waiter brings that waiter nearer its FIFO turn."""
         oldest = self._oldest()
-        return oldest is not None and oldest.due_since is None and turn.seq < oldest.seq
+        return oldest is not None and oldest.due_since is None and seq < oldest.seq
 
     def _oldest(self) -> Turn | None:
         heads = [queue[0] for queue in self._queues.values() if queue]
@@ -554,6 +564,21 @@ class ModelTurns:
         if self.estimate is None:
             return 0.0
         return self.estimate(self.position(turn), self.loads_ahead(turn))
+
+
+class _ResidentLease(Lease):
+    """A slot taken at once together with its model's turn: the turn is two fields, not an object."""
+
+    __slots__ = ("gate", "model", "seq")
+
+    gate: ModelTurns
+    model: str
+    seq: int
+
+    def release(self, *, ok: bool = True) -> None:
+        if not self._released:
+            Lease.release(self, ok=ok)
+            self.gate.leave(self.model, self.seq)
 
 
 class Admission:
@@ -719,15 +744,15 @@ class Admission:
         if self.closing is not None or self.shared is not None:
             return None
         pool = self.pool(backend, kind)
-        gate = self.gate(backend)
-        assert gate is not None
         if not (pool.in_flight < pool.capacity and not pool.waiting):
             return None
-        turn = gate.try_enter(model)
-        if turn is None:
+        gate = self.turns.get(backend) or self.gate(backend)
+        assert gate is not None
+        seq = gate.enter_now(model)
+        if not seq:
             return None
-        lease = Lease(pool, pool._grant(), 0.0)
-        lease.turn = turn
+        lease = _ResidentLease(pool, pool._grant(), 0.0)
+        lease.gate, lease.model, lease.seq = gate, model, seq
         return lease
 
     async def admit(

@@ -161,7 +161,7 @@ async def test_the_fast_path_takes_a_turn_where_grouping_is_on() -> None:
     grouped = _admission()
     assert grouped.grouped
     first = grouped.try_admit_turn("b0", "generate", "A")
-    assert first is not None and first.turn is not None
+    assert first is not None and grouped.turns["b0"].resident == {"A": 1}
     assert grouped.try_admit_turn("b0", "generate", "B") is None  # the slot is taken, and B is not A
     first.release()
     second = grouped.try_admit_turn("b0", "generate", "B")  # A has nothing left in flight: B takes its place
