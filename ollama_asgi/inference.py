@@ -175,7 +175,12 @@ class ModelLifecycle:
         assert parsed.model is not None
         if route.openai:
             to_native(route.name, dict(parsed.body))  # a malformed body is a 400 before the model is looked up
-        info = await self.models[backend.name].model_info(parsed.model)
+        try:
+            info = await self.models[backend.name].model_info(parsed.model)
+        except GatewayError as exc:
+            if exc.status == 404 and route.name in EMBED_ROUTES:  # the embed handlers' own words
+                raise GatewayError(404, f'model "{parsed.model}" not found, try pulling it first') from None
+            raise
         return self.prepare_known(route, parsed, principal, backend, info)
 
     def prepare_now(

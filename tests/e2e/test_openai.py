@@ -177,6 +177,11 @@ def test_unknown_model_is_an_openai_not_found(client: openai.OpenAI) -> None:
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
 
 
+def test_an_unknown_embedding_model_is_refused_in_the_embed_routes_words(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError, match='model "nope" not found, try pulling it first'):
+        client.embeddings.create(model="nope", input="x")
+
+
 def test_empty_messages_are_rejected_like_ollama(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="too short"):
         client.chat.completions.create(model="llama3.2", messages=[])
