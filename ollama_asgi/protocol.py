@@ -354,6 +354,9 @@ def check_model_name(name: object) -> str:
     return name
 
 
+_LOGPROB_ROUTES = frozenset({"chat", "generate"})
+
+
 def parse_request(route: Route, raw: bytes, *, max_num_ctx: int) -> ParsedRequest:
     """Parse ``raw`` for ``route``; raise a 400 ``GatewayError`` naming what is wrong.
 
@@ -397,6 +400,10 @@ def parse_request(route: Route, raw: bytes, *, max_num_ctx: int) -> ParsedReques
                     rewritten = True
     if route.openai:
         check_field_types(name, body)
+    elif name in _LOGPROB_ROUTES:
+        top = body.get("top_logprobs")
+        if top.__class__ is int and not 0 <= top <= 20:  # Ollama's first check, before the model's
+            raise _bad("top_logprobs must be between 0 and 20")
 
     model: str | None = None
     for key in route.model_keys:

@@ -61,6 +61,13 @@ def test_bad_bodies_get_a_clear_400(raw: bytes, message: str) -> None:
     assert message in info.value.message
 
 
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+def test_top_logprobs_out_of_range_is_refused_before_the_model_is_named(path: str) -> None:
+    with pytest.raises(GatewayError) as info:
+        parse(b'{"top_logprobs": 21}', match_route(path))
+    assert info.value.message == "top_logprobs must be between 0 and 20"
+
+
 def test_openai_fields_of_the_wrong_type_are_refused_in_gos_words() -> None:
     with pytest.raises(GatewayError) as info:
         parse(b'{"model":"m","max_tokens":"10"}', OPENAI_CHAT)
