@@ -438,26 +438,25 @@ class ChatStream:
         message = chunk.get("message") or {}
         done = bool(chunk.get("done"))
         logprobs = chunk.get("logprobs")
-        delta: dict[str, Any] = {}
-        if message.get("content"):
-            delta["content"] = message["content"]
-        if message.get("thinking"):
-            delta["reasoning"] = message["thinking"]
-        if message.get("tool_calls"):
-            calls = _tool_calls(message["tool_calls"], self.calls)
-            self.calls += len(calls)
-            delta["tool_calls"] = calls
+        content = message.get("content") or ""
+        thinking = message.get("thinking")
+        calls = message.get("tool_calls")
         out = b""
-        if delta or not done or self.first or logprobs:
-            if self.first:
-                delta = {"role": "assistant", **delta}
-            if not ({"content", "reasoning", "tool_calls"} & delta.keys()):
-                delta["content"] = ""
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
-            if logprobs:
-                choice["logprobs"] = {"content": logprobs}
-            out += _event({**self.head, "choices": [choice]})
+        if content or thinking or calls or logprobs or not done or self.first:
+            delta: dict[str, Any] = {"role": "assistant"} if self.first else {}
             self.first = False
+            if thinking and (content or calls):
+                # Ollama splits such a chunk: the reasoning (with the logprobs) first, then the rest.
+                out += self._event({**delta, "reasoning": thinking}, logprobs)
+                delta, thinking, logprobs = {}, None, None
+            delta["content"] = content  # Ollama keeps an empty content beside reasoning and calls
+            if thinking:
+                delta["reasoning"] = thinking
+            if calls:
+                rendered = _tool_calls(calls, self.calls)
+                self.calls += len(rendered)
+                delta["tool_calls"] = rendered
+            out += self._event(delta, logprobs)
         if done:
             finish = {"index": 0, "delta": {}, "finish_reason": _finish_reason(chunk, self.calls > 0)}
             out += _event({**self.head, "choices": [finish]})
@@ -465,6 +464,12 @@ class ChatStream:
                 out += _event({**self.head, "choices": [], "usage": _usage(chunk)})
             out += DONE
         return out
+
+    def _event(self, delta: dict[str, Any], logprobs: object) -> bytes:
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
+        if logprobs:
+            choice["logprobs"] = {"content": logprobs}
+        return _event({**self.head, "choices": [choice]})
 
 
 class CompletionStream:

@@ -184,6 +184,22 @@ def test_only_tool_results_get_a_tool_name() -> None:
     assert "tool_name" not in native["messages"][0]
 
 
+# ------------------------------------------------------------------------------------ stream deltas
+
+
+def test_a_streamed_call_keeps_the_empty_content_beside_it() -> None:
+    out = ChatStream("m", include_usage=False).feed(chat_chunk(tool_calls=[call("call_a", 0, "Paris")]))
+    assert list(events(out)[0]["choices"][0]["delta"]) == ["role", "content", "tool_calls"]
+
+
+def test_a_chunk_with_reasoning_and_content_is_split_reasoning_first() -> None:
+    stream = ChatStream("m", include_usage=False)
+    out = stream.feed({**chat_chunk(content="Hi", thinking="hmm"), "logprobs": LOGPROBS})
+    choices = [e["choices"][0] for e in events(out)]
+    assert [c["delta"] for c in choices] == [{"role": "assistant", "reasoning": "hmm"}, {"content": "Hi"}]
+    assert [c.get("logprobs") for c in choices] == [{"content": LOGPROBS}, None]
+
+
 # --------------------------------------------------------------------------------------- logprobs
 
 
