@@ -91,9 +91,12 @@ class SendWatch:
 
     def watch(self, resp: UpstreamResponse, task: asyncio.Task[object] | asyncio.Future[RelayResult]) -> None:
         """Watch the relay of ``resp``; ``task`` is the one awaiting its sends (cancelled when stalled)."""
+        loop = task.get_loop()
+        if loop is not self._loop:  # a host serving the gateway from another loop: start over there
+            self.close()
+            self._loop = loop
         self._relays[resp] = _Watched(task)
         if self._sweeper is None:
-            self._loop = asyncio.get_running_loop()
             self._arm()
 
     def done(self, resp: UpstreamResponse) -> bool:
