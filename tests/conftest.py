@@ -23,19 +23,25 @@ def emulator() -> Iterator[EmulatorServer]:
         yield srv
 
 
+def start_host(upstream: str, **overrides: Any) -> ServerThread:
+    """The Starlette test host with the gateway at /llm in front of ``upstream``, the test keys
+    configured; keyword arguments override settings."""
+    options: dict[str, Any] = {
+        "upstreams": (upstream,),
+        "api_keys": (f"ci={API_KEY}",),
+        "admin_api_keys": (f"ops={ADMIN_KEY}",),
+    }
+    options.update(overrides)
+    return ServerThread(starlette_host(OllamaGateway(Settings(**options)))).start()
+
+
 @pytest.fixture
 def host_factory(emulator: EmulatorServer) -> Iterator[Callable[..., ServerThread]]:
-    """Start the Starlette test host with the gateway at /llm; keyword arguments override settings."""
+    """Start the Starlette test host in front of the emulator; keyword arguments override settings."""
     started: list[ServerThread] = []
 
     def start(**overrides: Any) -> ServerThread:
-        options: dict[str, Any] = {
-            "upstreams": (emulator.url,),
-            "api_keys": (f"ci={API_KEY}",),
-            "admin_api_keys": (f"ops={ADMIN_KEY}",),
-        }
-        options.update(overrides)
-        server = ServerThread(starlette_host(OllamaGateway(Settings(**options)))).start()
+        server = start_host(emulator.url, **overrides)
         started.append(server)
         return server
 

@@ -14,10 +14,8 @@ from typing import Any
 
 import pytest
 
-from ollama_asgi import OllamaGateway, Settings
 from ollama_asgi.testing.real import RealOllama, find_ollama_binary
-from tests.conftest import ADMIN_KEY, API_KEY
-from tests.support.hosts import starlette_host
+from tests.conftest import start_host
 from tests.support.server import ServerThread
 
 MODELS = ("tiny", "loop", "tools", "tools2")
@@ -103,13 +101,7 @@ def gateway_for() -> Iterator[Callable[..., ServerThread]]:
     started: list[ServerThread] = []
 
     def start(server: RealOllama, **overrides: Any) -> ServerThread:
-        options: dict[str, Any] = {
-            "upstreams": (server.url,),
-            "api_keys": (f"ci={API_KEY}",),
-            "admin_api_keys": (f"ops={ADMIN_KEY}",),
-        }
-        options.update(overrides)
-        host = ServerThread(starlette_host(OllamaGateway(Settings(**options)))).start()
+        host = start_host(server.url, **overrides)
         started.append(host)
         return host
 
