@@ -332,10 +332,15 @@ class OllamaGateway:
         return pool.expected_wait(pool.waiting)
 
     def _switch_seconds(self, backend: str) -> float:
-        """Expected seconds of a model switch on ``backend``: the loads seen so far, on average."""
+        """Expected seconds of a model switch on ``backend``: the loads seen so far, on average; before
+        any finished, the age of the oldest load under way there (a lower bound, as for service times)."""
         assert self.lifecycle is not None
-        seen = self.lifecycle.loader.clock.per_model
-        return sum(seen.values()) / len(seen) if seen else 5.0
+        loader = self.lifecycle.loader
+        seen = loader.clock.per_model
+        if seen:
+            return sum(seen.values()) / len(seen)
+        started = [state.started for (name, _), state in loader.loading.items() if name == backend]
+        return time.monotonic() - min(started) if started else 5.0
 
     def _loaded_on(self, backend: str, model: str) -> bool:
         """Loaded there, or being loaded there (a cold burst follows its first request)."""
