@@ -752,20 +752,22 @@ def test_gateway_loads_at_its_own_context_size_and_keep_alive(
     assert yours == mine
 
 
-def test_gateway_asks_for_credentials_where_ollama_asks_none(server: RealOllama, other: Other) -> None:
-    if other.side != "gateway":
-        pytest.skip("the gateway's own behaviour")
+def test_gateway_asks_for_credentials_where_ollama_asks_none(
+    server: RealOllama, gateway_for: Callable[..., ServerThread]
+) -> None:
+    gateway = gateway_for(server)
     assert send(server.url, "GET", "/api/tags").status == 200
-    assert send(other.url, "GET", "/api/tags").status == 401
+    assert send(gateway.url + "/llm", "GET", "/api/tags").status == 401
 
 
-def test_gateway_keeps_model_management_for_admins(server: RealOllama, other: Other) -> None:
-    if other.side != "gateway":
-        pytest.skip("the gateway's own behaviour")
+def test_gateway_keeps_model_management_for_admins(
+    server: RealOllama, gateway_for: Callable[..., ServerThread]
+) -> None:
+    gateway = gateway_for(server)
     body = {"model": "nope"}
     direct = send(server.url, "DELETE", "/api/delete", body)
-    assert send(other.url, "DELETE", "/api/delete", body, other.headers).status == 403
-    mine, yours = compare(direct, send(other.url, "DELETE", "/api/delete", body, other.admin), "gateway")
+    assert send(gateway.url + "/llm", "DELETE", "/api/delete", body, AUTH).status == 403
+    mine, yours = compare(direct, send(gateway.url + "/llm", "DELETE", "/api/delete", body, ADMIN), "gateway")
     assert yours == mine
 
 
