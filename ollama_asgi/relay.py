@@ -80,7 +80,8 @@ class SendWatch:
 
     Memory stays bounded meanwhile: ASGI servers (uvicorn's ``send`` awaits the transport's drain
     once its write buffer passes the high-water mark) hold at most one message beyond their buffer,
-    and aiohttp stops reading the upstream socket once its reader holds twice its limit.
+    and aiohttp stops reading the upstream socket once its reader passes its high-water mark (at
+    most about 370 KB waited unread per stalled relay in ``tests/test_relay.py``).
     """
 
     def __init__(self, timeout: float) -> None:
@@ -117,7 +118,7 @@ class SendWatch:
             if watched.stalled or watched.task.done():
                 continue
             content = resp.content
-            unread = content._size  # bytes Ollama sent that the relay has not taken yet
+            unread = content._size  # bytes Ollama sent that the relay has not taken (aiohttp has no public count)
             consumed = content.total_bytes - unread
             waiting = unread > 0 or content.is_eof() or content.exception() is not None or resp.closed
             if not waiting or consumed != watched.consumed:

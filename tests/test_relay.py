@@ -319,11 +319,15 @@ def test_a_client_that_stops_reading_loses_its_slot_and_its_generation(
     emulator: EmulatorServer, host_factory: Callable[..., ServerThread], path: str
 ) -> None:
     """Without a send timeout the relay waits on the client's full window for ever, holding the slot."""
+    host = host_factory(parallel=1, send_timeout=0.5, queue_timeout=30)
+    url = host.url + "/llm"
+    # Loaded first, with the same context, so the gateway's load does not take the fault below.
+    options = {"num_predict": 60_000, "stop": ["x"]}  # the echo of "x" stops at once
+    warm = {"model": "llama3.2", "prompt": "x", "stream": False, "options": options}
+    assert httpx.post(url + "/api/generate", json=warm, headers=AUTH, timeout=30).status_code == 200
     # 59,000 lines (6 MB: more than every buffer between Ollama and the client), then Ollama goes on
     # generating slowly, as the loop model does, so its request is still running when the client stalls.
     emulator.emulator.inject(Fault(path="/api/generate", kind="stall", after_lines=59_000, delay=60))
-    host = host_factory(parallel=1, send_timeout=0.5, queue_timeout=30)
-    url = host.url + "/llm"
     body = ENDLESS
     if path.startswith("/v1"):
         body = json.dumps({"model": "llama3.2", "prompt": "x", "stream": True, "max_tokens": 60_000}).encode()
