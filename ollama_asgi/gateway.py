@@ -652,6 +652,17 @@ class OllamaGateway:
                 wait_limit=wait_limit,
                 request_id=request_id,
             )
+            if self._must_load(prepared):
+                # Evicted while this request waited for its slot (an idle model is what another
+                # model's load makes room with): loaded again by the gateway, within its memory
+                # budget, instead of reloaded by Ollama on its own. The slot is kept meanwhile:
+                # Ollama could not start the request any sooner.
+                assert prepared is not None and self.lifecycle is not None
+                try:
+                    await self.lifecycle.ensure_loaded(prepared, wait_limit=self.settings.load_wait_timeout)
+                except BaseException:
+                    lease.release(ok=False)
+                    raise
         except BaseException:
             if turn is not None:
                 turn.release()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 from collections.abc import Callable
 
 import httpx
@@ -16,7 +18,7 @@ from ollama_asgi.testing import EmulatorServer, Fault
 from tests.conftest import ADMIN, AUTH
 from tests.support.hosts import starlette_host
 from tests.support.processes import free_port
-from tests.support.rawhttp import request
+from tests.support.rawhttp import request, wait_until
 from tests.support.server import ServerThread
 
 
@@ -284,3 +286,38 @@ def test_health_is_degraded_while_one_of_two_backends_is_down(
     report = health.json()
     assert report["status"] == "degraded"
     assert [(b["name"], b["up"]) for b in report["backends"]] == [("a", True), ("b", False)]
+
+
+def test_a_model_evicted_while_its_request_waited_for_a_slot_is_loaded_by_the_gateway_again(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    """The request passed the "loaded" check, then waited for the slot while another model's load
+    evicted its (idle) model; sent as it was, Ollama would reload it past the gateway's memory budget."""
+    emulator.emulator.token_interval = 0.05
+    # llama3.2 ~2.0 GB, qwen2.5 ~0.40 GB, qwen3 ~0.52 GB: 2.7 GB holds llama3.2 and one small model.
+    server = host_factory(vram_budget=int(2.7e9), parallel=1)
+    llm = server.url + "/llm"
+
+    def chat(model: str, **extra: object) -> httpx.Response:
+        body = {"model": model, "messages": [{"role": "user", "content": "a b"}], "stream": False, **extra}
+        return httpx.post(llm + "/api/chat", json=body, headers=AUTH, timeout=60)
+
+    assert chat("qwen2.5:0.5b").status_code == 200  # loaded, then idle
+    answers: dict[str, httpx.Response] = {}
+    long = threading.Thread(target=lambda: answers.setdefault("llama", chat("llama3.2", options={"num_predict": 40})))
+    long.start()  # holds the one slot for 2 s
+    wait_until(lambda: emulator.emulator.stats.active == 1)
+    waiting = threading.Thread(target=lambda: answers.setdefault("qwen2.5", chat("qwen2.5:0.5b")))
+    waiting.start()  # its model is loaded: it waits for the slot
+    time.sleep(0.3)
+    evicting = threading.Thread(target=lambda: answers.setdefault("qwen3", chat("qwen3:0.6b")))
+    evicting.start()  # its load evicts the idle qwen2.5 while the request for it waits
+    wait_until(lambda: "qwen3:0.6b" in emulator.emulator.loaded_models(), timeout=10)
+    assert "qwen2.5:0.5b" not in emulator.emulator.loaded_models()
+    for thread in (long, waiting, evicting):
+        thread.join(60)
+    assert {name: a.status_code for name, a in answers.items()} == {"llama": 200, "qwen2.5": 200, "qwen3": 200}
+    sent = [(r.path, r.json.get("model"), r.json.get("keep_alive")) for r in emulator.emulator.requests if r.json]
+    loads = [model for path, model, keep_alive in sent if path == "/api/generate" and keep_alive != 0]
+    assert loads.count("qwen2.5:0.5b") == 2  # the gateway loaded it again before sending the request
+    assert sum(m.size_vram for m in emulator.emulator.loaded_models().values()) <= 2.7e9
