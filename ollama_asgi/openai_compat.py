@@ -35,7 +35,7 @@ _rng = random.Random()  # a private generator: the host's global random state is
 
 
 # The request structs of Ollama's /v1 layer (v0.24): each field's Go type, for Go's own refusal of
-# a value of the wrong JSON type. ``stop``, ``input`` and ``prompt`` take more than one type.
+# a value of the wrong JSON type. ``stop`` and ``input`` take more than one type.
 _STRUCTS: dict[str, tuple[str, dict[str, str]]] = {
     "openai_chat": (
         "ChatCompletionRequest",
@@ -63,6 +63,7 @@ _STRUCTS: dict[str, tuple[str, dict[str, str]]] = {
         "CompletionRequest",
         {
             "model": "string",
+            "prompt": "string",
             "frequency_penalty": "float32",
             "max_tokens": "int",
             "presence_penalty": "float32",
@@ -293,12 +294,18 @@ def to_native(route: str, req: dict[str, Any]) -> tuple[str, dict[str, Any], boo
     options_stream = req.get("stream_options")
     include_usage = bool(stream and isinstance(options_stream, dict) and options_stream.get("include_usage"))
     if route == "openai_embeddings":
+        fmt = req.get("encoding_format")
+        if fmt and fmt.lower() not in ("float", "base64"):
+            raise GatewayError(
+                400, f"Invalid value for 'encoding_format' = {fmt}. Supported values: ['float', 'base64']."
+            )
         embed_input = req.get("input")
+        if embed_input == "":  # Ollama's /v1 embeds the empty string; an empty native input only loads
+            embed_input = [""]
+        if embed_input is None or embed_input == []:
+            raise GatewayError(400, "invalid input")
         if not isinstance(embed_input, str | list):
             raise GatewayError(400, "invalid input type")
-        fmt = req.get("encoding_format")
-        if fmt not in (None, "float", "base64"):
-            raise GatewayError(400, f"invalid encoding format: {fmt}")
         body: dict[str, Any] = {"model": req["model"], "input": embed_input}
         if req.get("dimensions") is not None:
             body["dimensions"] = req["dimensions"]
@@ -316,14 +323,7 @@ def to_native(route: str, req: dict[str, Any]) -> tuple[str, dict[str, Any], boo
             body["think"] = think
         _add_logprobs(body, bool(req.get("logprobs")), req.get("top_logprobs"))
         return "/api/chat", body, include_usage
-    prompt = req.get("prompt", "")
-    if isinstance(prompt, list):
-        if len(prompt) != 1 or not isinstance(prompt[0], str):
-            raise GatewayError(400, "invalid type for 'prompt' field: only a single string is supported")
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise GatewayError(400, "invalid type for 'prompt' field")
-    body["prompt"] = prompt
+    body["prompt"] = req.get("prompt") or ""
     if isinstance(req.get("suffix"), str):
         body["suffix"] = req["suffix"]
     # A completion's logprobs is the number of alternatives; Ollama answers it without them.
@@ -405,9 +405,10 @@ def _usage(final: dict[str, Any]) -> dict[str, int]:
 
 
 def _finish_reason(final: dict[str, Any], had_tools: bool) -> str:
+    """Ollama's own done reason (``load`` for a completion without a prompt), or the calls'."""
     if had_tools:
         return "tool_calls"
-    return "length" if final.get("done_reason") == "length" else "stop"
+    return str(final.get("done_reason") or "stop")
 
 
 def _event(value: dict[str, Any]) -> bytes:
@@ -534,7 +535,7 @@ def embeddings_response(model: str, native: dict[str, Any], encoding: str | None
     data = []
     for index, vector in enumerate(native.get("embeddings") or []):
         value: Any = vector
-        if encoding == "base64":
+        if encoding is not None and encoding.lower() == "base64":
             value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
         data.append({"object": "embedding", "embedding": value, "index": index})
     tokens = int(native.get("prompt_eval_count") or 0)

@@ -9,7 +9,14 @@ import orjson
 import pytest
 
 from ollama_asgi.errors import GatewayError
-from ollama_asgi.openai_compat import ChatStream, CompletionStream, check_field_types, to_native, whole_response
+from ollama_asgi.openai_compat import (
+    ChatStream,
+    CompletionStream,
+    check_field_types,
+    embeddings_response,
+    to_native,
+    whole_response,
+)
 
 HI = [{"role": "user", "content": "hi"}]
 LOGPROBS = [
@@ -240,6 +247,39 @@ def test_each_streamed_chunk_carries_its_tokens_logprobs() -> None:
     out = stream.feed({**chat_chunk(content="The"), "logprobs": LOGPROBS}) + stream.feed(FINAL)
     choices = [e["choices"][0] for e in events(out)]
     assert [c.get("logprobs") for c in choices] == [{"content": LOGPROBS}, None]
+
+
+# ------------------------------------------------------------------------------------ embeddings
+
+
+def native_embed(**request: Any) -> dict[str, Any]:
+    return to_native("openai_embeddings", {"model": "m", **request})[1]
+
+
+def test_an_empty_string_is_embedded_not_a_load() -> None:
+    assert native_embed(input="")["input"] == [""]
+
+
+@pytest.mark.parametrize("request_input", [None, []])
+def test_no_input_is_refused_as_by_ollama(request_input: object) -> None:
+    with pytest.raises(GatewayError, match="^invalid input$"):
+        native_embed(input=request_input)
+
+
+def test_the_encoding_format_is_read_in_any_case() -> None:
+    answer = embeddings_response("m", {"embeddings": [[1.0]]}, "BASE64")
+    assert answer["data"][0]["embedding"] == "AACAPw=="
+
+
+def test_an_unknown_encoding_format_is_refused_with_ollamas_words() -> None:
+    with pytest.raises(GatewayError) as info:
+        native_embed(input="a", encoding_format="hex")
+    assert info.value.message == "Invalid value for 'encoding_format' = hex. Supported values: ['float', 'base64']."
+
+
+def test_a_completion_that_only_loaded_finishes_with_load() -> None:
+    answer = whole_response("openai_completions", "m", {"response": "", "done": True, "done_reason": "load"})
+    assert answer["choices"][0]["finish_reason"] == "load"
 
 
 # ---------------------------------------------------------------------------------- field types
