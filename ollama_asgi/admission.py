@@ -26,12 +26,13 @@ unfairness. A request whose model is already let through costs two dictionary up
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from heapq import heapify, heappop, heappush
@@ -691,6 +692,19 @@ class Admission:
             "expected_wait": round(pool.expected_wait(ahead), 3),
             "waited": round(time.monotonic() - waiter.enqueued, 3),
         }
+
+    @contextlib.contextmanager
+    def listed(self, request_id: str, principal: str, describe: Callable[[], dict[str, object]]) -> Iterator[None]:
+        """Answer ``describe`` for ``request_id`` while the block runs (a wait outside the queues: a load)."""
+        if not request_id:
+            yield
+            return
+        entry = self._queued_requests[request_id] = (principal, describe)
+        try:
+            yield
+        finally:
+            if self._queued_requests.get(request_id) is entry:
+                del self._queued_requests[request_id]
 
     def describe(self, request_id: str, principal: str | None = None) -> dict[str, object] | None:
         """Where a waiting request stands: its position and expected wait; None when it is not waiting

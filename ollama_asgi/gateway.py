@@ -641,7 +641,9 @@ class OllamaGateway:
             # slots are only ever held by requests Ollama can start at once.
             if self._must_load(prepared):
                 assert prepared is not None and self.lifecycle is not None
-                await self.lifecycle.ensure_loaded(prepared, wait_limit=self.settings.load_wait_timeout)
+                loading = partial(self._describe_load, backend.name, prepared, time.monotonic())
+                with self.admission.listed(request_id, principal.id, loading):
+                    await self.lifecycle.ensure_loaded(prepared, wait_limit=self.settings.load_wait_timeout)
             lease = await self.admission.admit(
                 backend.name,
                 kind=kind,
@@ -670,6 +672,23 @@ class OllamaGateway:
         if turn is not None:
             lease.take_turn(turn)
         return lease
+
+    def _describe_load(self, backend: str, prepared: Prepared, since: float) -> dict[str, object]:
+        """What ``GET /_gateway/queue/{request_id}`` says of a request waiting for its model to load."""
+        assert self.lifecycle is not None
+        loader = self.lifecycle.loader
+        state = loader.loading.get((backend, prepared.info.name))
+        left = 0.0
+        if state is not None:
+            left = max(0.0, loader.expected_load_seconds(prepared.info) - (time.monotonic() - state.started))
+        return {
+            "state": "loading_model",
+            "backend": backend,
+            "model": prepared.info.name,
+            "position": 0,
+            "expected_wait": round(left, 3),
+            "waited": round(time.monotonic() - since, 3),
+        }
 
     async def _check_rate(self, principal: Principal) -> None:
         """Ask the rate limiter (only called when ``_rate_limited``); 429 when over a limit."""

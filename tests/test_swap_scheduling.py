@@ -304,3 +304,24 @@ async def test_an_answer_that_found_a_free_slot_has_no_queue_headers(host: Serve
         answer = await client.post("/api/generate", json={"model": "llama3.2", "prompt": "q", "stream": False})
     assert answer.status_code == 200
     assert "x-queue-wait" not in answer.headers and "x-queue-position" not in answer.headers
+
+
+async def test_a_request_waiting_for_its_model_to_load_is_described_as_loading(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    emulator.emulator.load_base_seconds = 0.5
+    server = host_factory()
+    async with httpx.AsyncClient(base_url=server.url + "/llm", headers=AUTH, timeout=30) as client:
+        waiting = asyncio.ensure_future(
+            client.post(
+                "/api/generate",
+                json={"model": "llama3.2", "prompt": "q", "stream": False},
+                headers={"x-request-id": "cold-1"},
+            )
+        )
+        await asyncio.sleep(0.2)
+        told = await client.get("/_gateway/queue/cold-1")
+        answer = await waiting
+    assert told.status_code == 200, told.text
+    assert told.json()["state"] == "loading_model" and told.json()["model"] == "llama3.2:latest"
+    assert answer.status_code == 200
