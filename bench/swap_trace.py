@@ -22,9 +22,9 @@ other model's load waits for the busy model to go idle, which its clients never 
 Ollama in arrival order, one at a time, as a plain FIFO proxy would send them.
 
 ``--hot-path REF`` counts instructions per small request under callgrind (``bench.instructions``),
-the gateway as it was at git ``REF`` (before grouping) beside the tree here (``--after``, default
-the working tree), without and with ``max_loaded_models=1`` on a one-model load that never passes
-the limit: what grouping costs when no backend is over it.
+the gateway as it was at ``REF`` (a git ref, or a directory holding ``ollama_asgi``: the tree with
+grouping taken out) beside ``--after`` (default the working tree): with default settings, and with
+``max_loaded_models=1`` on a one-model load that never passes the limit, grouping off and on.
 
 The emulator part measures the same estimate where service times are fixed: 40 streams of 16
 tokens at 20 ms a token, queued at once on one model behind ``parallel=2``, each asking twice
@@ -353,16 +353,22 @@ def hot_path(before: str, after: str | None, requests: int) -> dict[str, Any]:
         try:
             old = str(baseline_copy(before, workdir))
             new = str(baseline_copy(after, workdir)) if after else None
-            for name, package, extra in (
+            targets: tuple[tuple[str, str | None, dict[str, object] | None], ...] = (
                 ("before", old, None),
                 ("after", new, None),
+                (
+                    "after, max_loaded_models=1, swap_grouping=false",
+                    new,
+                    {"max_loaded_models": 1, "swap_grouping": False},
+                ),
                 ("after, max_loaded_models=1", new, {"max_loaded_models": 1}),
-            ):
+            )
+            for index, (name, package, extra) in enumerate(targets):
                 os.environ.pop("BENCH_GATEWAY_SETTINGS", None)
                 if extra:
                     os.environ["BENCH_GATEWAY_SETTINGS"] = json.dumps(extra)
                 counts[name] = measure(
-                    name.split(",")[0] + ("-grouped" if extra else ""),
+                    f"target{index}",
                     "gateway",
                     emulator.url,
                     workdir,
