@@ -45,6 +45,8 @@ class Principal:
         source: Where the identity came from: ``"host"``, ``"api_key"`` or ``"anonymous"``.
         requests_per_minute: Rate limit; None falls back to ``Settings.rate_limit_rpm``.
         tokens_per_minute: Token budget; None falls back to ``Settings.rate_limit_tpm``.
+        cloud_models: May use cloud models (relayed by Ollama to ollama.com); None falls back to
+            ``Settings.cloud_models``. ``models`` still applies to them.
     """
 
     id: str
@@ -56,6 +58,7 @@ class Principal:
     source: Literal["host", "api_key", "anonymous"] = "host"
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
+    cloud_models: bool | None = None
 
 
 Authorizer = Callable[[Scope], "Awaitable[Principal | None] | Principal | None"]
@@ -130,7 +133,8 @@ def user_principal(user: Any, scope: Scope | None = None, *, admin_scopes: tuple
 
     ``identity``/``username``/``id``/``pk``/``sub``/``email`` name it; ``is_staff``,
     ``is_superuser``, ``is_admin``, an ``"admin"`` role or one of ``admin_scopes`` in
-    ``scope["auth"].scopes`` make it an admin; ``ollama_models`` restricts its models.
+    ``scope["auth"].scopes`` make it an admin; ``ollama_models`` restricts its models; a boolean
+    ``ollama_cloud_models`` allows or refuses it cloud models whatever ``Settings.cloud_models`` says.
     """
     if not is_authenticated_user(user):
         return None
@@ -148,6 +152,7 @@ def user_principal(user: Any, scope: Scope | None = None, *, admin_scopes: tuple
         is_admin=is_admin,
         models=_model_patterns(_get(user, "ollama_models")),
         source="host",
+        cloud_models=cloud if isinstance(cloud := _get(user, "ollama_cloud_models"), bool) else None,
     )
 
 

@@ -322,6 +322,18 @@ class OllamaGateway:
                 f"model {model!r} is not allowed for {principal.display_name or principal.id}",
                 reason="forbidden_model",
             )
+        if parsed.cloud and not self._cloud_allowed(principal):
+            # Ollama relays it to ollama.com: prompts would leave through a gateway taken for local.
+            raise GatewayError(
+                403,
+                f"model {model!r} is a cloud model (run on ollama.com), which this gateway does not allow "
+                "(setting cloud_models)",
+                reason="forbidden_model",
+            )
+
+    def _cloud_allowed(self, principal: Principal) -> bool:
+        allowed = principal.cloud_models
+        return self.settings.cloud_models if allowed is None else allowed
 
     # -- placement hooks (what the placement knows of slots, loads and memory) ------------------------
 
@@ -579,7 +591,7 @@ class OllamaGateway:
         prepared = None
         parsed = request.parsed
         lifecycle = self.lifecycle
-        if lifecycle is not None and parsed is not None and parsed.model is not None:
+        if lifecycle is not None and parsed is not None and parsed.model is not None and not parsed.cloud:
             prepared = lifecycle.prepare_now(request.route, parsed, principal, backend)
             if prepared is None:
                 return None, None
@@ -612,7 +624,13 @@ class OllamaGateway:
             if self._rate_limited(principal):
                 await self._check_rate(principal)
         parsed = request.parsed
-        if prepared is None and self.lifecycle is not None and parsed is not None and parsed.model is not None:
+        if (
+            prepared is None
+            and self.lifecycle is not None
+            and parsed is not None
+            and parsed.model is not None
+            and not parsed.cloud  # nothing to load, and num_ctx does not apply on ollama.com
+        ):
             prepared = self.lifecycle.prepare_now(request.route, parsed, principal, backend)
             if prepared is None:
                 prepared = await self.lifecycle.prepare(request.route, parsed, principal, backend)

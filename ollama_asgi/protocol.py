@@ -25,6 +25,7 @@ __all__ = [
     "ParsedRequest",
     "canonical_model",
     "check_options",
+    "is_cloud_model",
     "parse_keep_alive",
     "parse_request",
 ]
@@ -32,6 +33,7 @@ __all__ = [
 # [host[:port]/][namespace/]model[:tag] as Ollama accepts it; no empty, "." or ".." segments.
 _MODEL_NAME = re.compile(
     r"[A-Za-z0-9_][A-Za-z0-9_.\-]*(?::[0-9]+)?(?:/[A-Za-z0-9_][A-Za-z0-9_.\-]*){0,2}(?::[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})?"
+    r"(?::(?i:cloud|local))?"  # Ollama's source suffix after a tag: m:tag:cloud, m:tag:local
 )
 _MAX_MODEL_LEN = 350
 # Ollama's api.Options and api.Runner (v0.24), as Options.FromMap reads them: key -> Go kind. It
@@ -108,6 +110,7 @@ class ParsedRequest:
     model: str | None
     stream: bool
     rewritten: bool = False  # body differs from the client's bytes: forward it re-serialised
+    cloud: bool = False  # the model runs on ollama.com: nothing to load, no num_ctx, cloud policy applies
 
 
 _CANONICAL: dict[str, str] = {}
@@ -354,6 +357,36 @@ def check_model_name(name: object) -> str:
     return name
 
 
+def _source_suffix(name: str) -> tuple[str, str | None]:
+    """``(base, "cloud" | "local" | None)`` as Ollama's ``modelref`` reads the last ``:`` suffix."""
+    head, sep, suffix = name.rpartition(":")
+    if sep:
+        lowered = suffix.lower()
+        if lowered in ("cloud", "local"):
+            return head, lowered
+        if "/" not in suffix and lowered.endswith("-cloud"):
+            return name[: -len("-cloud")], "cloud"
+    return name, None
+
+
+def is_cloud_model(name: str) -> bool:
+    """True for names Ollama relays to ollama.com: ``m:cloud``, ``m:tag:cloud``, ``m:tag-cloud``.
+
+    ``:local`` forces a local model, so ``m:tag-cloud:local`` is not one.
+    """
+    return _source_suffix(name)[1] == "cloud"
+
+
+def check_model_source(name: str) -> bool:
+    """Whether ``name`` is a cloud model; a 400 for both ``:cloud`` and ``:local``, as Ollama refuses it."""
+    base, source = _source_suffix(name)
+    if source is None:
+        return False
+    if _source_suffix(base)[1] is not None:
+        raise _bad(f"use either :local or :cloud, not both: {name[:100]!r}")
+    return source == "cloud"
+
+
 _LOGPROB_ROUTES = frozenset({"chat", "generate"})
 
 
@@ -412,6 +445,7 @@ def parse_request(route: Route, raw: bytes, *, max_num_ctx: int) -> ParsedReques
             break
     if model is None and route.model_required:
         raise _bad("model is required")
+    cloud = model is not None and ":" in model and check_model_source(model)
 
     stream = route.stream_default
     if "stream" in body and body["stream"] is not None:
@@ -439,7 +473,7 @@ def parse_request(route: Route, raw: bytes, *, max_num_ctx: int) -> ParsedReques
             raise _bad(f"{key} must be {name}, got {_type_name(body[key])}")
     if route.openai:
         _check_openai_sampling(body)
-    return ParsedRequest(body=body, model=model, stream=bool(stream), rewritten=rewritten)
+    return ParsedRequest(body=body, model=model, stream=bool(stream), rewritten=rewritten, cloud=cloud)
 
 
 def _check_openai_sampling(body: dict[str, Any]) -> None:

@@ -458,6 +458,14 @@ class Settings:
         default=None,
         metadata=_doc("Model name patterns every principal may use (None: all models).", _optional_models),
     )
+    cloud_models: bool = field(
+        default=False,
+        metadata=_doc(
+            "Let principals use Ollama's cloud models (name:cloud, name:tag:cloud, name:tag-cloud), which Ollama "
+            "relays to ollama.com; off, they are refused with 403. A principal's own cloud_models overrides it.",
+            _to_bool,
+        ),
+    )
     parallel: int = field(
         default=1, metadata=_doc("Concurrent requests per backend, like OLLAMA_NUM_PARALLEL.", _pos_int)
     )

@@ -1,0 +1,108 @@
+"""Cloud models (``m:cloud``, ``m:tag:cloud``, ``m:tag-cloud``), which Ollama relays to ollama.com.
+
+They are refused unless a setting or the principal allows them, before anything reaches Ollama;
+when allowed they are relayed as the client sent them: nothing is loaded and no ``num_ctx`` or
+``keep_alive`` of the gateway's is added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from ollama_asgi import OllamaGateway, Settings
+from ollama_asgi.auth import Principal, user_principal
+from ollama_asgi.protocol import check_model_name, is_cloud_model, parse_request
+from ollama_asgi.routing import match_route
+from ollama_asgi.testing import EmulatorServer
+from tests.conftest import AUTH
+from tests.support.hosts import starlette_host
+from tests.support.server import ServerThread
+
+CLOUD_NAMES = ("gpt-oss:cloud", "gpt-oss:120b:cloud", "gpt-oss:120b-cloud", "library/gpt-oss:20B-Cloud")
+
+
+@pytest.mark.parametrize("name", CLOUD_NAMES)
+def test_cloud_names_pass_the_model_name_check(name: str) -> None:
+    assert check_model_name(name) == name and is_cloud_model(name)
+
+
+@pytest.mark.parametrize("name", ("gpt-oss:120b:local", "gpt-oss:local", "host:11434/m", "cloud", "m:tag-cloud:local"))
+def test_local_and_unsuffixed_names_are_not_cloud_models(name: str) -> None:
+    assert not is_cloud_model(name)
+
+
+def test_both_source_suffixes_are_refused_as_ollama_refuses_them() -> None:
+    route = match_route("/api/generate")
+    assert route is not None
+    with pytest.raises(Exception, match="use either :local or :cloud, not both"):
+        parse_request(route, b'{"model":"m:cloud:local","prompt":"x"}', max_num_ctx=8192)
+
+
+def test_a_parsed_request_says_whether_its_model_is_a_cloud_model() -> None:
+    route = match_route("/api/chat")
+    assert route is not None
+    assert parse_request(route, b'{"model":"m:7b:cloud"}', max_num_ctx=8192).cloud
+    assert not parse_request(route, b'{"model":"m:7b"}', max_num_ctx=8192).cloud
+
+
+def test_cloud_models_are_refused_by_default_before_reaching_ollama(
+    host_factory: Callable[..., ServerThread], emulator: EmulatorServer
+) -> None:
+    server = host_factory()
+    before = len(emulator.emulator.requests)
+    body = {"model": "gpt-oss:120b:cloud", "prompt": "secret", "stream": False}
+    response = httpx.post(server.url + "/llm/api/generate", json=body, headers=AUTH)
+    assert response.status_code == 403
+    error = response.json()["error"]
+    assert "gpt-oss:120b:cloud" in error and "cloud_models" in error
+    assert len(emulator.emulator.requests) == before
+
+
+def test_cloud_models_are_refused_on_the_openai_routes_too(host_factory: Callable[..., ServerThread]) -> None:
+    server = host_factory()
+    body = {"model": "gpt-oss:120b-cloud", "messages": [{"role": "user", "content": "x"}]}
+    response = httpx.post(server.url + "/llm/v1/chat/completions", json=body, headers=AUTH)
+    assert response.status_code == 403 and "cloud_models" in response.json()["error"]["message"]
+
+
+def test_an_allowed_cloud_model_is_relayed_without_a_load_or_num_ctx(
+    host_factory: Callable[..., ServerThread], emulator: EmulatorServer
+) -> None:
+    server = host_factory(cloud_models=True)
+    before = len(emulator.emulator.requests)
+    body = {"model": "gpt-oss:cloud", "prompt": "x", "stream": False}
+    httpx.post(server.url + "/llm/api/generate", json=body, headers=AUTH, timeout=30)
+    sent = [r for r in emulator.emulator.requests[before:] if r.path != "/"]  # "/": the health probe
+    assert [r.path for r in sent] == ["/api/generate"]  # no /api/show, no load request
+    assert sent[0].json == body  # no num_ctx, no keep_alive
+
+
+def test_the_allow_list_still_applies_to_an_allowed_cloud_model(host_factory: Callable[..., ServerThread]) -> None:
+    server = host_factory(cloud_models=True, allowed_models=("llama*",))
+    body = {"model": "gpt-oss:cloud", "prompt": "x", "stream": False}
+    assert httpx.post(server.url + "/llm/api/generate", json=body, headers=AUTH).status_code == 403
+
+
+def test_a_principal_may_be_allowed_cloud_models_the_setting_refuses(emulator: EmulatorServer) -> None:
+    gateway = OllamaGateway(
+        Settings(upstreams=(emulator.url,)),
+        authorize=lambda scope: Principal(id="researcher", cloud_models=True),
+    )
+    server = ServerThread(starlette_host(gateway)).start()
+    try:
+        before = len(emulator.emulator.requests)
+        body = {"model": "gpt-oss:cloud", "prompt": "x", "stream": False}
+        httpx.post(server.url + "/llm/api/generate", json=body, timeout=30)
+        assert [r.path for r in emulator.emulator.requests[before:] if r.path != "/"] == ["/api/generate"]
+    finally:
+        server.stop()
+
+
+def test_a_host_users_ollama_cloud_models_sets_the_principals_cloud_models() -> None:
+    allowed = user_principal({"username": "ann", "ollama_cloud_models": True})
+    unset = user_principal({"username": "bob"})
+    assert allowed is not None and allowed.cloud_models is True
+    assert unset is not None and unset.cloud_models is None
