@@ -50,6 +50,7 @@ logger = logging.getLogger("ollama_asgi")
 _FORWARD = frozenset({b"content-type", b"accept", b"user-agent"})
 _FORWARD_JSON = _FORWARD - {b"content-type"}  # the gateway re-encodes the body: its own Content-Type
 _ADMISSION_HEADERS = frozenset({b"x-request-timeout", b"x-request-priority"})
+_CLOUD_REFUSED = b'{"cloud":{"disabled":true,"source":"config"}}'  # /api/status where cloud_models refuses
 
 
 class _Retryable(Exception):
@@ -254,6 +255,12 @@ class OllamaGateway:
                 else:
                     principal = await call_authorizer(self._authorize, scope)
                 principal = record.principal = self._authorized(principal, route)
+                if route.account and not self.settings.cloud_account_routes:
+                    raise GatewayError(
+                        403,
+                        f"{route.name} acts as the Ollama server's ollama.com account, which this gateway does not "
+                        "allow (setting cloud_account_routes)",
+                    )
             if route.streamed_body:
                 request = _Request(scope, path, route, None, principal, _stream_body(receive), head, loop)
                 await self._exchange(request, send, progress)
@@ -402,6 +409,9 @@ class OllamaGateway:
         several = len(self.placement.backends) > 1
         if request.route.name in _LISTINGS and (several or restricted) and not request.head:
             return self._merged_listing(request, send, progress)
+        if request.route.name == "cloud_status" and principal is not None and not self._cloud_allowed(principal):
+            # What Ollama says with cloud off: this caller's cloud requests never leave the gateway.
+            return send_bytes(progress.record.capture(send), 200, _CLOUD_REFUSED, head=request.head)
         model = request.parsed.model if request.parsed is not None else None
         if not several:
             return self._exchange_on(self.placement.choose(model), request, send, progress)

@@ -383,7 +383,7 @@ def check_model_source(name: str) -> bool:
     if source is None:
         return False
     if _source_suffix(base)[1] is not None:
-        raise _bad(f"use either :local or :cloud, not both: {name[:100]!r}")
+        raise _bad(f"use either :local or :cloud, not both: {orjson.dumps(name).decode()}")  # Ollama's words
     return source == "cloud"
 
 

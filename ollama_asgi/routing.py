@@ -33,6 +33,7 @@ class Route:
     model_required: bool = False
     json_body: bool = False  # POST/DELETE with a JSON object body
     streamed_body: bool = False  # request body piped through unbuffered (blob uploads)
+    account: bool = False  # acts as the Ollama server's ollama.com account: off unless cloud_account_routes
 
 
 # Embedding routes: their requests take the embedding slots (``embed_parallel``) and produce no
@@ -54,6 +55,13 @@ ROUTES: dict[str, Route] = {
     "/api/chat": _r("chat", "POST", Kind.INFERENCE, stream_default=True, **_GEN),
     "/api/embed": _r("embed", "POST", Kind.INFERENCE, **_GEN),
     "/api/embeddings": _r("embeddings", "POST", Kind.INFERENCE, **_GEN),
+    "/api/status": _r("cloud_status", "GET", Kind.READ),  # Ollama's {"cloud": {"disabled", "source"}}
+    # They act as the server's ollama.com account (web search and fetch are billed to it): admins
+    # only, and only where the cloud_account_routes setting allows them.
+    "/api/me": _r("me", "POST", Kind.MANAGE, account=True),
+    "/api/signout": _r("signout", "POST", Kind.MANAGE, account=True),
+    "/api/experimental/web_search": _r("web_search", "POST", Kind.MANAGE, account=True),
+    "/api/experimental/web_fetch": _r("web_fetch", "POST", Kind.MANAGE, account=True),
     "/api/tags": _r("tags", "GET HEAD", Kind.READ),
     "/api/ps": _r("ps", "GET", Kind.READ),
     "/api/show": _r("show", "POST", Kind.READ, **_NAMED),
@@ -77,6 +85,7 @@ _BLOBS = _r("blobs", "HEAD POST", Kind.MANAGE, streamed_body=True)
 _BACKENDS = _r("backends", "GET POST DELETE", Kind.GATEWAY)
 _QUEUE = _r("queue", "GET", Kind.GATEWAY)  # /_gateway/queue/{request_id}: where a waiting request stands
 _MODEL = _r("openai_model", "GET", Kind.READ, openai=True)
+_USER_KEY = _r("user_keys", "DELETE", Kind.MANAGE, account=True)  # /api/user/keys/{key}: Ollama's older signout
 
 
 def route_path(scope: Scope) -> str:
@@ -101,6 +110,8 @@ def match_route(path: str) -> Route | None:
         return route
     if path.startswith("/api/blobs/") and _single_segment(path[11:]):
         return _BLOBS
+    if path.startswith("/api/user/keys/") and _single_segment(path[15:]):
+        return _USER_KEY
     if path == "/_gateway/backends" or (path.startswith("/_gateway/backends/") and _backend_path(path[19:])):
         return _BACKENDS
     if path.startswith("/_gateway/queue/") and _single_segment(path[16:]):

@@ -466,6 +466,14 @@ class Settings:
             _to_bool,
         ),
     )
+    cloud_account_routes: bool = field(
+        default=False,
+        metadata=_doc(
+            "Let administrators use /api/me, /api/signout, /api/user/keys/* and /api/experimental/web_search and "
+            "web_fetch, which act as the Ollama server's ollama.com account; off, everyone gets 403.",
+            _to_bool,
+        ),
+    )
     parallel: int = field(
         default=1, metadata=_doc("Concurrent requests per backend, like OLLAMA_NUM_PARALLEL.", _pos_int)
     )

@@ -2,7 +2,8 @@
 
 They are refused unless a setting or the principal allows them, before anything reaches Ollama;
 when allowed they are relayed as the client sent them: nothing is loaded and no ``num_ctx`` or
-``keep_alive`` of the gateway's is added.
+``keep_alive`` of the gateway's is added. The routes that act as the server's ollama.com account
+are refused unless allowed, and then to administrators only.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ollama_asgi.auth import Principal, user_principal
 from ollama_asgi.protocol import check_model_name, is_cloud_model, parse_request
 from ollama_asgi.routing import match_route
 from ollama_asgi.testing import EmulatorServer
-from tests.conftest import AUTH
+from tests.conftest import ADMIN, AUTH
 from tests.support.hosts import starlette_host
 from tests.support.server import ServerThread
 
@@ -106,3 +107,67 @@ def test_a_host_users_ollama_cloud_models_sets_the_principals_cloud_models() -> 
     unset = user_principal({"username": "bob"})
     assert allowed is not None and allowed.cloud_models is True
     assert unset is not None and unset.cloud_models is None
+
+
+ACCOUNT_ROUTES = [
+    ("POST", "/api/me"),
+    ("POST", "/api/signout"),
+    ("DELETE", "/api/user/keys/c3NoLWVkMjU1MTk"),
+    ("POST", "/api/experimental/web_search"),
+    ("POST", "/api/experimental/web_fetch"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ACCOUNT_ROUTES)
+def test_account_routes_are_refused_even_to_admins_by_default(
+    host_factory: Callable[..., ServerThread], emulator: EmulatorServer, method: str, path: str
+) -> None:
+    server = host_factory()
+    before = len(emulator.emulator.requests)
+    response = httpx.request(method, server.url + "/llm" + path, content=b'{"query":"x"}', headers=ADMIN)
+    assert response.status_code == 403 and "cloud_account_routes" in response.json()["error"]
+    assert [r for r in emulator.emulator.requests[before:] if r.path != "/"] == []
+
+
+@pytest.mark.parametrize(("method", "path"), ACCOUNT_ROUTES)
+def test_account_routes_stay_refused_to_non_admins_when_allowed(
+    host_factory: Callable[..., ServerThread], emulator: EmulatorServer, method: str, path: str
+) -> None:
+    server = host_factory(cloud_account_routes=True)
+    before = len(emulator.emulator.requests)
+    response = httpx.request(method, server.url + "/llm" + path, content=b'{"query":"x"}', headers=AUTH)
+    assert response.status_code == 403
+    assert [r for r in emulator.emulator.requests[before:] if r.path != "/"] == []
+
+
+def test_an_allowed_admin_reaches_ollamas_account_routes(
+    host_factory: Callable[..., ServerThread], emulator: EmulatorServer
+) -> None:
+    server = host_factory(cloud_account_routes=True)
+    before = len(emulator.emulator.requests)
+    httpx.post(server.url + "/llm/api/experimental/web_search", json={"query": "x"}, headers=ADMIN)
+    assert [r.path for r in emulator.emulator.requests[before:] if r.path != "/"] == ["/api/experimental/web_search"]
+
+
+def test_status_says_cloud_is_disabled_where_the_gateway_refuses_cloud_models(
+    host_factory: Callable[..., ServerThread], emulator: EmulatorServer
+) -> None:
+    server = host_factory()
+    before = len(emulator.emulator.requests)
+    response = httpx.get(server.url + "/llm/api/status", headers=AUTH)
+    assert response.status_code == 200
+    assert response.json() == {"cloud": {"disabled": True, "source": "config"}}
+    assert [r for r in emulator.emulator.requests[before:] if r.path != "/"] == []
+
+
+def test_status_is_ollamas_own_where_cloud_models_are_allowed(
+    host_factory: Callable[..., ServerThread], emulator: EmulatorServer
+) -> None:
+    server = host_factory(cloud_models=True)
+    before = len(emulator.emulator.requests)
+    httpx.get(server.url + "/llm/api/status", headers=AUTH)
+    assert [r.path for r in emulator.emulator.requests[before:] if r.path != "/"] == ["/api/status"]
+
+
+def test_status_needs_a_caller(host_factory: Callable[..., ServerThread]) -> None:
+    assert httpx.get(host_factory().url + "/llm/api/status").status_code == 401
