@@ -171,6 +171,7 @@ def _key_principal(key: ApiKey) -> Principal:
         source="api_key",
         requests_per_minute=key.requests_per_minute,
         tokens_per_minute=key.tokens_per_minute,
+        cloud_models=key.cloud_models,
     )
 
 

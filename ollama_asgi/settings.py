@@ -74,6 +74,7 @@ class ApiKey:
     priority: str = "interactive"
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
+    cloud_models: bool | None = None  # None: Settings.cloud_models decides
 
     @staticmethod
     def digest(secret: str) -> str:
@@ -100,6 +101,7 @@ class ApiKey:
                 "priority",
                 "requests_per_minute",
                 "tokens_per_minute",
+                "cloud_models",
             }
             if unknown:
                 raise ConfigError(field, f"unknown key(s) {sorted(unknown)} in an API key entry")
@@ -126,6 +128,7 @@ class ApiKey:
                 priority=str(priority),
                 requests_per_minute=_optional_pos_int(spec.get("requests_per_minute"), field),
                 tokens_per_minute=_optional_pos_int(spec.get("tokens_per_minute"), field),
+                cloud_models=None if spec.get("cloud_models") is None else _to_bool(spec["cloud_models"], field),
             )
         raise ConfigError(field, f"an API key must be a string or a mapping, got {type(spec).__name__}")
 

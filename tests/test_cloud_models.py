@@ -171,3 +171,14 @@ def test_status_is_ollamas_own_where_cloud_models_are_allowed(
 
 def test_status_needs_a_caller(host_factory: Callable[..., ServerThread]) -> None:
     assert httpx.get(host_factory().url + "/llm/api/status").status_code == 401
+
+
+def test_an_api_key_entry_may_allow_cloud_models(
+    host_factory: Callable[..., ServerThread], emulator: EmulatorServer
+) -> None:
+    key = {"id": "research", "key": "research-key-1", "cloud_models": True}
+    server = host_factory(api_keys=(key,))
+    before = len(emulator.emulator.requests)
+    body = {"model": "gpt-oss:cloud", "prompt": "x", "stream": False}
+    httpx.post(server.url + "/llm/api/generate", json=body, headers={"Authorization": "Bearer research-key-1"})
+    assert [r.path for r in emulator.emulator.requests[before:] if r.path != "/"] == ["/api/generate"]
