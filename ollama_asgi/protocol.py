@@ -118,7 +118,8 @@ _CANONICAL_MAX = 4096  # names come from clients: the memo is bounded
 
 
 def canonical_model(name: str) -> str:
-    """Ollama's lookup form: lower case, ``:latest`` when no tag is given.
+    """Ollama's lookup form: lower case, ``:latest`` when no tag is given, no ``:local`` suffix
+    (it only forces the local model, the one ``/api/ps`` and allow-lists name).
 
     Memoised: every request asks for it several times (placement, loads, accounting).
     """
@@ -126,6 +127,8 @@ def canonical_model(name: str) -> str:
     if found is not None:
         return found
     lowered = name.lower()
+    if lowered.endswith(":local"):
+        lowered = lowered[:-6]
     last = lowered.rsplit("/", 1)[-1]
     found = lowered if ":" in last else lowered + ":latest"
     if len(_CANONICAL) >= _CANONICAL_MAX:

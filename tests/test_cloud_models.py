@@ -15,7 +15,7 @@ import pytest
 
 from ollama_asgi import OllamaGateway, Settings
 from ollama_asgi.auth import Principal, user_principal
-from ollama_asgi.protocol import check_model_name, is_cloud_model, parse_request
+from ollama_asgi.protocol import canonical_model, check_model_name, is_cloud_model, parse_request
 from ollama_asgi.routing import match_route
 from ollama_asgi.testing import EmulatorServer
 from tests.conftest import ADMIN, AUTH
@@ -182,3 +182,15 @@ def test_an_api_key_entry_may_allow_cloud_models(
     body = {"model": "gpt-oss:cloud", "prompt": "x", "stream": False}
     httpx.post(server.url + "/llm/api/generate", json=body, headers={"Authorization": "Bearer research-key-1"})
     assert [r.path for r in emulator.emulator.requests[before:] if r.path != "/"] == ["/api/generate"]
+
+
+@pytest.mark.parametrize(("name", "canonical"), [("tiny:local", "tiny:latest"), ("Tiny:7B:LOCAL", "tiny:7b")])
+def test_a_local_suffix_names_the_same_model_as_without_it(name: str, canonical: str) -> None:
+    assert canonical_model(name) == canonical
+
+
+def test_an_allow_list_admits_a_model_named_with_the_local_suffix(host_factory: Callable[..., ServerThread]) -> None:
+    server = host_factory(allowed_models=("llama3.2",))
+    body = {"model": "llama3.2:local", "prompt": "x", "stream": False, "options": {"num_predict": 2}}
+    response = httpx.post(server.url + "/llm/api/generate", json=body, headers=AUTH, timeout=30)
+    assert response.status_code != 403  # the emulator knows no :local, the policy admits it

@@ -93,3 +93,16 @@ def test_the_account_routes_reach_ollama_only_for_an_allowed_admin(
     through = httpx.post(allowed.url + "/llm/api/me", headers=ADMIN)
     assert through.status_code == 503 and through.json() == {"error": "account unavailable"}
     assert _logged(server, "/api/me", seen + 1) == seen + 1
+
+
+def test_a_local_suffix_uses_the_loaded_model_without_another_load(
+    server: RealOllama, gateway_for: Callable[..., ServerThread]
+) -> None:
+    gateway = gateway_for(server, allowed_models=("tiny",))
+    body = {"model": "tiny:local", "prompt": "x", "stream": False, "options": {"num_predict": 2}}
+    url = gateway.url + "/llm/api/generate"
+    assert httpx.post(url, json=body, headers=AUTH, timeout=60).status_code == 200
+    seen = _logged(server, "/api/generate", 1)
+    assert httpx.post(url, json=body, headers=AUTH, timeout=60).status_code == 200
+    _generate(server.url, CLOUD, {})  # logged after anything the gateway had sent
+    assert _logged(server, "/api/generate", seen + 2) == seen + 2  # the request and this one: no load
