@@ -27,7 +27,7 @@ from ollama_asgi.gc_tuning import tune_gc
 from ollama_asgi.inference import ModelLifecycle, Prepared
 from ollama_asgi.openai_relay import relay_openai
 from ollama_asgi.placement import Backend, Placement
-from ollama_asgi.protocol import ParsedRequest, canonical_model, parse_request
+from ollama_asgi.protocol import ParsedRequest, canonical_model, is_cloud_model, parse_request
 from ollama_asgi.ratelimit import MemoryRateLimiter, rate_limit_headers
 from ollama_asgi.relay import RelayResult, SendWatch, relay, stream_headers
 from ollama_asgi.responses import send_bytes, send_error
@@ -261,6 +261,9 @@ class OllamaGateway:
                         f"{route.name} acts as the Ollama server's ollama.com account, which this gateway does not "
                         "allow (setting cloud_account_routes)",
                     )
+                if route.name == "openai_model" and is_cloud_model(name := path[11:]):
+                    # Ollama fetches a cloud model's details from ollama.com: the same policy applies.
+                    self._check_model(principal, ParsedRequest(body={}, model=name, stream=False, cloud=True))
             if route.streamed_body:
                 request = _Request(scope, path, route, None, principal, _stream_body(receive), head, loop)
                 await self._exchange(request, send, progress)

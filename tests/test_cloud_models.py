@@ -194,3 +194,13 @@ def test_an_allow_list_admits_a_model_named_with_the_local_suffix(host_factory: 
     body = {"model": "llama3.2:local", "prompt": "x", "stream": False, "options": {"num_predict": 2}}
     response = httpx.post(server.url + "/llm/api/generate", json=body, headers=AUTH, timeout=30)
     assert response.status_code != 403  # the emulator knows no :local, the policy admits it
+
+
+def test_a_cloud_models_details_are_refused_like_the_model(
+    host_factory: Callable[..., ServerThread], emulator: EmulatorServer
+) -> None:
+    server = host_factory()
+    before = len(emulator.emulator.requests)
+    response = httpx.get(server.url + "/llm/v1/models/gpt-oss:120b-cloud", headers=AUTH)
+    assert response.status_code == 403 and "cloud_models" in response.json()["error"]["message"]
+    assert [r for r in emulator.emulator.requests[before:] if r.path != "/"] == []

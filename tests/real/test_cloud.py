@@ -106,3 +106,16 @@ def test_a_local_suffix_uses_the_loaded_model_without_another_load(
     assert httpx.post(url, json=body, headers=AUTH, timeout=60).status_code == 200
     _generate(server.url, CLOUD, {})  # logged after anything the gateway had sent
     assert _logged(server, "/api/generate", seen + 2) == seen + 2  # the request and this one: no load
+
+
+def test_a_cloud_models_details_are_refused_before_ollama_asks_ollama_com(
+    server: RealOllama, gateway_for: Callable[..., ServerThread]
+) -> None:
+    path = "/v1/models/gpt-oss:120b-cloud"
+    direct = httpx.get(server.url + path, timeout=60)
+    assert direct.status_code == 403 and "ollama cloud is disabled" in direct.text
+    seen = _logged(server, path, 1)
+    through = httpx.get(gateway_for(server).url + "/llm" + path, headers=AUTH, timeout=60)
+    assert through.status_code == 403 and "cloud_models" in through.json()["error"]["message"]
+    httpx.get(server.url + path, timeout=60)  # logged after anything the gateway had sent
+    assert _logged(server, path, seen + 1) == seen + 1
