@@ -449,7 +449,17 @@ class OllamaGateway:
         record.backend = backend.name
         extra: list[tuple[bytes, bytes]] = [record.id_header]
         lease = prepared = None
-        if request.route.kind is Kind.INFERENCE and principal is not None:
+        if (
+            request.route.kind is Kind.INFERENCE
+            and principal is not None
+            and request.parsed is not None
+            and request.parsed.cloud
+        ):
+            # Run on ollama.com, not in one of Ollama's runner slots: rate limits apply, no slot is taken.
+            if not request.rate_checked and self._rate_limited(principal):
+                request.rate_checked = True
+                await self._check_rate(principal)
+        elif request.route.kind is Kind.INFERENCE and principal is not None:
             try:
                 lease, prepared = self._take_slot_now(request, backend)
                 if lease is None:

@@ -8,6 +8,7 @@ are refused unless allowed, and then to administrators only.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import httpx
@@ -204,3 +205,26 @@ def test_a_cloud_models_details_are_refused_like_the_model(
     response = httpx.get(server.url + "/llm/v1/models/gpt-oss:120b-cloud", headers=AUTH)
     assert response.status_code == 403 and "cloud_models" in response.json()["error"]["message"]
     assert [r for r in emulator.emulator.requests[before:] if r.path != "/"] == []
+
+
+async def test_a_cloud_request_takes_no_slot_of_the_local_runners(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    emulator.emulator.token_interval = 0.05
+    server = host_factory(cloud_models=True, parallel=1, max_queue=0)
+    local = {"model": "llama3.2", "prompt": "w", "stream": False, "options": {"num_predict": 20}}
+    cloud = {"model": "gpt-oss:cloud", "prompt": "w", "stream": False}
+    async with httpx.AsyncClient(base_url=server.url + "/llm", headers=AUTH, timeout=60) as client:
+        long = asyncio.ensure_future(client.post("/api/generate", json=local))
+        await asyncio.sleep(0.3)
+        assert (await client.post("/api/generate", json=local)).status_code == 503  # the one slot is taken
+        relayed = await client.post("/api/generate", json=cloud)
+        assert relayed.status_code != 503 and "gpt-oss" in relayed.text  # the emulator's own answer
+        assert (await long).status_code == 200
+
+
+def test_rate_limits_apply_to_cloud_requests(host_factory: Callable[..., ServerThread]) -> None:
+    server = host_factory(cloud_models=True, rate_limit_rpm=1)
+    body = {"model": "gpt-oss:cloud", "prompt": "x", "stream": False}
+    httpx.post(server.url + "/llm/api/generate", json=body, headers=AUTH)
+    assert httpx.post(server.url + "/llm/api/generate", json=body, headers=AUTH).status_code == 429
