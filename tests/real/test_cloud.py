@@ -119,3 +119,20 @@ def test_a_cloud_models_details_are_refused_before_ollama_asks_ollama_com(
     assert through.status_code == 403 and "cloud_models" in through.json()["error"]["message"]
     httpx.get(server.url + path, timeout=60)  # logged after anything the gateway had sent
     assert _logged(server, path, seen + 1) == seen + 1
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/v1/responses"])
+def test_an_allowed_cloud_model_on_the_compatible_routes_gets_ollamas_own_answer(
+    server: RealOllama, gateway_for: Callable[..., ServerThread], path: str
+) -> None:
+    body: dict[str, object] = {"model": "gpt-oss:120b-cloud", "max_tokens": 8}
+    if path == "/v1/responses":
+        body["input"] = "x"
+    else:
+        body["messages"] = [{"role": "user", "content": "x"}]
+    direct = httpx.post(server.url + path, json=body, timeout=60)
+    through = httpx.post(
+        gateway_for(server, cloud_models=True).url + "/llm" + path, json=body, headers=AUTH, timeout=60
+    )
+    assert direct.status_code == 403
+    assert (through.status_code, through.json()) == (direct.status_code, direct.json())
