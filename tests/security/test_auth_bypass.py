@@ -1,7 +1,8 @@
 """Attempts to reach what only administrators may use, by anyone who is not one.
 
 The protected set: model management (pull, push, create, copy, delete, blobs), the gateway's
-backend control (``/_gateway/backends``), ``/_gateway/status`` and ``/_gateway/metrics``. The
+backend control (``/_gateway/backends``), ``/_gateway/status`` and ``/_gateway/metrics``, and the
+routes that act as the server's ollama.com account (allowed to administrators here). The
 callers: nobody, an ordinary API key, a logged-in host user who is not staff, an API key in the
 query string. The tricks: path spellings (dot segments, doubled and encoded slashes, case,
 trailing dots and slashes, NULs, backslashes, escapes out of the mount), methods (HEAD, OPTIONS,
@@ -29,6 +30,14 @@ from tests.security.wire import Reply, request, send_raw
 from tests.support.server import ServerThread
 
 MANAGEMENT_PATHS = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete", "/api/blobs")
+# Acting as the server's ollama.com account: administrators only, even with cloud_account_routes on.
+ACCOUNT_PATHS = (
+    "/api/me",
+    "/api/signout",
+    "/api/user/keys",
+    "/api/experimental/web_search",
+    "/api/experimental/web_fetch",
+)
 DIGEST = "sha256:" + "ab" * 32
 BODIES = {
     "/api/pull": b'{"model":"llama3.2"}',
@@ -43,6 +52,8 @@ TARGETS += [("DELETE", "/api/delete"), ("HEAD", f"/api/blobs/{DIGEST}")]
 TARGETS += [("GET", "/_gateway/backends"), ("POST", "/_gateway/backends/backend-0/drain")]
 TARGETS += [("DELETE", "/_gateway/backends/backend-0"), ("POST", "/_gateway/backends")]
 TARGETS += [("GET", "/_gateway/status"), ("GET", "/_gateway/metrics"), ("HEAD", "/_gateway/metrics")]
+TARGETS += [("POST", "/api/me"), ("POST", "/api/signout"), ("DELETE", "/api/user/keys/c3NoLWVkMjU1MTk")]
+TARGETS += [("POST", "/api/experimental/web_search"), ("POST", "/api/experimental/web_fetch")]
 REFUSALS = {400, 401, 403, 404, 405, 411, 413, 414, 431}
 
 
@@ -95,7 +106,7 @@ def spellings(path: str) -> list[str]:
 
 @pytest.fixture
 def server(host_factory: Callable[..., ServerThread]) -> ServerThread:
-    return host_factory()
+    return host_factory(cloud_account_routes=True)
 
 
 @pytest.fixture
@@ -107,7 +118,8 @@ def alice(server: ServerThread) -> str:
 def untouched(emulator: EmulatorServer) -> Iterator[None]:
     """After the test, Ollama must have seen no management request and no smuggled header."""
     yield
-    seen = [(r.method, r.path) for r in emulator.emulator.requests if r.path.startswith(MANAGEMENT_PATHS)]
+    protected = MANAGEMENT_PATHS + ACCOUNT_PATHS
+    seen = [(r.method, r.path) for r in emulator.emulator.requests if r.path.startswith(protected)]
     assert seen == [], f"management requests reached Ollama: {seen[:5]}"
     smuggled = {"authorization", "cookie", "x-http-method-override", "x-original-url", "x-rewrite-url", "origin"}
     for record in emulator.emulator.requests:
