@@ -303,7 +303,7 @@ def openai_table(fig: Figures) -> str:
 
 
 def targets_check(fig: Figures) -> str:
-    """Where the gateway stands against issue 9's targets (reported, never asserted)."""
+    """Where the gateway stands against its performance targets (reported, never asserted)."""
     fam = "native"
     steps = fig.steps(fam)
     out = []
@@ -372,7 +372,7 @@ def targets_check(fig: Figures) -> str:
         out.append(
             ["added latency below LiteLLM's", "not measured: " + fig.results["targets"]["litellm"]["reason"], "—"]
         )
-    return _table(["target (issue 9)", "this run", "status"], out)
+    return _table(["target", "this run", "status"], out)
 
 
 def _paired(fig: Figures, fam: str, step: str, metric: str) -> list[float]:
@@ -647,7 +647,7 @@ def render_region(results: dict[str, Any], plots: list[str]) -> str:
         "",
         headline(fig),
         "",
-        "### Issue 9 targets",
+        "### Targets",
         "",
         targets_check(fig),
         "",
