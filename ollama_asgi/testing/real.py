@@ -63,8 +63,22 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the child between f
     The signal comes when the thread that started the child ends: start such children from the
     main thread.
     """
+    _signal_when_parent_dies(signal.SIGKILL)
+
+
+def _term_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    _signal_when_parent_dies(signal.SIGTERM)
+
+
+def _signal_when_parent_dies(signum: int) -> None:  # pragma: no cover - runs in the child
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
+
+
+# ``ollama serve`` starts a runner process per loaded model, and a runner outlives a server that is
+# killed outright. The server therefore runs under a shell that leads their process group: told
+# that its parent died (or asked to stop), the shell kills the whole group, runners included.
+_GROUP_LEADER = 'trap "kill -KILL 0" TERM INT; "$0" serve & wait $!'
 
 
 class RealOllama:
@@ -119,13 +133,13 @@ class RealOllama:
         self.models_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [self.binary, "serve"],
+                ["/bin/sh", "-c", _GROUP_LEADER, self.binary],
                 env=self._environment(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its runners share its group, so one signal ends them all
-                preexec_fn=die_with_parent,
+                preexec_fn=_term_with_parent,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -140,7 +154,7 @@ class RealOllama:
         raise RuntimeError(f"ollama serve did not answer within {timeout:.0f}s:\n{self.log_tail()}")
 
     def stop(self) -> None:
-        """End the server and its runners (SIGTERM, then SIGKILL after 5 s) and remove its state."""
+        """End the server and its runners (their group is killed) and remove the server's state."""
         process, self.process = self.process, None
         if process is not None:
             with contextlib.suppress(ProcessLookupError):

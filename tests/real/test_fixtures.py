@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from ollama_asgi.testing.real import RealOllama
+from tests.support.rawhttp import wait_until
 
 WEATHER_TOOL = {
     "type": "function",
@@ -57,3 +61,44 @@ def test_each_load_is_one_runner_line_in_the_log(ollama: RealOllama) -> None:
     assert ollama.loads() == before + 1
     chat(ollama, "tiny", options={"num_ctx": 1536})
     assert ollama.loads() == before + 1
+
+
+def test_a_server_whose_starter_is_killed_takes_its_runners_with_it(ollama_binary: str) -> None:
+    """A test run killed on timeout leaves no ``ollama serve`` and no runner behind."""
+    starter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from ollama_asgi.testing.real import RealOllama\n"
+            "server = RealOllama(sys.argv[1]).start()\n"
+            "server.create(['tiny'])\n"
+            "server.request('POST', '/api/generate', {'model': 'tiny', 'prompt': 'x', 'stream': False})\n"
+            "print(server.log_path.parent, flush=True)\n"
+            "time.sleep(300)\n",
+            ollama_binary,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert starter.stdout is not None
+        state = starter.stdout.readline().strip()
+        assert state and _processes_using(state), "the server and its runner were running"
+    finally:
+        starter.kill()
+        starter.wait(10)
+    wait_until(lambda: not _processes_using(state), timeout=10)
+
+
+def _processes_using(state: str) -> list[str]:
+    """Command lines that name the server's state directory (its runners name their model file there)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "ollama" in command and state in command and "python" not in command:
+            found.append(command)
+    return found
