@@ -9,6 +9,7 @@ import pytest
 
 from ollama_asgi.anthropic_compat import MessagesStream, estimate_input_tokens, to_native, whole_message
 from ollama_asgi.errors import GatewayError
+from tests.support.native_chunks import CALL, DONE, chunk
 
 
 def request(**fields: Any) -> dict[str, Any]:
@@ -18,24 +19,11 @@ def request(**fields: Any) -> dict[str, Any]:
 def events(stream: MessagesStream, *chunks: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The (event name, data) pairs the chunks produce."""
     out = []
-    for raw in b"".join(stream.feed(chunk) for chunk in chunks).split(b"\n\n"):
+    for raw in b"".join(stream.feed(part) for part in chunks).split(b"\n\n"):
         if raw:
             name, data = raw.split(b"\n")
             out.append((name.removeprefix(b"event: ").decode(), orjson.loads(data.removeprefix(b"data: "))))
     return out
-
-
-def chunk(content: str = "", thinking: str = "", calls: list[Any] | None = None, **final: Any) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": content}
-    if thinking:
-        message["thinking"] = thinking
-    if calls:
-        message["tool_calls"] = calls
-    return {"model": "m", "message": message, "done": bool(final), **final}
-
-
-DONE = {"done_reason": "stop", "prompt_eval_count": 30, "eval_count": 4}
-CALL = {"id": "call_1", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
 
 
 def test_a_system_prompt_given_as_blocks_is_one_system_message() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.responses_compat import ResponsesStream, to_native, whole_response
+from tests.support.native_chunks import CALL, DONE, chunk
 
 
 def request(**fields: Any) -> dict[str, Any]:
@@ -22,20 +23,7 @@ def events_of(raw: bytes) -> list[tuple[str, bytes]]:
 
 
 def events(stream: ResponsesStream, *chunks: dict[str, Any]) -> list[tuple[str, bytes]]:
-    return events_of(b"".join(stream.feed(chunk) for chunk in chunks))
-
-
-def chunk(content: str = "", thinking: str = "", calls: list[Any] | None = None, **final: Any) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": content}
-    if thinking:
-        message["thinking"] = thinking
-    if calls:
-        message["tool_calls"] = calls
-    return {"model": "m", "message": message, "done": bool(final), **final}
-
-
-DONE = {"done_reason": "stop", "prompt_eval_count": 30, "eval_count": 4}
-CALL = {"id": "call_1", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    return events_of(b"".join(stream.feed(part) for part in chunks))
 
 
 def test_instructions_are_a_system_message_and_temperature_defaults_to_one() -> None:
