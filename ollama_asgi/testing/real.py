@@ -233,6 +233,23 @@ class RealOllama:
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
 
+    def runner_pids(self) -> list[int]:
+        """The server's runner processes (one per loaded model): members of its process group that run ``runner``."""
+        if self.process is None:
+            return []
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                group = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2])
+                command = (entry / "cmdline").read_bytes().split(b"\0")
+            except (OSError, IndexError, ValueError):
+                continue
+            if group == self.process.pid and b"runner" in command[1:2]:
+                found.append(int(entry.name))
+        return found
+
     def loads(self) -> int:
         """Model loads so far: one ``starting runner ... --model`` line each in the server's log."""
         return len(_LOAD_LINE.findall(self.log()))

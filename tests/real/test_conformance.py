@@ -621,21 +621,6 @@ def test_copy_and_delete_match_real_ollama(server: RealOllama, other: Other) -> 
     assert [yours for _, yours in forms] == [mine for mine, _ in forms]
 
 
-def runners(server: RealOllama) -> list[int]:
-    """The server's runner processes (its children), by pid."""
-    assert server.process is not None
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == server.process.pid:
-                found.append(int(entry.name))
-    return found
-
-
 LONG_STREAMS = {
     "/api/chat": {"model": "loop", "messages": HI, "options": {"num_predict": 5000}},
     "/v1/chat/completions": {"model": "loop", "messages": HI, "max_tokens": 5000, "stream": True},
@@ -652,7 +637,7 @@ def stream_until_the_runner_dies(
         lines = (line for line in response.iter_lines() if line) if sse else response.iter_lines()
         head = [next(lines) for _ in range(3)]
         if kill:
-            for pid in runners(server):
+            for pid in server.runner_pids():
                 os.kill(pid, signal.SIGKILL)
         raw = "".join(line + ("\n\n" if sse else "\n") for line in [*head, *lines]).encode()
         return Answer(response.status_code, {k.lower(): v for k, v in response.headers.items()}, raw)
