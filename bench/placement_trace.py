@@ -13,27 +13,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import socket
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
+from bench.procs import start_gateway_process
 from ollama_asgi.testing import EmulatorServer
 
 MODELS = ["qwen2.5:0.5b", "qwen3:0.6b", "llama3.2", "llava:7b", "all-minilm"]
 API_KEY = "bench-placement-key"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def trace(n: int, seed: int = 7) -> list[str]:
@@ -57,32 +49,17 @@ def _body(model: str) -> tuple[str, dict[str, object]]:
 def _start_gateway(
     urls: list[str], strategy: str, *, prewarm: bool = False, budget: str = "6GiB"
 ) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_ASGI_")}
-    env.update(
-        {
-            "OLLAMA_ASGI_UPSTREAMS": ",".join(urls),
-            "OLLAMA_ASGI_PLACEMENT": strategy,
-            "OLLAMA_ASGI_PARALLEL": "4",
-            "OLLAMA_ASGI_MAX_QUEUE": "1000",
-            "OLLAMA_ASGI_VRAM_BUDGET": budget,
-            "OLLAMA_ASGI_PREWARM": "true" if prewarm else "false",
-            "OLLAMA_ASGI_METRICS_ACCESS": "public",
-            "OLLAMA_ASGI_API_KEYS": f"bench={API_KEY}",
-        }
-    )
-    cmd = [sys.executable, "-m", "ollama_asgi.cli", "serve", "--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/llm"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/_gateway/health", timeout=1).status_code in (200, 503):
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("the gateway did not start")
+    env = {
+        "OLLAMA_ASGI_UPSTREAMS": ",".join(urls),
+        "OLLAMA_ASGI_PLACEMENT": strategy,
+        "OLLAMA_ASGI_PARALLEL": "4",
+        "OLLAMA_ASGI_MAX_QUEUE": "1000",
+        "OLLAMA_ASGI_VRAM_BUDGET": budget,
+        "OLLAMA_ASGI_PREWARM": "true" if prewarm else "false",
+        "OLLAMA_ASGI_METRICS_ACCESS": "public",
+        "OLLAMA_ASGI_API_KEYS": f"bench={API_KEY}",
+    }
+    return start_gateway_process(env, timeout=20)
 
 
 async def replay(url: str, requests: list[str], concurrency: int) -> list[float]:

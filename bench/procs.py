@@ -191,3 +191,41 @@ def python_server(
     if package_path:
         args += ["--package-path", package_path]
     return Server(name, args, port, log=log)
+
+
+def start_gateway_process(env: dict[str, str], timeout: float = 30.0) -> tuple[subprocess.Popen[bytes], str]:
+    """``ollama-asgi serve`` on a free port with these ``OLLAMA_ASGI_*`` settings (the caller's own are
+    dropped); returns the process, which dies with its harness, and the gateway's base URL."""
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_ASGI_")}
+    environ.update(env)
+    cmd = [sys.executable, "-m", "ollama_asgi.cli", "serve", "--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(
+        cmd, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent
+    )
+    url = f"http://127.0.0.1:{port}/llm"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(url + "/_gateway/health", timeout=1):
+                return process, url
+        except urllib.error.HTTPError as exc:
+            if exc.code == 503:  # up, but no backend answers yet
+                return process, url
+            time.sleep(0.05)
+        except OSError:
+            time.sleep(0.05)
+    stop_process(process)
+    raise RuntimeError("the gateway did not start")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the gateway drains), then SIGKILL after 10 s."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)

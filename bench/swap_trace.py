@@ -40,7 +40,6 @@ import os
 import random
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -49,9 +48,9 @@ from typing import Any
 
 import httpx
 
-from bench.procs import free_port
+from bench.procs import free_port, start_gateway_process, stop_process
 from ollama_asgi.testing import EmulatorServer
-from ollama_asgi.testing.real import RealOllama, die_with_parent, find_ollama_binary
+from ollama_asgi.testing.real import RealOllama, find_ollama_binary
 
 API_KEY = "bench-swap-key-1"
 FIXTURES = ("tiny", "tools", "loop", "tools2")
@@ -84,42 +83,16 @@ def multi(n: int = 80, gap: float = 0.05, seed: int = 7) -> list[tuple[float, st
 
 
 def start_gateway(upstream: str, **settings: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_ASGI_")}
-    env.update(
-        {
-            "OLLAMA_ASGI_UPSTREAMS": upstream,
-            "OLLAMA_ASGI_API_KEYS": f"bench={API_KEY}",
-            "OLLAMA_ASGI_MAX_QUEUE": "1000",
-            "OLLAMA_ASGI_QUEUE_TIMEOUT": "600",
-            "OLLAMA_ASGI_QUEUE_TIMEOUT_MAX": "600",
-            "OLLAMA_ASGI_LOAD_WAIT_TIMEOUT": "600",
-        }
-    )
+    env = {
+        "OLLAMA_ASGI_UPSTREAMS": upstream,
+        "OLLAMA_ASGI_API_KEYS": f"bench={API_KEY}",
+        "OLLAMA_ASGI_MAX_QUEUE": "1000",
+        "OLLAMA_ASGI_QUEUE_TIMEOUT": "600",
+        "OLLAMA_ASGI_QUEUE_TIMEOUT_MAX": "600",
+        "OLLAMA_ASGI_LOAD_WAIT_TIMEOUT": "600",
+    }
     env.update({f"OLLAMA_ASGI_{k.upper()}": v for k, v in settings.items()})
-    cmd = [sys.executable, "-m", "ollama_asgi.cli", "serve", "--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent
-    )
-    url = f"http://127.0.0.1:{port}/llm"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/_gateway/health", timeout=1).status_code in (200, 503):
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    stop(process)
-    raise RuntimeError("the gateway did not start")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
+    return start_gateway_process(env)
 
 
 def start_ollama(binary: str, models_dir: Path, fixtures_dir: Path) -> RealOllama:
@@ -317,7 +290,7 @@ def real_runs(binary: str, traces: dict[str, list[tuple[float, str]] | None], re
                 rows[-1]["sent"] = [asdict(s) for s in sents]
             finally:
                 if gateway is not None:
-                    stop(gateway)
+                    stop_process(gateway)
                 server.stop()
             print(_row(rows[-1]), flush=True)
     return rows
@@ -333,7 +306,7 @@ def emulator_run() -> dict[str, Any]:
             sents = asyncio.run(replay(base, trace, key=API_KEY, tokens=16, polls=(0.1, 1.0)))
             wall = time.perf_counter() - started
         finally:
-            stop(gateway)
+            stop_process(gateway)
     row = summary("emulator/one-model", sents, wall, None)
     row["sent"] = [asdict(s) for s in sents]
     print(_row(row), flush=True)
