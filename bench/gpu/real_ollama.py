@@ -22,6 +22,10 @@ Phases (each writes ``PHASE.json`` under ``--out``):
                through the gateway.
 ``prefix``     (c) time to first token of requests sharing a long system prompt, right after a load:
                directly and through the gateway with and without ``warm_prompts``.
+``shared``     (d) two Ollama servers on one card, each unaware of the other, two clients each running
+               its own churn trace at once: directly (each model on its rendezvous home) and through
+               one gateway with both servers as backends and the guard reading NVML; failures,
+               partial CPU offload, runner starts, NVML peak.
 
 The card's usable memory is set by a ballast allocation held by another process (``ballast``),
 which Ollama and NVML both see as memory in use, as when the card is shared.
@@ -68,6 +72,7 @@ SHAPES: dict[str, dict[str, int]] = {
     "phi4b": {"hidden": 3072, "layers": 32, "heads": 32, "kv_heads": 32, "ff": 8192},  # Phi-3-mini
     "qwen7b": {"hidden": 3584, "layers": 28, "heads": 28, "kv_heads": 4, "ff": 18944},  # Qwen2.5-7B
     "llama8b": {"hidden": 4096, "layers": 32, "heads": 32, "kv_heads": 8, "ff": 14336},  # Llama-3.1-8B
+    "qwen14b": {"hidden": 5120, "layers": 48, "heads": 40, "kv_heads": 8, "ff": 13824},  # Qwen2.5-14B
 }
 # The same names at toy sizes, for a dry run on the CPU binary.
 CPU_SHAPES: dict[str, dict[str, int]] = {
@@ -80,6 +85,7 @@ SHAPE_OF = {
     "phi4b": "Phi-3-mini (3.8B)",
     "qwen7b": "Qwen2.5-7B",
     "llama8b": "Llama-3.1-8B",
+    "qwen14b": "Qwen2.5-14B",
 }
 
 
@@ -497,7 +503,7 @@ def runner_seconds(log: str) -> list[float]:
 
 def phase_loads(ctx: Ctx) -> None:
     memory = Memory()
-    names = sorted(ctx.models, key=lambda n: ctx.models[n]["bytes"])
+    names = sorted((n for n in ctx.models if n in NEEDS["loads"]), key=lambda n: ctx.models[n]["bytes"])
     rows: list[dict[str, Any]] = []
     with ollama(ctx, "loads") as server:
         for name in names:
@@ -937,6 +943,166 @@ def phase_prefix(ctx: Ctx) -> None:
         ctx.write("prefix", {"model": model, "system_chars": len(system), "runs": runs})
 
 
+# -- (d) two servers sharing one card ---------------------------------------------------------------------
+
+SHARED_BACKENDS = ("one", "two")  # names whose rendezvous ranking splits the shared models two and two
+
+
+def rendezvous_home(model: str, backends: Sequence[str] = SHARED_BACKENDS) -> str:
+    """The backend the gateway's placement ranks first for ``model`` (equal weights)."""
+    import math
+
+    from ollama_asgi.protocol import canonical_model
+
+    key = canonical_model(model).encode()
+
+    def score(name: str) -> float:
+        digest = hashlib.blake2b(key + b"\0" + name.encode(), digest_size=8).digest()
+        return -1.0 / math.log((int.from_bytes(digest, "big") + 1) / (2**64 + 1))
+
+    return max(backends, key=score)
+
+
+class _PsWatch:
+    """Both servers' ``/api/ps`` every 0.25 s: who holds what, and whether any model is partly on the CPU."""
+
+    def __init__(self, urls: dict[str, str]) -> None:
+        self.urls = urls
+        self.offloaded: set[tuple[str, str]] = set()
+        self.seen: dict[str, set[str]] = {name: set() for name in urls}
+        self.max_resident = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="ps-watch")
+
+    def start(self) -> _PsWatch:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            resident = 0
+            for name, url in self.urls.items():
+                for model, info in ps(url).items():
+                    resident += 1
+                    self.seen[name].add(model)
+                    if (info.get("size_vram") or 0) < (info.get("size") or 0):
+                        self.offloaded.add((name, model))
+            self.max_resident = max(self.max_resident, resident)
+            self._stop.wait(0.25)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def run_shared(ctx: Ctx, label: str, traces: Sequence[Sequence[str]], *, gateway: bool) -> dict[str, Any]:
+    memory = Memory().start()
+    steps: list[dict[str, Any]] = []
+    with ollama(ctx, f"shared-{label}-one") as server_a, ollama(ctx, f"shared-{label}-two") as server_b:
+        servers = dict(zip(SHARED_BACKENDS, (server_a, server_b), strict=True))
+        gw = None
+        if gateway:
+            backends = [{"name": name, "url": server.url} for name, server in servers.items()]
+            gw = Gateway(server_a.url, upstreams=tuple(backends), nvml=ctx.gpu, gpu_devices=(0,))
+        watch = _PsWatch({name: server.url for name, server in servers.items()}).start()
+        loads_before = {name: server.loads() for name, server in servers.items()}
+        started = now()
+
+        def client(c: int, trace: Sequence[str]) -> None:
+            for i, model in enumerate(trace):
+                if ctx.left() < 25:
+                    return
+                home = rendezvous_home(model)
+                url = (gw.url if gw else servers[home].url) + "/api/generate"
+                body = {
+                    "model": model,
+                    "prompt": f"client {c} step {i}",
+                    "stream": False,
+                    "options": {"num_predict": 8},
+                }
+                sent = now() - started
+                status, answer, seconds = post(url, body)
+                error = str(answer.get("error") or "")
+                used, _ = memory.read()
+                steps.append(
+                    {
+                        "run": label,
+                        "client": c,
+                        "step": i,
+                        "model": model,
+                        "home": home,
+                        "sent_s": sent,
+                        "status": status,
+                        "latency_s": seconds,
+                        "load_s": (answer.get("load_duration") or 0) / 1e9,
+                        "oom": bool(error) and is_oom(error),
+                        "error": error[:240],
+                        "used_gib": used / GIB,
+                    }
+                )
+                ctx.say(
+                    f"  {label} c{c} {i:2d} {model:<8} {status} {seconds:6.2f}s used {used / GIB:5.1f} GiB"
+                    + (f" ERROR {error[:140]}" if error else "")
+                )
+
+        try:
+            threads = [threading.Thread(target=client, args=(c, trace)) for c, trace in enumerate(traces)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            watch.stop()
+            snap = gw.snapshot() if gw else {}
+            served_by = {}
+            if gw is not None:
+                served_by = {name: sorted(models) for name, models in watch.seen.items()}
+                gw.stop()
+            peak = memory.take_peak()
+            memory.stop()
+        wall = now() - started
+        starts = {name: server.loads() - loads_before[name] for name, server in servers.items()}
+    ok = [s for s in steps if s["status"] == 200]
+    return {
+        "label": label,
+        "gateway": gateway,
+        "steps": steps,
+        "summary": {
+            "requests": len(steps),
+            "ok": len(ok),
+            "failed": len(steps) - len(ok),
+            "oom": sum(s["oom"] for s in steps),
+            "offloaded_models": sorted(f"{b}:{m}" for b, m in watch.offloaded),
+            "runner_starts": starts,
+            "max_resident": watch.max_resident,
+            "held_by": {name: sorted(models) for name, models in watch.seen.items()},
+            "served_by": served_by,
+            "peak_used_gib": peak / GIB,
+            "latency_ok": summary([s["latency_s"] for s in ok]),
+            "wall_s": wall,
+            "gateway": snap,
+        },
+    }
+
+
+def phase_shared(ctx: Ctx) -> None:
+    names = sorted(n for n in ctx.models if n in NEEDS["shared"])
+    traces = [churn_trace(names, ctx.args.churn_steps, seed=21 + c) for c in range(2)]
+    homes = {name: rendezvous_home(name) for name in names}
+    ctx.say(f"shared: homes {homes}; traces {traces}")
+    runs = []
+    passes = [("direct", False), ("gateway", True)]
+    for label, gateway in passes[ctx.args.shared_from :]:
+        if ctx.left() < 60:
+            ctx.say(f"shared: no time for {label}")
+            break
+        runs.append(run_shared(ctx, label, traces, gateway=gateway))
+        ctx.say(f"shared {label}: {json.dumps(runs[-1]['summary'], default=str)}")
+        ctx.write(
+            "shared", {"traces": traces, "homes": homes, "models": ctx.models, "runs": runs, "usable": ctx.args.usable}
+        )
+
+
 # -- the ballast: another process's share of the card ----------------------------------------------------
 
 
@@ -986,6 +1152,7 @@ PHASES: dict[str, Callable[[Ctx], None]] = {
     "coldstart": phase_coldstart,
     "overload": phase_overload,
     "prefix": phase_prefix,
+    "shared": phase_shared,
 }
 NEEDS = {
     "loads": list(SHAPES),
@@ -993,6 +1160,7 @@ NEEDS = {
     "coldstart": ["llama3b", "llama8b", "qwen7b"],
     "overload": ["llama8b"],
     "prefix": ["llama8b"],
+    "shared": ["llama3b", "phi4b", "llama8b", "qwen14b"],
 }
 
 
@@ -1027,6 +1195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--prefix-requests", type=int, default=4)
     r.add_argument("--ollama-env", action="append", default=[], metavar="KEY=VALUE", help="for every server")
     r.add_argument("--budget-gib", type=float, default=None, help="the gateway's vram_budget without NVML")
+    r.add_argument("--models", default=None, help="the models of loads, churn and shared (default: each phase's own)")
+    r.add_argument("--load-models", default=None, help="the models of loads (default: --models)")
+    r.add_argument("--shared-from", type=int, default=0, help="skip the first N passes of shared")
     args = parser.parse_args(argv)
     if args.command == "ballast":
         ballast(args)
@@ -1042,6 +1213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = 0
     try:
         NEEDS["coldstart"] = args.cycle.split(",")
+        if args.models:
+            for phase in ("loads", "churn", "shared"):
+                NEEDS[phase] = args.models.split(",")
+        if args.load_models:
+            NEEDS["loads"] = args.load_models.split(",")
         needed = sorted({n for p in args.phases for n in NEEDS[p]}, key=list(SHAPES).index)
         make_models(ctx, needed)
         ctx.models = {n: ctx.models[n] for n in needed}
