@@ -200,11 +200,14 @@ def choose_num_ctx(
 def truncate_messages(body: dict[str, Any], fits: int, text: Callable[[object], int] = _text_tokens) -> int:
     """Drop the oldest non-system messages until the estimate fits in ``fits``; return how many went.
 
-    The last message (the question being asked) is never dropped.
+    The last message (the question being asked) is never dropped. ``body["messages"]`` is replaced,
+    not edited: the list is the client's parsed body too, which a retry on another backend and the
+    access log read as the client sent it.
     """
     messages = body.get("messages")
     if not isinstance(messages, list):
         return 0
+    messages = body["messages"] = list(messages)
     dropped = 0
     while estimate_tokens(body, text) > fits:
         victim = next(

@@ -60,6 +60,15 @@ def test_truncation_keeps_system_prompt_and_last_question() -> None:
     assert messages[0]["content"] == "rules" and messages[-1]["content"] == "last"
 
 
+def test_truncation_leaves_the_clients_messages_as_they_were() -> None:
+    sent = [{"role": "user", "content": "word " * 400} for _ in range(10)] + [{"role": "user", "content": "last"}]
+    client = {"messages": sent}
+    upstream = dict(client)  # what the gateway sends: a copy of the parsed body's top level
+    assert truncate_messages(upstream, 1500) > 0
+    assert len(client["messages"]) == 11 and client["messages"] is sent
+    assert len(upstream["messages"]) < 11
+
+
 def _word_tokenizer(path: str, words: list[str]) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
