@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
+from ollama_asgi.record import RequestRecord
 from ollama_asgi.usage import Usage
-
-if TYPE_CHECKING:
-    from ollama_asgi.telemetry import RequestRecord
 
 __all__ = ["AccessLog"]
 

@@ -8,130 +8,25 @@ second, so a page left open, or many of them, costs Ollama at most one call per 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import aiohttp
 import orjson
 
 from ollama_asgi._version import __version__
+from ollama_asgi.health import BackendWatch
+from ollama_asgi.inference import ModelLifecycle
+from ollama_asgi.observed import GatewayParts, snapshot
 from ollama_asgi.types import Scope
-from ollama_asgi.upstream import Upstream, UpstreamError
 
-if TYPE_CHECKING:
-    from ollama_asgi.gateway import OllamaGateway
-
-__all__ = ["BackendState", "BackendWatch", "StatusPage", "prefers_html"]
+__all__ = ["StatusPage", "prefers_html"]
 
 _RECENT_GAPS = 20
-_MODEL_KEYS = ("name", "size", "size_vram", "expires_at", "context_length")
-
-
-@dataclass(slots=True)
-class BackendState:
-    """What is known about one backend: reachability, and the models it has loaded."""
-
-    name: str
-    url: str
-    up: bool | None = None  # None until checked or used
-    checked_at: float = 0.0  # time.monotonic() of the last /api/ps check
-    latency: float | None = None  # seconds the last check took
-    models: list[dict[str, Any]] = field(default_factory=list)
-    error: str | None = None
-
-
-class BackendWatch:
-    """Checks each backend's ``/api/ps`` on demand, at most once per ``ttl`` however many ask.
-
-    ``backends`` is the gateway's own list, which changes when backends are added or removed at run
-    time; states follow it by name. ``changed`` counts the loads and unloads the gateway made: a
-    check older than the last of them is stale whatever its age.
-    """
-
-    def __init__(
-        self,
-        backends: list[Upstream],
-        *,
-        ttl: float = 1.0,
-        timeout: float = 1.0,
-        changed: Callable[[], int] = lambda: 0,
-    ) -> None:
-        self.backends = backends
-        self.ttl = ttl
-        self.timeout = timeout
-        self.changed = changed
-        self.states: dict[str, BackendState] = {}
-        self._refreshed = 0.0
-        self._seen = 0  # ``changed()`` when the last check started
-        self._task: asyncio.Future[None] | None = None
-
-    def current(self) -> list[BackendState]:
-        """What is known of the backends in service now (read-only: safe from another thread)."""
-        states = self.states
-        return [state for b in list(self.backends) if (state := states.get(b.name)) is not None]
-
-    def _state(self, backend: Upstream) -> BackendState:
-        state = self.states.get(backend.name)
-        if state is None or state.url != backend.base_url:
-            state = self.states[backend.name] = BackendState(backend.name, backend.base_url)
-        return state
-
-    def note(self, backend: str, up: bool) -> None:
-        """A request just reached (or failed to reach) ``backend``: the freshest health there is."""
-        for upstream in self.backends:
-            if upstream.name == backend:
-                self._state(upstream).up = up
-
-    async def refresh(self) -> list[BackendState]:
-        loop = asyncio.get_running_loop()
-        task = self._task
-        if (
-            task is None
-            or task.get_loop() is not loop
-            or (task.done() and (time.monotonic() - self._refreshed >= self.ttl or self.changed() != self._seen))
-        ):
-            task = self._task = asyncio.ensure_future(self._check_all())
-        await asyncio.shield(task)
-        return self.current()
-
-    def refresh_from_thread(self, loop: asyncio.AbstractEventLoop, *, timeout: float) -> None:
-        """``refresh`` for code on another thread (the metrics port), run on the gateway's loop."""
-        asyncio.run_coroutine_threadsafe(self.refresh(), loop).result(timeout)
-
-    async def _check_all(self) -> None:
-        self._seen = self.changed()
-        backends = list(self.backends)
-        names = {b.name for b in backends}
-        self.states = {name: state for name, state in self.states.items() if name in names}
-        await asyncio.gather(*(self._check(b, self._state(b)) for b in backends))
-        self._refreshed = time.monotonic()
-
-    async def _check(self, backend: Upstream, state: BackendState) -> None:
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(self.timeout):
-                resp = await backend.open("GET", "/api/ps")
-                async with resp:
-                    body = await resp.read()
-            if resp.status != 200:
-                raise UpstreamError("protocol", f"/api/ps answered {resp.status}")
-            models = orjson.loads(body).get("models") or []
-            state.models = [{k: m.get(k) for k in _MODEL_KEYS} for m in models if isinstance(m, dict)]
-            state.up, state.error = True, None
-        except (UpstreamError, aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError, AttributeError) as exc:
-            state.up = False
-            state.models = []
-            state.error = str(exc) or f"no answer within {self.timeout:g}s"
-        state.latency = time.monotonic() - started
-        state.checked_at = time.monotonic()
 
 
 def _accept_q(accept: str, wanted: str) -> float:
@@ -175,56 +70,53 @@ def _csp_hash(html: str, tag: str) -> str:
 class StatusPage:
     """Builds the status report and answers ``/_gateway/status``."""
 
-    def __init__(self, gateway: OllamaGateway, health: BackendWatch, started_at: float) -> None:
-        self.gateway = gateway
+    def __init__(self, parts: GatewayParts, health: BackendWatch, started_at: float) -> None:
+        self.parts = parts
         self.health = health
         self.started_at = started_at
         self._html: bytes | None = None
         self._html_headers: list[tuple[bytes, bytes]] = []
 
     async def report(self) -> dict[str, Any]:
-        gateway = self.gateway
-        backends = await self.health.refresh()
-        queues = []
-        for name, pool in sorted(gateway.admission.pools.items()):
-            backend, _, kind = name.partition("#")
-            queues.append(
-                {
-                    "backend": backend,
-                    "pool": kind or "generate",
-                    "in_flight": pool.in_flight,
-                    "waiting": pool.waiting,
-                    "capacity": pool.capacity,
-                    "service_time_seconds": round(pool.service_time(), 6),
-                    "refill_gaps_seconds": [round(g, 6) for g in list(pool.refill_gaps)[-_RECENT_GAPS:]],
-                }
-            )
-        placed = {b.name: b for b in gateway.placement.backends}
+        await self.health.refresh()
+        now = snapshot(self.parts, self.health)
         redis: dict[str, Any] | None = None
-        if gateway.shared_state is not None:
-            state = gateway.shared_state
-            redis = {"up": state.healthy, "error": None if state.healthy else state.last_error}
+        if now.redis_up is not None:
+            redis = {"up": now.redis_up, "error": now.redis_error}
         return {
             "version": __version__,
             "started_at": datetime.fromtimestamp(self.started_at, UTC).isoformat().replace("+00:00", "Z"),
             "uptime_seconds": round(time.time() - self.started_at, 3),
-            "max_queue": gateway.admission.max_queue,
+            "max_queue": now.max_queue,
             "backends": [
                 {
                     "name": b.name,
-                    "url": b.url,
-                    "up": b.up,
-                    "latency_seconds": None if b.latency is None else round(b.latency, 6),
-                    "error": b.error,
-                    "breaker": placed[b.name].breaker if b.name in placed else None,
-                    "draining": placed[b.name].draining if b.name in placed else False,
-                    "models": b.models,
+                    "url": b.health.url,
+                    "up": b.health.up,
+                    "latency_seconds": None if b.health.latency is None else round(b.health.latency, 6),
+                    "error": b.health.error,
+                    "breaker": b.breaker,
+                    "draining": b.draining,
+                    "models": b.health.models,
                 }
-                for b in backends
+                for b in now.backends
+                if b.health is not None
             ],
-            "queues": queues,
+            "queues": [
+                {
+                    "backend": q.backend,
+                    "model": q.model,
+                    "pool": q.pool,
+                    "in_flight": q.in_flight,
+                    "waiting": q.waiting,
+                    "capacity": q.capacity,
+                    "service_time_seconds": round(q.service_time, 6),
+                    "refill_gaps_seconds": [round(g, 6) for g in q.refill_gaps[-_RECENT_GAPS:]],
+                }
+                for q in now.queues
+            ],
             "redis": redis,
-            "lifecycle": _lifecycle_report(gateway),
+            "lifecycle": _lifecycle_report(self.parts.lifecycle),
         }
 
     async def answer(self, scope: Scope) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
@@ -252,9 +144,8 @@ class StatusPage:
         return self._html
 
 
-def _lifecycle_report(gateway: OllamaGateway) -> dict[str, Any] | None:
+def _lifecycle_report(lifecycle: ModelLifecycle | None) -> dict[str, Any] | None:
     """Loads in progress, loaded models with memory and expiry, GPU readings and decisions."""
-    lifecycle = gateway.lifecycle
     if lifecycle is None:
         return None
     report = lifecycle.snapshot()

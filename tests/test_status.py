@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from ollama_asgi import OllamaGateway, Principal, Settings
-from ollama_asgi.status import BackendWatch, prefers_html
+from ollama_asgi.health import BackendWatch
+from ollama_asgi.status import prefers_html
 from ollama_asgi.testing import EmulatorServer
 from ollama_asgi.upstream import Upstream
 from tests.conftest import ADMIN, AUTH
@@ -49,6 +50,7 @@ def test_status_reports_backends_loaded_models_and_queues(host_factory: Callable
     (queue,) = status["queues"]
     assert queue == {
         "backend": "backend-0",
+        "model": "llama3.2:latest",
         "pool": "generate",
         "in_flight": 0,
         "waiting": 0,

@@ -1,0 +1,207 @@
+"""What the status page and the metrics read of a running gateway: its parts, and a snapshot of them.
+
+The gateway depends on its telemetry, so its telemetry must not depend on the gateway: it is given
+``GatewayParts``, the few attributes it reads (which ``OllamaGateway`` has), and ``snapshot`` reads
+them into plain values once per scrape or page refresh. Nothing here runs per request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ollama_asgi.admission import Admission
+from ollama_asgi.health import BackendState, BackendWatch
+from ollama_asgi.inference import ModelLifecycle
+from ollama_asgi.placement import Placement
+from ollama_asgi.settings import Settings
+from ollama_asgi.upstream import Upstream
+from ollama_asgi.vram import DeviceMemory
+
+__all__ = [
+    "BackendSnapshot",
+    "GatewayParts",
+    "LifecycleSnapshot",
+    "QueueSnapshot",
+    "SharedHealth",
+    "Snapshot",
+    "snapshot",
+]
+
+
+class SharedHealth(Protocol):
+    """The shared state's health (``RedisState``), as far as telemetry reads it."""
+
+    @property
+    def healthy(self) -> bool: ...
+
+    @property
+    def last_error(self) -> str | None: ...
+
+
+class GatewayParts(Protocol):
+    """The parts of a gateway its telemetry reads; ``OllamaGateway`` is one."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def backends(self) -> list[Upstream]: ...
+
+    @property
+    def admission(self) -> Admission: ...
+
+    @property
+    def placement(self) -> Placement: ...
+
+    @property
+    def lifecycle(self) -> ModelLifecycle | None: ...
+
+    @property
+    def shared_state(self) -> SharedHealth | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSnapshot:
+    """One pool: the slots of a backend's runner of one model for one kind of work (``generate``,
+    or ``embed`` where embeddings have slots of their own), and the queue in front of them."""
+
+    backend: str
+    model: str  # "" for a pool of requests that name no model
+    pool: str
+    waiting: int
+    in_flight: int
+    capacity: int
+    service_time: float  # smoothed seconds a request holds a slot
+    refill_gaps: tuple[float, ...]  # seconds from a slot's release to its next grant, oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSnapshot:
+    """Where placement stands with one backend, and what its last check or request found."""
+
+    name: str
+    available: bool  # new requests go there: breaker closed and not draining
+    breaker: str
+    draining: bool
+    breaker_opens: int
+    health: BackendState | None  # None until checked or used
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleSnapshot:
+    """The model lifecycle's counters and what is loaded where."""
+
+    loads: int
+    load_failures: int
+    coalesced: int
+    loading: int
+    evictions: int
+    refusals: int
+    reloads_avoided: int
+    context_choices: dict[str, int]
+    context_sizes: dict[int, int]
+    prewarm: dict[str, tuple[int, int, int]]  # backend -> (pre-warm loads, hits, cold requests)
+    vram: dict[str, dict[str, int]]  # backend -> model -> bytes of GPU memory
+    fragmentation: dict[str, float]
+    gpus: list[DeviceMemory]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A gateway's live state at one moment, as the metrics and the status page report it."""
+
+    max_queue: int
+    queues: list[QueueSnapshot]
+    backends: list[BackendSnapshot]
+    redis_up: bool | None  # None without Redis
+    redis_error: str | None
+    lifecycle: LifecycleSnapshot | None
+    taken_at: float = field(default_factory=time.time)
+
+
+def snapshot(parts: GatewayParts, health: BackendWatch) -> Snapshot:
+    """Read ``parts`` now; safe from another thread (the metrics port's), since it only reads."""
+    admission = parts.admission
+    queues = _queues(admission, [b.name for b in list(parts.backends)])
+    states = {state.name: state for state in health.current()}
+    now = time.monotonic()
+    backends = [
+        BackendSnapshot(b.name, b.available(now), b.breaker, b.draining, b.opens, states.get(b.name))
+        for b in list(parts.placement.backends)
+    ]
+    shared = parts.shared_state
+    lifecycle = parts.lifecycle
+    return Snapshot(
+        max_queue=admission.max_queue,
+        queues=queues,
+        backends=backends,
+        redis_up=None if shared is None else shared.healthy,
+        redis_error=None if shared is None or shared.healthy else shared.last_error,
+        lifecycle=None if lifecycle is None else _lifecycle(lifecycle),
+    )
+
+
+def _pool_labels(key: object) -> tuple[str, str, str]:
+    """``(backend, model, kind)`` of an admission pool's key: such a tuple, or ``backend#kind`` (no model)."""
+    if isinstance(key, tuple):
+        backend, model, kind = key
+        return str(backend), str(model), str(kind)
+    backend, _, kind = str(key).partition("#")
+    return backend, "", kind or "generate"
+
+
+def _queues(admission: Admission, in_service: Iterable[str]) -> list[QueueSnapshot]:
+    """One entry per pool (a backend's runner of one model, for one kind of work); a backend that
+    has seen no request yet reads as empty, with its configured slots."""
+    queues = []
+    for key, pool in list(admission.pools.items()):
+        backend, model, kind = _pool_labels(key)
+        queues.append(
+            QueueSnapshot(
+                backend,
+                model,
+                kind,
+                waiting=pool.waiting,
+                in_flight=pool.in_flight,
+                capacity=pool.capacity,
+                service_time=pool.service_time(),
+                refill_gaps=tuple(pool.refill_gaps),
+            )
+        )
+    seen = {queue.backend for queue in queues}
+    for name in in_service:
+        if name not in seen:
+            capacity = admission.capacities.get(name, admission.parallel)
+            queues.append(QueueSnapshot(name, "", "generate", 0, 0, capacity, 0.0, ()))
+    queues.sort(key=lambda queue: (queue.backend, queue.pool, queue.model))
+    return queues
+
+
+def _lifecycle(lifecycle: ModelLifecycle) -> LifecycleSnapshot:
+    loader, guard = lifecycle.loader, lifecycle.guard
+    fragmentation = {}
+    for name, models in sorted(lifecycle.models.items()):
+        score = guard.fragmentation(models)
+        if score is not None:
+            fragmentation[name] = score
+    return LifecycleSnapshot(
+        loads=loader.loads,
+        load_failures=loader.failures,
+        coalesced=loader.coalesced,
+        loading=len(loader.loading),
+        evictions=guard.evictions,
+        refusals=guard.refusals,
+        reloads_avoided=lifecycle.reloads_avoided,
+        context_choices=dict(sorted(lifecycle.context_choices.items())),
+        context_sizes=dict(sorted(lifecycle.context_sizes.items())),
+        prewarm={name: (t.issued, t.hits, t.misses) for name, t in sorted(lifecycle.traffic.items())},
+        vram={
+            name: {model.name: model.size_vram for model in list(models.loaded.values())}
+            for name, models in sorted(lifecycle.models.items())
+        },
+        fragmentation=fragmentation,
+        gpus=guard.readings(),
+    )
