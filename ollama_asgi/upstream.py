@@ -30,18 +30,21 @@ class UpstreamError(Exception):
 class Upstream:
     """One Ollama backend: its base URL, connection pool and timeouts.
 
-    ``read_timeout`` bounds the silence between upstream bytes. Until the response head arrives
-    aiohttp's own per-read timer enforces it (a cold model sends nothing until it is loaded); for
-    the body, which arrives a token at a time, a timer rescheduled on every read would cost more
-    than relaying the token, so one sweep per backend checks every open body's progress instead
-    (``_sweep``) and ends a silent one with the same timeout error aiohttp raises.
+    ``read_timeout`` bounds the silence between upstream bytes. The response head must arrive
+    within it of the request going out (a cold model sends nothing until it is loaded): one
+    ``asyncio.timeout`` per request. For the body, which arrives a token at a time, a timer
+    rescheduled on every read (aiohttp's ``sock_read``) would cost more than relaying the token, so
+    one sweep per backend checks every open body's progress instead (``_sweep``) and ends a silent
+    one with the same timeout error aiohttp raises. A streamed request body (a blob upload) may
+    take longer than ``read_timeout`` to send: its request keeps aiohttp's per-read timer instead.
     """
 
     def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float, name: str = "") -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name or self.base_url
         self.read_timeout = read_timeout
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout)
+        self._streaming_timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bodies: dict[UpstreamResponse, list[float]] = {}  # open body -> [bytes seen, when they last grew]
@@ -89,10 +92,20 @@ class Upstream:
         url = self.base_url + path
         if query:
             url += "?" + query.decode("latin-1")
+        session = self._get_session(loop)
         try:
-            resp = await self._get_session(loop).request(
-                method, url, data=body, headers=list(headers), allow_redirects=False
-            )
+            if body is None or isinstance(body, bytes):
+                async with asyncio.timeout(self.read_timeout):
+                    resp = await session.request(method, url, data=body, headers=list(headers), allow_redirects=False)
+            else:
+                resp = await session.request(
+                    method,
+                    url,
+                    data=body,
+                    headers=list(headers),
+                    allow_redirects=False,
+                    timeout=self._streaming_timeout,
+                )
             self._watch(resp)
             return resp
         except aiohttp.ClientConnectorError as exc:
@@ -107,10 +120,6 @@ class Upstream:
         connection = resp.connection
         if connection is None or resp.closed:
             return  # the whole answer came with its head
-        protocol = connection.protocol
-        if protocol is None:
-            return
-        protocol.read_timeout = None  # set again by aiohttp for the next request on this connection
         assert self._loop is not None  # set by _get_session for this request
         self._bodies[resp] = [resp.content.total_bytes, self._loop.time()]
         if self._sweeper is None:

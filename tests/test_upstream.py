@@ -1,4 +1,4 @@
-"""The upstream client's read timeout: aiohttp's per-read timer until the head, one sweep for bodies."""
+"""The upstream client's read timeout: one timeout until the head, one sweep for bodies, aiohttp's public API only."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_a_body_that_falls_silent_is_ended_with_a_timeout_by_the_sweep(emulator:
     assert 0.3 <= waited < 2.0  # the read timeout plus at most a sweep interval, not the 5 s stall
 
 
-def test_a_head_that_never_comes_is_still_timed_by_aiohttp(emulator: EmulatorServer) -> None:
+def test_a_head_that_never_comes_is_timed_out(emulator: EmulatorServer) -> None:
     emulator.emulator.inject(Fault(path="/api/generate", kind="hang_headers", delay=5.0))
 
     async def scenario() -> UpstreamError:
@@ -79,3 +79,28 @@ def test_a_head_that_never_comes_is_still_timed_by_aiohttp(emulator: EmulatorSer
     error = asyncio.run(scenario())
     assert error.kind == "timeout"
     assert time.monotonic() - started < 2.0
+
+
+def test_the_client_never_writes_aiohttps_connection_internals(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp's protocol objects are its own: the timeouts are set through ``ClientTimeout`` alone."""
+    from aiohttp.client_proto import ResponseHandler
+
+    def refuse(self: ResponseHandler, value: float | None) -> None:
+        raise AssertionError("ResponseHandler.read_timeout was written")
+
+    monkeypatch.setattr(ResponseHandler, "read_timeout", ResponseHandler.read_timeout.setter(refuse))
+    emulator.emulator.token_interval = 0.05  # the body follows its head: the connection is still open
+
+    async def scenario() -> int:
+        upstream = Upstream(emulator.url, connect_timeout=1, read_timeout=5)
+        try:
+            resp = await upstream.open("POST", "/api/generate", headers=_JSON, body=_STREAM)
+            lines = (await resp.read()).splitlines()
+            resp.close()
+            return len(lines)
+        finally:
+            await upstream.aclose()
+
+    assert asyncio.run(scenario()) == 9
