@@ -6,20 +6,18 @@ import dataclasses
 import hashlib
 import re
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ollama_asgi.testing.gojson import decode_request
+from ollama_asgi.testing.handler import EmulatorState
 from ollama_asgi.testing.models import EmulatedModel, parse_name
 from ollama_asgi.testing.responses import JSON, JSON_PLAIN, NDJSON, TEXT, Exchange, ndjson_error_line
 from ollama_asgi.testing.wire import ApiError, dumps, go_quote, rfc3339
 
-if TYPE_CHECKING:
-    from ollama_asgi.testing.emulator import OllamaEmulator
-
 _DIGEST = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
 
 
-async def root(emu: OllamaEmulator, ex: Exchange) -> None:
+async def root(emu: EmulatorState, ex: Exchange) -> None:
     body = b"Ollama is running"
     if ex.method == "HEAD":
         await ex.responder.head(200, len(body), TEXT)
@@ -27,7 +25,7 @@ async def root(emu: OllamaEmulator, ex: Exchange) -> None:
         await ex.responder.send(200, body, TEXT)
 
 
-async def version(emu: OllamaEmulator, ex: Exchange) -> None:
+async def version(emu: EmulatorState, ex: Exchange) -> None:
     body = dumps({"version": emu.version})
     if ex.method == "HEAD":
         await ex.responder.head(200, len(body), JSON)
@@ -35,7 +33,7 @@ async def version(emu: OllamaEmulator, ex: Exchange) -> None:
         await ex.responder.json(200, body)
 
 
-def tags_body(emu: OllamaEmulator) -> dict[str, Any]:
+def tags_body(emu: EmulatorState) -> dict[str, Any]:
     entries = sorted(emu.store, key=lambda entry: entry.modified_ns, reverse=True)
     models = [
         {
@@ -51,7 +49,7 @@ def tags_body(emu: OllamaEmulator) -> dict[str, Any]:
     return {"models": models}
 
 
-async def tags(emu: OllamaEmulator, ex: Exchange) -> None:
+async def tags(emu: EmulatorState, ex: Exchange) -> None:
     body = dumps(tags_body(emu))
     if ex.method == "HEAD":
         await ex.responder.head(200, len(body), JSON)
@@ -59,7 +57,7 @@ async def tags(emu: OllamaEmulator, ex: Exchange) -> None:
         await ex.responder.json(200, body)
 
 
-async def ps(emu: OllamaEmulator, ex: Exchange) -> None:
+async def ps(emu: EmulatorState, ex: Exchange) -> None:
     emu.scheduler.bind()
     models = []
     for runner in emu.scheduler.loaded():
@@ -107,7 +105,7 @@ def _modelfile(model: EmulatedModel) -> str:
     return "\n".join(lines) + "\n"
 
 
-def show_body(emu: OllamaEmulator, name: str) -> dict[str, Any]:
+def show_body(emu: EmulatorState, name: str) -> dict[str, Any]:
     if parse_name(name) is None:
         raise ApiError(400, "invalid model name")
     entry = emu.store.entry(name)
@@ -125,7 +123,7 @@ def show_body(emu: OllamaEmulator, name: str) -> dict[str, Any]:
     return body
 
 
-async def show(emu: OllamaEmulator, ex: Exchange) -> None:
+async def show(emu: EmulatorState, ex: Exchange) -> None:
     req = decode_request(ex.body, "ShowRequest")
     name = req.get("model") or req.get("name") or ""
     if not name:
@@ -133,7 +131,7 @@ async def show(emu: OllamaEmulator, ex: Exchange) -> None:
     await ex.responder.json(200, dumps(show_body(emu, name)))
 
 
-async def copy(emu: OllamaEmulator, ex: Exchange) -> None:
+async def copy(emu: EmulatorState, ex: Exchange) -> None:
     req = decode_request(ex.body, "CopyRequest")
     source, destination = req.get("source", ""), req.get("destination", "")
     if parse_name(source) is None:
@@ -148,7 +146,7 @@ async def copy(emu: OllamaEmulator, ex: Exchange) -> None:
     await ex.responder.send(200)
 
 
-async def delete(emu: OllamaEmulator, ex: Exchange) -> None:
+async def delete(emu: EmulatorState, ex: Exchange) -> None:
     req = decode_request(ex.body, "DeleteRequest")
     name = req.get("model") or req.get("name") or ""
     if not name:
@@ -194,7 +192,7 @@ def _layer_progress(verb: str, model: EmulatedModel) -> list[dict[str, Any]]:
     ]
 
 
-async def pull(emu: OllamaEmulator, ex: Exchange) -> None:
+async def pull(emu: EmulatorState, ex: Exchange) -> None:
     req = decode_request(ex.body, "PullRequest")
     parsed = parse_name(req.get("model") or req.get("name") or "")
     if parsed is None:
@@ -219,7 +217,7 @@ async def pull(emu: OllamaEmulator, ex: Exchange) -> None:
     await _progress(ex, req.get("stream", True), statuses())
 
 
-async def push(emu: OllamaEmulator, ex: Exchange) -> None:
+async def push(emu: EmulatorState, ex: Exchange) -> None:
     req = decode_request(ex.body, "PushRequest")
     name = req.get("model") or req.get("name") or ""
     if not name:
@@ -243,7 +241,7 @@ async def push(emu: OllamaEmulator, ex: Exchange) -> None:
     await _progress(ex, req.get("stream", True), statuses())
 
 
-async def create(emu: OllamaEmulator, ex: Exchange) -> None:
+async def create(emu: EmulatorState, ex: Exchange) -> None:
     req = decode_request(ex.body, "CreateRequest")
     parsed = parse_name(req.get("model") or req.get("name") or "")
     if parsed is None:
@@ -284,14 +282,14 @@ async def create(emu: OllamaEmulator, ex: Exchange) -> None:
     await _progress(ex, req.get("stream", True), statuses())
 
 
-async def head_blob(emu: OllamaEmulator, ex: Exchange) -> None:
+async def head_blob(emu: EmulatorState, ex: Exchange) -> None:
     digest = ex.params["digest"]
     if not _DIGEST.match(digest):
         raise ApiError(400, "invalid digest format")
     await ex.responder.head(200 if digest.replace("-", ":", 1) in emu.blobs else 404, 0, None)
 
 
-async def create_blob(emu: OllamaEmulator, ex: Exchange) -> None:
+async def create_blob(emu: EmulatorState, ex: Exchange) -> None:
     digest = ex.params["digest"]
     if not _DIGEST.match(digest):
         raise ApiError(400, "invalid digest format")

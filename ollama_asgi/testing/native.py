@@ -5,17 +5,15 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ollama_asgi.testing.generation import TEMPLATE_OVERHEAD, Run, embedding, normalise, plan_reply, words
 from ollama_asgi.testing.generation import context_ids as make_context_ids
 from ollama_asgi.testing.gojson import decode_request
+from ollama_asgi.testing.handler import EmulatorState
 from ollama_asgi.testing.models import EmulatedModel, parse_name
 from ollama_asgi.testing.responses import NDJSON, Exchange, ndjson_error_line
 from ollama_asgi.testing.wire import ApiError, StreamStartError, dumps, go_quote, rfc3339
-
-if TYPE_CHECKING:
-    from ollama_asgi.testing.emulator import OllamaEmulator
 
 
 def _think(model: EmulatedModel, think: Any, name: str) -> bool:
@@ -44,7 +42,7 @@ def _missing_capability(model: EmulatedModel, capability: str) -> ApiError:
     return ApiError(400, f"{model.parsed_name.full} does not support {capability}")
 
 
-async def prepare_generate(emu: OllamaEmulator, ex: Exchange, req: dict[str, Any]) -> Run | str:
+async def prepare_generate(emu: EmulatorState, ex: Exchange, req: dict[str, Any]) -> Run | str:
     """Validate and schedule a generate request; a str result is the "load"/"unload" done_reason."""
     name = req.get("model", "")
     model = emu.lookup(name)
@@ -116,7 +114,7 @@ def _fit_messages(messages: list[dict[str, Any]], num_ctx: int) -> int:
     return min(size(), num_ctx)
 
 
-async def prepare_chat(emu: OllamaEmulator, ex: Exchange, req: dict[str, Any]) -> Run | str:
+async def prepare_chat(emu: EmulatorState, ex: Exchange, req: dict[str, Any]) -> Run | str:
     """Validate and schedule a chat request; a str result is the "load"/"unload" done_reason."""
     name = req.get("model", "")
     if parse_name(name) is None:
@@ -224,7 +222,7 @@ async def collect(run: Run) -> tuple[str, str, list[Any]]:
     return "".join(content), "".join(thinking), calls
 
 
-async def generate(emu: OllamaEmulator, ex: Exchange) -> None:
+async def generate(emu: EmulatorState, ex: Exchange) -> None:
     req = decode_request(ex.body, "GenerateRequest")
     outcome = await prepare_generate(emu, ex, req)
     if isinstance(outcome, str):
@@ -272,7 +270,7 @@ async def _chat_lines(run: Run) -> AsyncGenerator[bytes, None]:
     yield dumps(_chat_final(run, _message())) + b"\n"
 
 
-async def chat(emu: OllamaEmulator, ex: Exchange) -> None:
+async def chat(emu: EmulatorState, ex: Exchange) -> None:
     req = decode_request(ex.body, "ChatRequest")
     outcome = await prepare_chat(emu, ex, req)
     if isinstance(outcome, str):
@@ -301,7 +299,7 @@ def _embed_inputs(value: Any) -> list[str]:
     raise ApiError(400, "invalid input type")
 
 
-async def run_embed(emu: OllamaEmulator, ex: Exchange, req: dict[str, Any]) -> dict[str, Any]:
+async def run_embed(emu: EmulatorState, ex: Exchange, req: dict[str, Any]) -> dict[str, Any]:
     """The ``/api/embed`` response object (shared with /v1/embeddings)."""
     inputs = _embed_inputs(req.get("input"))
     name = req.get("model", "")
@@ -349,13 +347,13 @@ async def run_embed(emu: OllamaEmulator, ex: Exchange, req: dict[str, Any]) -> d
         lease.release()
 
 
-async def embed(emu: OllamaEmulator, ex: Exchange) -> None:
+async def embed(emu: EmulatorState, ex: Exchange) -> None:
     response = await run_embed(emu, ex, decode_request(ex.body, "EmbedRequest"))
     emu.stats.completed += 1
     await ex.responder.json(200, dumps(response))
 
 
-async def embeddings(emu: OllamaEmulator, ex: Exchange) -> None:
+async def embeddings(emu: EmulatorState, ex: Exchange) -> None:
     """The legacy endpoint: one prompt, float64 values, not normalised."""
     req = decode_request(ex.body, "EmbeddingRequest")
     name = req.get("model", "")

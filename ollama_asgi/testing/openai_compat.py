@@ -8,19 +8,17 @@ import random
 import struct
 import time
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from ollama_asgi.testing.generation import Run
 from ollama_asgi.testing.gojson import check_struct, decode_json
+from ollama_asgi.testing.handler import EmulatorState
 from ollama_asgi.testing.management import show_body
 from ollama_asgi.testing.native import collect, prepare_chat, prepare_generate, run_embed
 from ollama_asgi.testing.responses import JSON_PLAIN, SSE, Exchange
 from ollama_asgi.testing.wire import ApiError, EmptyBody, go_type_name
-
-if TYPE_CHECKING:
-    from ollama_asgi.testing.emulator import OllamaEmulator
 
 _rng = random.Random()  # a private generator: tests that seed or watch the global one stay unaffected
 
@@ -157,7 +155,7 @@ def _usage(run: Run) -> dict[str, int]:
 # ----------------------------------------------------------------------------- /v1/chat/completions
 
 
-async def chat_completions(emu: OllamaEmulator, ex: Exchange) -> None:
+async def chat_completions(emu: EmulatorState, ex: Exchange) -> None:
     req = _decode(ex, "ChatCompletionRequest")
     native = {
         "model": req.get("model", ""),
@@ -221,7 +219,7 @@ async def _chat_events(run: Run, head: dict[str, Any], include_usage: bool) -> A
 # ----------------------------------------------------------------------------- /v1/completions
 
 
-async def completions(emu: OllamaEmulator, ex: Exchange) -> None:
+async def completions(emu: EmulatorState, ex: Exchange) -> None:
     req = _decode(ex, "CompletionRequest")
     native = {
         "model": req.get("model", ""),
@@ -284,7 +282,7 @@ async def completions(emu: OllamaEmulator, ex: Exchange) -> None:
 # ----------------------------------------------------------------------------- embeddings and models
 
 
-async def embeddings(emu: OllamaEmulator, ex: Exchange) -> None:
+async def embeddings(emu: EmulatorState, ex: Exchange) -> None:
     req = _decode(ex, "OpenAIEmbedRequest")
     encoding = req.get("encoding_format") or ""
     if encoding and encoding.lower() not in ("float", "base64"):
@@ -315,13 +313,13 @@ def _model_entry(name: str, modified_ns: int) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": modified_ns // 1_000_000_000, "owned_by": parsed_namespace}
 
 
-async def models(emu: OllamaEmulator, ex: Exchange) -> None:
+async def models(emu: EmulatorState, ex: Exchange) -> None:
     entries = sorted(emu.store, key=lambda entry: entry.modified_ns, reverse=True)
     data = [_model_entry(entry.model.name, entry.modified_ns) for entry in entries] or None
     await ex.responder.json(200, _encode({"object": "list", "data": data}), JSON_PLAIN)
 
 
-async def model(emu: OllamaEmulator, ex: Exchange) -> None:
+async def model(emu: EmulatorState, ex: Exchange) -> None:
     name = ex.params["model"]
     show_body(emu, name)  # raises the 404 the native handler would
     entry = emu.store.entry(name)

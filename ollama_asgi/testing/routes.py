@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ollama_asgi.testing import management, native, openai_compat
-from ollama_asgi.testing.responses import Exchange, Responder
-
-if TYPE_CHECKING:
-    from ollama_asgi.testing.emulator import OllamaEmulator
-
-Handler = Callable[["OllamaEmulator", Exchange], Awaitable[None]]
+from ollama_asgi.testing.handler import Handler
+from ollama_asgi.testing.responses import Responder
 
 
 @dataclass(frozen=True)
