@@ -1,7 +1,8 @@
 """What the gateway knows about each backend's models: their limits, and what is loaded now.
 
 Model facts (context length, capabilities, size) come from ``/api/show`` and ``/api/tags`` and
-change rarely, so they are cached. What is loaded comes from ``/api/ps``, refreshed after every
+change rarely, so they are cached until a pull, create, copy or delete through the gateway changes
+the model store (``forget``). What is loaded comes from ``/api/ps``, refreshed after every
 load the gateway makes and polled in the background, so decisions about ``num_ctx`` and loads
 are made against what Ollama really holds.
 """
@@ -13,6 +14,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.protocol import canonical_model
@@ -66,6 +68,15 @@ class BackendModels:
     ps_refreshed: float = 0.0
     _sizes: dict[str, int] = field(default_factory=dict)
     _pending: dict[str, asyncio.Future[ModelInfo]] = field(default_factory=dict)
+    _generation: int = 0  # bumped by ``forget``: a fetch begun before it does not fill the cache
+
+    def forget(self, model: str) -> None:
+        """The store changed ``model`` (pulled, created, copied over or deleted): its facts are read again."""
+        name = canonical_model(model)
+        self.info.pop(name, None)
+        self._pending.pop(name, None)
+        self._sizes.clear()  # sizes come from one /api/tags listing, read again with the next fetch
+        self._generation += 1
 
     async def model_info(self, model: str) -> ModelInfo:
         """``/api/show`` facts for ``model``, fetched once (concurrent callers share the fetch)."""
@@ -76,10 +87,15 @@ class BackendModels:
         pending = self._pending.get(name)
         if pending is None:
             pending = self._pending[name] = asyncio.ensure_future(self._fetch_info(model, name))
-            pending.add_done_callback(lambda _: self._pending.pop(name, None))
+            pending.add_done_callback(partial(self._fetched, name))
         return await asyncio.shield(pending)
 
+    def _fetched(self, name: str, fetch: asyncio.Future[ModelInfo]) -> None:
+        if self._pending.get(name) is fetch:  # not one that ``forget`` let go of
+            del self._pending[name]
+
     async def _fetch_info(self, model: str, name: str) -> ModelInfo:
+        generation = self._generation
         status, body = await self.backend.call_json("POST", "/api/show", {"model": model})
         if status != 200 or not isinstance(body, dict):
             message = body.get("error") if isinstance(body, dict) else None
@@ -95,7 +111,8 @@ class BackendModels:
         capabilities = tuple(c for c in caps if isinstance(c, str)) if isinstance(caps, list) else ("completion",)
         size = await self._size_of(name)
         info = ModelInfo(name=name, context_length=context, capabilities=capabilities, size=size)
-        self.info[name] = info
+        if generation == self._generation:
+            self.info[name] = info
         return info
 
     async def _size_of(self, name: str) -> int:

@@ -530,6 +530,8 @@ class OllamaGateway:
                 self._send_watch.done(resp)
             record.result = result
             ok = result.error is None and result.status < 500
+            if request.route.name in _STORE_CHANGES and result.status < 400:
+                self._store_changed(backend, request.route, request.parsed)
             # The breaker counts what says the backend is broken: a failed connection or Ollama's own
             # 5xx (503 is Ollama saying "busy"). What a stream carried is not the backend's health:
             # one user's odd streams must not shut everyone out.
@@ -548,6 +550,15 @@ class OllamaGateway:
             tpm = principal.tokens_per_minute or self.settings.rate_limit_tpm
             if tpm:
                 await self.rate_limiter.charge_tokens(principal.id, tpm, record.usage().total)
+
+    def _store_changed(self, backend: Upstream, route: Route, parsed: ParsedRequest | None) -> None:
+        """A pull, create, copy or delete went through: what was cached of that model there is stale."""
+        models = self.lifecycle.models.get(backend.name) if self.lifecycle is not None else None
+        if models is None or parsed is None:
+            return
+        name = parsed.body.get(_STORE_CHANGES[route.name]) or parsed.model
+        if isinstance(name, str) and name:
+            models.forget(name)
 
     async def _merged_listing(self, request: _Request, send: Send, progress: _Progress) -> None:
         """``/api/tags``, ``/api/ps`` and ``/v1/models`` over every available backend, one entry per model."""
@@ -982,6 +993,8 @@ class _Progress:
 
 
 _LISTINGS = frozenset({"tags", "ps", "openai_models"})
+# Routes that change a backend's model store, and the body key naming the model they change.
+_STORE_CHANGES = {"pull": "model", "create": "model", "delete": "model", "copy": "destination"}
 _NONE: frozenset[str] = frozenset()
 _KEEPALIVE = b": waiting for a free slot\n\n"
 
