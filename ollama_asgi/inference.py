@@ -24,7 +24,7 @@ from ollama_asgi.auth import Principal
 from ollama_asgi.catalog import BackendModels, ModelInfo
 from ollama_asgi.context import TokenCounter, choose_num_ctx, truncate_messages
 from ollama_asgi.errors import GatewayError
-from ollama_asgi.lifecycle import Loader, LoadLock
+from ollama_asgi.lifecycle import Loader, LoadLock, LoadState
 from ollama_asgi.prewarm import TrafficModel
 from ollama_asgi.protocol import (
     MAX_JSON_DEPTH,
@@ -71,6 +71,7 @@ class Prepared:
     cold: bool = False
     load_only: bool = False
     request: dict[str, Any] | None = None  # the client's body, for answers that echo it (Responses)
+    principal: str = ""  # whose request: pre-warming learns each principal's own sequence
 
 
 class ModelLifecycle:
@@ -100,7 +101,7 @@ class ModelLifecycle:
             keep_alive=settings.keep_alive,
             load_timeout=settings.load_timeout,
             lock=lock,
-            before_load=self.guard.before_load,
+            before_load=self._before_load,
         )
         self.loader.warm_prompt = self._warm_prompt
         self.loader.runner_options = dict(settings.runner_options)
@@ -289,6 +290,7 @@ class ModelLifecycle:
             cold,
             load_only,
             parsed.body if route.openai else None,
+            principal.id,
         )
 
     def is_ready(self, prepared: Prepared) -> bool:
@@ -298,6 +300,8 @@ class ModelLifecycle:
 
     async def ensure_loaded(self, prepared: Prepared, *, wait_limit: float) -> None:
         if prepared.num_ctx:
+            if self.settings.prewarm:
+                await self._give_way(prepared.models, prepared.info, prepared.num_ctx)
             await self.loader.ensure_loaded(prepared.models, prepared.info, prepared.num_ctx, wait_limit=wait_limit)
 
     def begin(self, prepared: Prepared) -> None:
@@ -307,9 +311,9 @@ class ModelLifecycle:
         in_flight[name] = in_flight.get(name, 0) + 1  # not ``+= 1``: a Counter's __missing__ is Python
         models.touch(name, time.time())
         traffic = self.traffic[models.backend.name]
-        traffic.observe(name, cold=prepared.cold)
+        traffic.observe(name, cold=prepared.cold, principal=prepared.principal)
         if self.settings.prewarm:
-            self._maybe_prewarm(models, traffic, name)
+            self._maybe_prewarm(models, traffic, name, prepared.principal)
 
     def end(self, prepared: Prepared) -> None:
         models = prepared.models
@@ -321,30 +325,99 @@ class ModelLifecycle:
         else:
             in_flight.pop(name, None)
             if self.settings.prewarm:
-                # A pre-warm refused while this model was busy may fit now that it is idle.
-                self._maybe_prewarm(models, self.traffic[models.backend.name], name)
+                # A pre-warm put off while a load ran may go now.
+                self._maybe_prewarm(models, self.traffic[models.backend.name], name, prepared.principal)
 
-    def _maybe_prewarm(self, models: BackendModels, traffic: TrafficModel, current: str) -> None:
-        prediction = traffic.predict(current)
+    # -- pre-warming: free memory and an idle loader only, and it gives way to real requests ----------
+
+    def _maybe_prewarm(self, models: BackendModels, traffic: TrafficModel, current: str, principal: str) -> None:
+        prediction = traffic.predict(current, principal)
         if prediction is None or prediction.model == current:
             return
         target = prediction.model
-        if models.loaded_with(target) is not None or (models.backend.name, target) in self.loader.loading:
+        backend = models.backend.name
+        if models.loaded_with(target) is not None or any(b == backend for b, _ in self.loader.loading):
+            return  # loaded already, or the loader is busy: a guess never queues beside real loads
+        info = models.info.get(target)
+        if info is not None and self._no_room(models, info, self.last_num_ctx.get((backend, target), 0)):
             return
         traffic.issued += 1
         traffic.warmed.add(target)
-        task = asyncio.ensure_future(self._prewarm(models, target))
+        task = asyncio.ensure_future(self._prewarm(models, traffic, target))
         self._prewarming.add(task)
         task.add_done_callback(self._prewarming.discard)
 
-    async def _prewarm(self, models: BackendModels, model: str) -> None:
+    async def _prewarm(self, models: BackendModels, traffic: TrafficModel, model: str) -> None:
         try:
             info = await models.model_info(model)
             num_ctx = self.last_num_ctx.get((models.backend.name, info.name)) or self._default_bucket(info)
             await self.loader.ensure_loaded(models, info, num_ctx, wait_limit=self.settings.load_timeout, patient=False)
             logger.info("pre-warmed %s on %s", model, models.backend.name)
         except GatewayError as exc:
+            traffic.warmed.discard(model)
             logger.info("pre-warming %s skipped: %s", model, exc.message)
+
+    def _no_room(self, models: BackendModels, info: ModelInfo, num_ctx: int) -> str | None:
+        """Why loading ``info`` now would need an eviction (a pre-warm never evicts), or None."""
+        guard = self.guard
+        others = sum(1 for name in models.loaded if name != info.name)
+        if guard.max_loaded and others >= guard.max_loaded:
+            return f"Ollama's limit of {guard.max_loaded} loaded models is reached"
+        if guard.active:
+            need, free = guard.expected_size(models, info, num_ctx), guard.free_bytes(models)
+            if free < need:
+                return f"{need} bytes needed, {max(free, 0)} free"
+        return None
+
+    async def _before_load(self, models: BackendModels, info: ModelInfo, num_ctx: int, *, patient: bool) -> None:
+        """The VRAM guard, with a pre-warm refused where it would evict or a real load waits for the loader."""
+        if not patient:
+            backend = models.backend.name
+            waiting = any(b == backend and m != info.name and s.patient for (b, m), s in self.loader.loading.items())
+            why = "a request waits for the loader" if waiting else self._no_room(models, info, num_ctx)
+            if why is not None:
+                # ``models_busy``: a request that joined this pre-warm loads with a turn of its own.
+                raise GatewayError(503, f"pre-warming '{info.name}' gave way: {why}", reason="models_busy")
+        await self.guard.before_load(models, info, num_ctx, patient=patient)
+
+    async def _give_way(self, models: BackendModels, info: ModelInfo, num_ctx: int) -> None:
+        """Before a request's load: stop pre-warms holding the loader, and unload unused pre-warmed
+        models where the request's model needs their place, so it never waits or evicts for a guess."""
+        if self.loader.ready(models, info, num_ctx):
+            return
+        backend = models.backend.name
+        loading = self.loader.loading
+        for (b, m), state in list(loading.items()):
+            # Only the pre-warm itself waits on it: no request joined it.
+            if b == backend and m != info.name and not state.patient and state.waiters <= 1:
+                self._cancel_load((b, m), state)
+        if (backend, info.name) in loading:
+            return  # the request joins a load under way, which made its room already
+        warmed = self.traffic[backend].warmed
+        while self._no_room(models, info, num_ctx):
+            unused = [m for m in models.loaded if m in warmed and not models.in_flight.get(m)]
+            if not unused:
+                return  # what is left to evict is the VRAM guard's choice, as without pre-warming
+            warmed.discard(unused[0])
+            logger.info("unloading pre-warmed %s on %s: a request needs its place", unused[0], backend)
+            await self.loader.unload(models, unused[0])
+
+    def _cancel_load(self, key: tuple[str, str], state: LoadState) -> None:
+        task = state.task
+        if task is None or task.done():
+            return
+        logger.info("pre-warming %s on %s gave way to a request's load", key[1], key[0])
+        task.cancel()
+        loading = self.loader.loading
+
+        def settle(_: object) -> None:  # a task cancelled before it ran cleans nothing up itself
+            if loading.get(key) is state:
+                del loading[key]
+            if not state.future.done():
+                state.future.set_exception(GatewayError(503, "pre-warming gave way", reason="models_busy"))
+                state.future.exception()
+
+        task.add_done_callback(settle)
 
     def _default_bucket(self, info: ModelInfo) -> int:
         cap = self._cap(info)

@@ -54,6 +54,7 @@ class LoadState:
     started: float
     waiters: int = 0
     patient: bool = True  # False for a pre-warm: a guess never waits for, nor holds up, busy models
+    task: asyncio.Task[None] | None = None  # the load itself, which a pre-warm's owner may cancel
     future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -105,8 +106,10 @@ class Loader:
         self.warm_prompt: Callable[[str], str | None] = lambda model: None  # a system prompt to pre-fill
         self.runner_options: dict[str, object] = {}  # sent with every load, as with every request: no reload
         self.prefix_warms = 0
-        # One load at a time per backend, as Ollama itself does: the VRAM guard's reading and the load
-        # it allows must not interleave with another model's, or both would count the same free memory.
+        # One load at a time per memory domain (a backend, or every backend on this host's GPUs), as
+        # Ollama itself loads one at a time: the VRAM guard's reading and the load it allows must not
+        # interleave with another model's, or both would count the same free memory.
+        self.memory_domain: Callable[[BackendModels], str] = lambda models: models.backend.name
         self._backend_locks: dict[str, asyncio.Lock] = {}
 
     def expected_load_seconds(self, info: ModelInfo) -> float:
@@ -133,7 +136,7 @@ class Loader:
             if state is None:
                 state = LoadState(info.name, num_ctx, time.monotonic(), patient=patient)
                 self.loading[key] = state
-                task = asyncio.ensure_future(self._load(models, info, num_ctx, state))
+                task = state.task = asyncio.ensure_future(self._load(models, info, num_ctx, state))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             else:
@@ -165,7 +168,7 @@ class Loader:
         try:
             token = await self._lock(lock_key)
             try:
-                async with self._backend_locks.setdefault(models.backend.name, asyncio.Lock()):
+                async with self._backend_locks.setdefault(self.memory_domain(models), asyncio.Lock()):
                     await models.refresh_ps()  # another worker may have loaded it while we waited
                     loaded = models.loaded_with(info.name)
                     if loaded is None or (loaded.num_ctx and loaded.num_ctx != num_ctx):

@@ -1,16 +1,20 @@
-"""Predictive pre-warming: load the model that usually comes next before anyone asks for it.
+"""Predictive pre-warming: load the model a client usually asks for next before it asks.
 
-Traffic to local LLMs is patterned: a pipeline embeds, then chats; a team's assistant switches
-between the same two models all day. The gateway learns model-to-model transitions over a
-sliding window of recent requests per backend, and when the next model is predicted with enough
-confidence and memory allows, starts its load right away. Pre-warming goes through the same
-single-flight loader and VRAM guard as any load, and the guard never evicts a model with requests
-in flight.
+Traffic to local LLMs is patterned per client: a pipeline embeds, then chats; a team's assistant
+switches between the same two models all day. Interleaved on one backend, several such clients
+make a sequence whose transitions mean nothing (A from one client, then C from another), so the
+gateway learns transitions per principal, from each one's own sequence. A principal's own
+transitions predict once they are evidence enough; until then (a new client, a rare model) the
+transitions of all tracked principals pooled together do, under the same evidence rule. Memory is
+bounded: the last ``window`` transitions of each of the ``max_principals`` most recent principals.
+
+A prediction is only a hint: the lifecycle pre-warms it with free memory and an idle loader only,
+never evicting a loaded model, and gives way to any real request that needs either.
 """
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
 __all__ = ["Prediction", "TrafficModel"]
@@ -20,36 +24,56 @@ __all__ = ["Prediction", "TrafficModel"]
 class Prediction:
     model: str
     confidence: float
+    evidence: int  # transitions from the current model the prediction rests on
+
+
+@dataclass(slots=True)
+class _Principal:
+    """One principal's recent model-to-model transitions, oldest first."""
+
+    last: str | None = None
+    transitions: deque[tuple[str, str]] = field(default_factory=deque)
+    counts: dict[str, Counter[str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class TrafficModel:
-    """Transition frequencies over the last ``window`` requests of one backend."""
+    """Model-to-model transitions of each principal on one backend, and their pool."""
 
-    window: int = 500
+    window: int = 100  # transitions kept per principal
     threshold: float = 0.5
     min_observations: int = 2
-    _sequence: deque[str] = field(default_factory=deque)
-    _transitions: dict[str, Counter[str]] = field(default_factory=dict)
-    _last: str | None = None
+    max_principals: int = 1024  # least recently seen ones are forgotten first
+    _principals: OrderedDict[str, _Principal] = field(default_factory=OrderedDict)
+    _pooled: dict[str, Counter[str]] = field(default_factory=dict)
     issued: int = 0
     hits: int = 0  # a request found its model loaded because it had been pre-warmed
     misses: int = 0  # a request found its model cold
-    warmed: set[str] = field(default_factory=set)
+    warmed: set[str] = field(default_factory=set)  # pre-warmed and not asked for since
     recent: deque[tuple[str, bool]] = field(default_factory=lambda: deque(maxlen=100))  # (model, cold)
 
-    def observe(self, model: str, *, cold: bool) -> None:
-        """Record one request for ``model`` (``cold``: it had to be loaded first)."""
-        if self._last is not None and self._last != model:
-            self._transitions.setdefault(self._last, Counter())[model] += 1
-            self._sequence.append(self._last + "\0" + model)
-            if len(self._sequence) > self.window:
-                old_from, _, old_to = self._sequence.popleft().partition("\0")
-                counts = self._transitions[old_from]
-                counts[old_to] -= 1
-                if counts[old_to] <= 0:
-                    del counts[old_to]
-        self._last = model
+    def observe(self, model: str, *, cold: bool, principal: str = "") -> None:
+        """Record one request of ``principal`` for ``model`` (``cold``: it had to be loaded first)."""
+        clients = self._principals
+        client = clients.get(principal)
+        if client is None:
+            client = clients[principal] = _Principal()
+            if len(clients) > self.max_principals:
+                _, gone = clients.popitem(last=False)
+                for old in gone.transitions:
+                    _uncount(self._pooled, old)
+        else:
+            clients.move_to_end(principal)
+        if client.last is not None and client.last != model:
+            step = (client.last, model)
+            client.transitions.append(step)
+            client.counts.setdefault(client.last, Counter())[model] += 1
+            self._pooled.setdefault(client.last, Counter())[model] += 1
+            if len(client.transitions) > self.window:
+                old = client.transitions.popleft()
+                _uncount(client.counts, old)
+                _uncount(self._pooled, old)
+        client.last = model
         self.recent.append((model, cold))
         if cold:
             self.misses += 1
@@ -58,14 +82,38 @@ class TrafficModel:
             self.hits += 1
             self.warmed.discard(model)
 
-    def predict(self, current: str) -> Prediction | None:
-        """The model most likely to be asked for after ``current``, if confident enough."""
-        counts = self._transitions.get(current)
-        if not counts:
-            return None
-        total = sum(counts.values())
-        if total < self.min_observations:
-            return None
+    def predict(self, current: str, principal: str = "") -> Prediction | None:
+        """The model ``principal`` most likely asks for after ``current``, if confident enough.
+
+        The principal's own transitions decide once there are ``min_observations`` of them, even to
+        say "unsure"; the pool speaks only for a principal with too few of its own.
+        """
+        client = self._principals.get(principal)
+        own = client.counts.get(current) if client is not None else None
+        if own is not None and own.total() >= self.min_observations:
+            return self._confident(own)
+        pooled = self._pooled.get(current)
+        if pooled is not None and pooled.total() >= self.min_observations:
+            return self._confident(pooled)
+        return None
+
+    def _confident(self, counts: Counter[str]) -> Prediction | None:
+        total = counts.total()
         model, count = counts.most_common(1)[0]
         confidence = count / total
-        return Prediction(model, confidence) if confidence >= self.threshold else None
+        return Prediction(model, confidence, total) if confidence >= self.threshold else None
+
+    @property
+    def principals(self) -> int:
+        """Principals tracked now (at most ``max_principals``)."""
+        return len(self._principals)
+
+
+def _uncount(counts: dict[str, Counter[str]], step: tuple[str, str]) -> None:
+    before, after = step
+    following = counts[before]
+    following[after] -= 1
+    if following[after] <= 0:
+        del following[after]
+        if not following:
+            del counts[before]
