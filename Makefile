@@ -25,9 +25,11 @@ demo: install
 
 LINTED = $(wildcard ollama_asgi tests examples bench)
 
+# ruff, then the import contracts in pyproject.toml (no cycles; the core free of contrib, testing and host frameworks).
 lint: install
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/lint-imports
 
 typecheck: install
 	$(VENV)/bin/mypy

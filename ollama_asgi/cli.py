@@ -19,8 +19,14 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 
+_NO_UVICORN = "error: `ollama-asgi {command}` runs on uvicorn, which is not installed: pip install 'ollama-asgi[serve]'"
+
+
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import uvicorn
+    except ImportError:
+        return _missing_uvicorn("serve")
 
     from ollama_asgi.gateway import OllamaGateway
     from ollama_asgi.mount import PrefixDispatcher
@@ -70,6 +76,11 @@ def _draining_server(config: uvicorn.Config, gateway: OllamaGateway) -> uvicorn.
     return DrainingServer(config)
 
 
+def _missing_uvicorn(command: str) -> int:
+    print(_NO_UVICORN.format(command=command), file=sys.stderr)
+    return 2
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from ollama_asgi.doctor import run_doctor
 
@@ -94,11 +105,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve)
 
-    from ollama_asgi.testing.cli import add_emulate_arguments, run_emulate
-
     emulate = commands.add_parser("emulate", help="run the Ollama emulator (for tests and demos)")
-    add_emulate_arguments(emulate)
-    emulate.set_defaults(func=run_emulate)
+    try:
+        from ollama_asgi.testing.cli import add_emulate_arguments, run_emulate
+    except ImportError:  # the emulator's server is uvicorn, from the serve extra: say so when it is asked for
+        emulate.set_defaults(func=lambda args: _missing_uvicorn("emulate"), any_options=True)
+    else:
+        add_emulate_arguments(emulate)
+        emulate.set_defaults(func=run_emulate)
 
     doctor = commands.add_parser("doctor", help="check settings (OLLAMA_ASGI_*), upstreams, Redis and GPUs")
     doctor.add_argument("--timeout", type=float, default=3.0, help="seconds allowed per network check")
@@ -107,7 +121,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "any_options", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     result: int = args.func(args)
     return result
 

@@ -10,7 +10,12 @@ import threading
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
+try:
+    import uvicorn
+except ImportError as exc:
+    raise ImportError(
+        "the emulator's server runs on uvicorn, which is not installed: pip install 'ollama-asgi[serve]'"
+    ) from exc
 
 from ollama_asgi.testing.emulator import OllamaEmulator
 from ollama_asgi.testing.responses import ConnectionDropped
