@@ -105,6 +105,9 @@ class ModelLifecycle:
         )
         self.loader.warm_prompt = self._warm_prompt
         self.loader.runner_options = dict(settings.runner_options)
+        # Servers on this host's GPUs share their memory: their loads take turns and may evict each other's idle models.
+        self.guard.peers = self._memory_peers
+        self.loader.memory_domain = lambda models: self.guard.domain(models.backend.name)
         self.traffic = {b.name: TrafficModel(threshold=settings.prewarm_threshold) for b in backends}
         self.tokens = TokenCounter(settings.tokenizers)
         self.context_choices: Counter[str] = Counter()  # "bucket", "sticky", "client", "cap"
@@ -114,6 +117,10 @@ class ModelLifecycle:
         self._poller: asyncio.Task[None] | None = None
         self._prewarming: set[asyncio.Task[None]] = set()
         self._caps: dict[str, tuple[ModelInfo, int]] = {}
+
+    def _memory_peers(self, models: BackendModels) -> list[BackendModels]:
+        domain = self.guard.domain(models.backend.name)
+        return [peer for peer in self.models.values() if self.guard.domain(peer.backend.name) == domain]
 
     def add_backend(self, backend: Upstream) -> None:
         self.models[backend.name] = BackendModels(backend)

@@ -8,6 +8,10 @@ the new one fits. A model with requests in flight is never chosen; if nothing id
 load is refused with a Retry-After rather than queued blindly. Ollama's loaded-model limit is not
 memory: a load that only needs a slot among the loaded models waits for one to go idle, as it
 would in Ollama.
+
+Backends whose memory the same readings count (several Ollama servers on this host's GPUs) share
+one memory domain: their loads take turns, and an idle model of any of them may make room, since
+each server alone sees only its own models and would fail its load with an out-of-memory error.
 """
 
 from __future__ import annotations
@@ -102,6 +106,8 @@ class VramGuard:
         self.evictions = 0
         self.refusals = 0
         self.history: list[dict[str, object]] = []  # recent decisions, for the status page
+        # The backends that share ``models``' memory, itself included; set by whoever knows them all.
+        self.peers: Callable[[BackendModels], Sequence[BackendModels]] = lambda models: (models,)
 
     @property
     def active(self) -> bool:
@@ -109,6 +115,10 @@ class VramGuard:
 
     def budget_for(self, backend: str) -> int | None:
         return self.budgets.get(backend, self.budget)
+
+    def domain(self, backend: str) -> str:
+        """The memory a backend's loads draw on: this host's GPUs when they are read, else its own."""
+        return "nvml" if self.source is not None else f"backend:{backend}"
 
     def expected_size(self, models: BackendModels, info: ModelInfo, num_ctx: int) -> int:
         seen = models.loaded.get(info.name)
@@ -122,7 +132,7 @@ class VramGuard:
     def calibrate(self, models: BackendModels) -> None:
         """With nothing loaded, whatever NVML counts as used belongs to no model (driver reservation,
         CUDA contexts): take it as the reserve when it is larger than the configured one."""
-        if models.loaded or self.source is None:
+        if self.source is None or any(peer.loaded for peer in self.peers(models)):
             return
         used = sum(d.used for d in self.readings())
         if used > self.reserved:
@@ -148,7 +158,7 @@ class VramGuard:
             return None
         total = sum(d.total for d in readings)
         used = sum(d.used for d in readings)
-        accounted = sum(m.size_vram for m in models.loaded.values())
+        accounted = sum(m.size_vram for peer in self.peers(models) for m in peer.loaded.values())
         return max(0.0, (used - accounted - self.reserved) / total) if total else None
 
     async def before_load(self, models: BackendModels, info: ModelInfo, num_ctx: int, *, patient: bool = True) -> None:
@@ -157,19 +167,19 @@ class VramGuard:
             return
         self.calibrate(models)
         need = self.expected_size(models, info, num_ctx)
-        evicted: list[str] = []
+        evicted: list[tuple[BackendModels, str]] = []
         freed: int | None = None  # free memory before the first eviction plus what each one releases
         # Ollama holds at most OLLAMA_MAX_LOADED_MODELS and evicts one on its own, busy or not: the
         # gateway picks the idle one first. When every one is busy, the load waits its turn, as it
         # would in Ollama's own queue; memory is not the question, so refusing would only turn a
         # short wait into an error (on a CPU server there is no memory reading at all).
         while self._crowded(models, info.name, evicted):
-            victims = [v for v in self._victims(models, exclude=info.name) if v[0] not in evicted]
-            if victims:
-                victim, released = victims[0]
+            own = [v for v in self._victims(models, exclude=info.name, shared=False) if v[:2] not in evicted]
+            if own:
+                owner, victim, released = own[0]
                 freed = (self.free_bytes(models) if freed is None else freed) + released  # before NVML shows it
-                await self._evict(models, victim)
-                evicted.append(victim)
+                await self._evict(owner, victim)
+                evicted.append((owner, victim))
             elif patient:
                 await asyncio.sleep(_IDLE_POLL)  # until a loaded model's requests are done
             else:
@@ -177,16 +187,16 @@ class VramGuard:
                 raise GatewayError(
                     503,
                     f"'{info.name}' would pass Ollama's limit of {self.max_loaded} loaded models, "
-                    f"and they are busy: {', '.join(self._busy(models))}",
+                    f"and they are busy: {', '.join(self._busy(models, shared=False))}",
                     [(b"retry-after", str(max(1, math.ceil(self.settle))).encode())],
                     reason="models_busy",
                 )
         free = self.free_bytes(models) if freed is None else freed
-        victims = [v for v in self._victims(models, exclude=info.name) if v[0] not in evicted]
+        victims = [v for v in self._victims(models, exclude=info.name) if v[:2] not in evicted]
         # Room that only busy models could give: evicting idle ones first would cost loads and still
         # not fit. A pre-warm gives up at once (a guess never waits for, nor evicts for, real work);
         # a request waits for the busy models to finish, as it would in Ollama's own queue.
-        while free + sum(released for _, released in victims) < need and self._busy(models):
+        while free + sum(released for _, _, released in victims) < need and self._busy(models):
             if not patient:
                 self.refusals += 1
                 raise GatewayError(
@@ -198,18 +208,19 @@ class VramGuard:
                 )
             await asyncio.sleep(_IDLE_POLL)
             free = self.free_bytes(models) if freed is None else freed
-            victims = [v for v in self._victims(models, exclude=info.name) if v[0] not in evicted]
+            victims = [v for v in self._victims(models, exclude=info.name) if v[:2] not in evicted]
         while free < need and victims:
-            victim, released = victims.pop(0)
-            await self._evict(models, victim)
-            evicted.append(victim)
+            owner, victim, released = victims.pop(0)
+            await self._evict(owner, victim)
+            evicted.append((owner, victim))
             free += released
         if evicted and self.source is not None:
             await self._wait_for_memory(models, need)
             free = self.free_bytes(models)
         measured = self.source is not None or self.budget_for(models.backend.name) is not None
         seen = free if measured else None  # a CPU server measures nothing: no made-up figure on the status page
-        self.history.append({"time": time.time(), "load": info.name, "need": need, "free": seen, "evicted": evicted})
+        gone = [name if owner is models else f"{owner.backend.name}/{name}" for owner, name in evicted]
+        self.history.append({"time": time.time(), "load": info.name, "need": need, "free": seen, "evicted": gone})
         del self.history[:-50]
         if free < need:
             self.refusals += 1
@@ -220,31 +231,44 @@ class VramGuard:
                 [(b"retry-after", str(max(1, math.ceil(self.settle))).encode())],
             )
 
-    def _crowded(self, models: BackendModels, loading: str, leaving: list[str]) -> bool:
+    def _crowded(self, models: BackendModels, loading: str, leaving: list[tuple[BackendModels, str]]) -> bool:
         """Loading another model now would take Ollama past its loaded-model limit (``leaving``: models
-        already told to unload, which ``/api/ps`` may list for a moment more)."""
+        already told to unload, which ``/api/ps`` may list for a moment more). The limit is per server."""
         if not self.max_loaded:
             return False
-        return sum(1 for name in models.loaded if name != loading and name not in leaving) >= self.max_loaded
+        gone = {name for owner, name in leaving if owner is models}
+        return sum(1 for name in models.loaded if name != loading and name not in gone) >= self.max_loaded
 
-    @staticmethod
-    def _busy(models: BackendModels) -> list[str]:
-        return sorted(n for n, c in models.in_flight.items() if c > 0)
+    def _busy(self, models: BackendModels, *, shared: bool = True) -> list[str]:
+        """Models with requests in flight, on ``models``' backend or (``shared``) any in its memory domain."""
+        busy: list[str] = []
+        for peer in self.peers(models) if shared else (models,):
+            prefix = "" if peer is models else f"{peer.backend.name}/"
+            busy.extend(prefix + n for n, c in peer.in_flight.items() if c > 0)
+        return sorted(busy)
 
-    def _victims(self, models: BackendModels, *, exclude: str) -> list[tuple[str, int]]:
-        """Idle loaded models, least valuable first: rarely and not recently used."""
+    def _victims(
+        self, models: BackendModels, *, exclude: str, shared: bool = True
+    ) -> list[tuple[BackendModels, str, int]]:
+        """Idle loaded models, least valuable first: rarely and not recently used. With ``shared``, those
+        of every backend in ``models``' memory domain, since any of them gives the memory back."""
         now = time.time()
-        idle = [m for m in models.loaded.values() if m.name != exclude and models.in_flight.get(m.name, 0) == 0]
+        idle = [
+            (peer, m)
+            for peer in (self.peers(models) if shared else (models,))
+            for m in peer.loaded.values()
+            if not (peer is models and m.name == exclude) and peer.in_flight.get(m.name, 0) == 0
+        ]
 
-        def value(name: str) -> float:
-            usage = models.usage.get(name)
+        def value(owner: BackendModels, name: str) -> float:
+            usage = owner.usage.get(name)
             if usage is None:
                 return 0.0
             age = now - usage.last_used
             return usage.score / (1.0 + age / 60.0)
 
-        idle.sort(key=lambda m: (value(m.name), -(m.size_vram or m.size)))
-        return [(m.name, m.size_vram or m.size) for m in idle]
+        idle.sort(key=lambda item: (value(item[0], item[1].name), -(item[1].size_vram or item[1].size)))
+        return [(owner, m.name, m.size_vram or m.size) for owner, m in idle]
 
     async def _evict(self, models: BackendModels, name: str) -> None:
         logger.info("evicting %s from %s to make room", name, models.backend.name)
@@ -257,7 +281,8 @@ class VramGuard:
         # Ollama unloads asynchronously; NVML shows the memory back a moment later.
         deadline = time.monotonic() + self.settle
         while time.monotonic() < deadline:
-            await models.refresh_ps()
+            for peer in self.peers(models):
+                await peer.refresh_ps()
             if self.free_bytes(models) >= need:
                 return
             await asyncio.sleep(0.1)

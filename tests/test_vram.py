@@ -205,3 +205,74 @@ def test_memory_held_with_nothing_loaded_counts_as_reserved() -> None:
     gpu.models["a"] = 10 * GIB
     models.loaded["a"] = Loaded("a", 4096, 10 * GIB, 10 * GIB, time.time() + 60)
     assert guard.fragmentation(models) == pytest.approx(0.0)
+
+
+def _backend(gpu: FakeGpu, name: str, loaded: dict[str, int]) -> BackendModels:
+    models = BackendModels(Upstream("http://127.0.0.1:9", connect_timeout=1, read_timeout=1, name=name))
+    for model, size in loaded.items():
+        models.loaded[model] = Loaded(model, 4096, size, size, time.time() + 600)
+        gpu.models[f"{name}/{model}"] = size
+    return models
+
+
+def _shared_guard(gpu: FakeGpu, *backends: BackendModels) -> tuple[VramGuard, list[str]]:
+    unloaded: list[str] = []
+
+    def unload(models: BackendModels, name: str) -> None:
+        unloaded.append(f"{models.backend.name}/{name}")
+        models.loaded.pop(name)
+        gpu.models.pop(f"{models.backend.name}/{name}")
+
+    guard = VramGuard(budget=None, margin=0.1, reserved=GIB // 2, source=gpu, unload=unload, settle=0.2)
+    guard.peers = lambda models: backends
+    return guard, unloaded
+
+
+async def test_servers_sharing_a_gpu_make_room_with_each_others_idle_models() -> None:
+    gpu = FakeGpu(40 * GIB, GIB // 2)
+    one = _backend(gpu, "one", {"a:latest": 20 * GIB})
+    two = _backend(gpu, "two", {})
+    guard, unloaded = _shared_guard(gpu, one, two)
+    await guard.before_load(two, ModelInfo("b:latest", 8192, ("completion",), 25 * GIB), 4096)
+    assert unloaded == ["one/a:latest"]  # server two alone could not see what holds the memory
+    assert guard.history[-1]["evicted"] == ["one/a:latest"]
+
+
+async def test_a_busy_model_of_a_server_sharing_the_gpu_is_waited_for_never_evicted() -> None:
+    gpu = FakeGpu(40 * GIB, GIB // 2)
+    one = _backend(gpu, "one", {"a:latest": 30 * GIB})
+    two = _backend(gpu, "two", {})
+    one.in_flight["a:latest"] = 1
+    guard, unloaded = _shared_guard(gpu, one, two)
+    load = asyncio.ensure_future(guard.before_load(two, ModelInfo("b:latest", 8192, ("completion",), 12 * GIB), 4096))
+    await asyncio.sleep(0.2)
+    assert not load.done() and unloaded == []
+    del one.in_flight["a:latest"]
+    await asyncio.wait_for(load, 1)
+    assert unloaded == ["one/a:latest"]
+
+
+async def test_the_loaded_model_limit_of_one_server_evicts_only_its_own_models() -> None:
+    gpu = FakeGpu(80 * GIB, GIB // 2)
+    one = _backend(gpu, "one", {"a:latest": GIB})
+    two = _backend(gpu, "two", {"x:latest": GIB})
+    guard, unloaded = _shared_guard(gpu, one, two)
+    guard.max_loaded = 1
+    await guard.before_load(two, ModelInfo("y:latest", 8192, ("completion",), GIB), 4096)
+    assert unloaded == ["two/x:latest"]  # OLLAMA_MAX_LOADED_MODELS is per server
+
+
+def test_backends_on_this_hosts_gpus_share_one_memory_domain_and_take_turns_to_load() -> None:
+    from ollama_asgi.inference import ModelLifecycle
+    from ollama_asgi.settings import Settings
+
+    settings = Settings(upstreams=("http://127.0.0.1:9", "http://127.0.0.1:10"))
+    upstreams = [Upstream(s.url, connect_timeout=1, read_timeout=1, name=s.name) for s in settings.backends]
+    with_gpu = ModelLifecycle(settings, upstreams, vram_source=FakeGpu(80 * GIB, 0))
+    one, two = with_gpu.models.values()
+    assert list(with_gpu.guard.peers(one)) == [one, two]
+    assert with_gpu.loader.memory_domain(one) == with_gpu.loader.memory_domain(two)
+    without = ModelLifecycle(settings, upstreams)  # no GPU reading: each server's memory is its own
+    one, two = without.models.values()
+    assert list(without.guard.peers(one)) == [one]
+    assert without.loader.memory_domain(one) != without.loader.memory_domain(two)
