@@ -7,6 +7,8 @@ import sys
 
 from ollama_asgi.testing.cli import add_emulate_arguments, run_emulate
 
+__all__ = ["main"]
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ollama_asgi.testing", description=run_emulate.__doc__)

@@ -21,6 +21,17 @@ from ollama_asgi.testing.gpu import (
 from ollama_asgi.testing.models import DEFAULT_MODELS, EmulatedModel, models_from_json, parse_name
 from ollama_asgi.testing.wire import parse_env_keep_alive
 
+__all__ = [
+    "LOAD_PROFILES",
+    "REALISTIC_LOAD_BYTES_PER_SECOND",
+    "REALISTIC_LOAD_SECONDS",
+    "REALISTIC_TOKEN_INTERVAL",
+    "add_emulate_arguments",
+    "build_emulator",
+    "load_models",
+    "run_emulate",
+]
+
 # Without --fast: a small GPU's pace, so gateways see realistic timing.
 REALISTIC_TOKEN_INTERVAL = 0.02
 REALISTIC_LOAD_SECONDS = 0.5

@@ -29,6 +29,8 @@ from ollama_asgi.testing.wire import (
 )
 from ollama_asgi.types import Message, Receive, Scope, Send
 
+__all__ = ["OllamaEmulator"]
+
 T = TypeVar("T")
 
 

@@ -6,6 +6,8 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Literal
 
+__all__ = ["FAULT_KINDS", "RUNNER_STOPPED", "Fault", "FaultKind", "FaultQueue"]
+
 FaultKind = Literal[
     "http_error", "midstream_error", "close_midline", "end_early", "garbage", "stall", "slow", "busy", "hang_headers"
 ]

@@ -20,6 +20,23 @@ from ollama_asgi.testing.models import EmulatedModel
 from ollama_asgi.testing.records import EmulatorStats
 from ollama_asgi.testing.scheduler import Lease
 
+__all__ = [
+    "TEMPLATE_OVERHEAD",
+    "THINKING_TOKENS",
+    "Piece",
+    "Plan",
+    "ReplyFunction",
+    "Run",
+    "context_ids",
+    "echo_tokens",
+    "embedding",
+    "metrics",
+    "normalise",
+    "parse_tool_calls",
+    "plan_reply",
+    "words",
+]
+
 ReplyFunction = Callable[[str, str], Sequence[str]]
 """``reply(model_name, prompt_text) -> tokens``: replaces the default echo reply."""
 

@@ -9,6 +9,8 @@ import orjson
 
 from ollama_asgi.testing.wire import ApiError, EmptyBody, go_quote, json_type_name, parse_keep_alive
 
+__all__ = ["STRUCTS", "base64_error_at", "check_struct", "decode_json", "decode_request"]
+
 
 def _open_container(doc: str, pos: int) -> str:
     stack: list[str] = []

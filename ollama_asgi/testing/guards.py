@@ -8,6 +8,16 @@ from collections.abc import Iterable
 
 from ollama_asgi.types import Scope
 
+__all__ = [
+    "CORS_ALLOW_HEADERS",
+    "DEFAULT_ORIGINS",
+    "Headers",
+    "cors",
+    "host_allowed",
+    "loopback_bind",
+    "origin_allowed",
+]
+
 DEFAULT_ORIGINS = tuple(
     f"{scheme}://{host}{port}"
     for host in ("localhost", "127.0.0.1", "0.0.0.0")

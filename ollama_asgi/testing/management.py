@@ -14,6 +14,23 @@ from ollama_asgi.testing.models import EmulatedModel, parse_name
 from ollama_asgi.testing.responses import JSON, JSON_PLAIN, NDJSON, TEXT, Exchange, ndjson_error_line
 from ollama_asgi.testing.wire import ApiError, dumps, go_quote, rfc3339
 
+__all__ = [
+    "copy",
+    "create",
+    "create_blob",
+    "delete",
+    "head_blob",
+    "ps",
+    "pull",
+    "push",
+    "root",
+    "show",
+    "show_body",
+    "tags",
+    "tags_body",
+    "version",
+]
+
 _DIGEST = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
 
 

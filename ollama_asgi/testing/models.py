@@ -10,6 +10,19 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_MODELS",
+    "DEFAULT_NAMESPACE",
+    "DEFAULT_TAG",
+    "EmulatedModel",
+    "ModelName",
+    "ModelStore",
+    "StoredModel",
+    "models_from_json",
+    "parse_name",
+]
+
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"

@@ -15,6 +15,18 @@ from ollama_asgi.testing.models import EmulatedModel, parse_name
 from ollama_asgi.testing.responses import NDJSON, Exchange, ndjson_error_line
 from ollama_asgi.testing.wire import ApiError, StreamStartError, dumps, go_quote, rfc3339
 
+__all__ = [
+    "chat",
+    "collect",
+    "embed",
+    "embeddings",
+    "generate",
+    "load_reply",
+    "prepare_chat",
+    "prepare_generate",
+    "run_embed",
+]
+
 
 def _think(model: EmulatedModel, think: Any, name: str) -> bool:
     if think not in (None, False) and "thinking" not in model.capabilities:

@@ -20,6 +20,8 @@ from ollama_asgi.testing.native import collect, prepare_chat, prepare_generate, 
 from ollama_asgi.testing.responses import JSON_PLAIN, SSE, Exchange
 from ollama_asgi.testing.wire import ApiError, EmptyBody, go_type_name
 
+__all__ = ["MiddlewareError", "chat_completions", "completions", "embeddings", "error_body", "model", "models"]
+
 _rng = random.Random()  # a private generator: tests that seed or watch the global one stay unaffected
 
 

@@ -13,6 +13,8 @@ import pytest
 if TYPE_CHECKING:
     from ollama_asgi.testing.server import EmulatorServer
 
+__all__ = ["ollama_emulator_server", "ollama_emulator_url"]
+
 
 @pytest.fixture
 def ollama_emulator_server() -> Iterator[EmulatorServer]:

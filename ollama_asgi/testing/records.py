@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+__all__ = ["EmulatorStats", "LoadedModelInfo", "RecordedRequest"]
+
 
 @dataclass
 class RecordedRequest:

@@ -13,6 +13,22 @@ import orjson
 from ollama_asgi.testing.faults import Fault
 from ollama_asgi.types import Send
 
+__all__ = [
+    "COALESCE_LINES",
+    "JSON",
+    "JSON_PLAIN",
+    "NDJSON",
+    "SPLIT_PAUSE",
+    "SSE",
+    "TEXT",
+    "Chunking",
+    "ConnectionDropped",
+    "Exchange",
+    "Headers",
+    "Responder",
+    "ndjson_error_line",
+]
+
 Chunking = Literal["line", "split", "coalesce"]
 
 JSON = "application/json; charset=utf-8"

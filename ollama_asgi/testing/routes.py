@@ -8,6 +8,8 @@ from ollama_asgi.testing import management, native, openai_compat
 from ollama_asgi.testing.handler import Handler
 from ollama_asgi.testing.responses import Responder
 
+__all__ = ["PARAM_ROUTES", "ROUTES", "Match", "Route", "match", "no_route"]
+
 
 @dataclass(frozen=True)
 class Route:

@@ -13,6 +13,8 @@ from ollama_asgi.testing.models import EmulatedModel
 from ollama_asgi.testing.records import EmulatorStats, LoadedModelInfo
 from ollama_asgi.testing.wire import BUSY_MESSAGE, FOREVER_NS, ApiError, RunnerOptions, human_bytes, rfc3339
 
+__all__ = ["DeviceBackend", "FifoSlots", "Lease", "Runner", "Scheduler", "SchedulerConfig"]
+
 
 class DeviceBackend(Protocol):
     """Real device memory behind loads (``ollama_asgi.testing.gpu.GpuBackend``); None: loads are modelled."""

@@ -23,6 +23,8 @@ from ollama_asgi.testing.responses import ConnectionDropped
 if TYPE_CHECKING:
     from ollama_asgi.testing.gpu import GpuBackend, GpuOptions
 
+__all__ = ["START_TIMEOUT", "STOP_TIMEOUT", "EmulatorServer"]
+
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 

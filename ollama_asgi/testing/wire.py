@@ -12,6 +12,28 @@ from typing import Any
 
 import orjson
 
+__all__ = [
+    "BUSY_MESSAGE",
+    "EMULATED_VERSION",
+    "FOREVER_NS",
+    "ApiError",
+    "EmptyBody",
+    "Options",
+    "RunnerOptions",
+    "StreamStartError",
+    "default_options",
+    "dumps",
+    "go_quote",
+    "go_type_name",
+    "human_bytes",
+    "json_type_name",
+    "parse_env_keep_alive",
+    "parse_go_duration",
+    "parse_keep_alive",
+    "resolve_options",
+    "rfc3339",
+]
+
 EMULATED_VERSION = "0.33.0"
 """The Ollama release the emulator follows (and reports on ``/api/version``); where v0.24.0, the
 oracle of the real-server suite, is older, the emulator answers as this release does."""

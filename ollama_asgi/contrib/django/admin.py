@@ -8,6 +8,8 @@ from django.contrib import admin, messages  # type: ignore[import-untyped]
 
 from ollama_asgi.contrib.django.models import ApiKey
 
+__all__ = ["ApiKeyAdmin"]
+
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):  # type: ignore[misc]

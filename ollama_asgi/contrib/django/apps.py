@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.apps import AppConfig  # type: ignore[import-untyped]
 
+__all__ = ["OllamaAsgiConfig"]
+
 
 class OllamaAsgiConfig(AppConfig):  # type: ignore[misc]
     name = "ollama_asgi.contrib.django"

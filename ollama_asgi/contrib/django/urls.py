@@ -9,6 +9,8 @@ from django.urls import re_path  # type: ignore[import-untyped]
 
 from ollama_asgi.contrib.django.views import gateway_view
 
+__all__ = ["app_name", "urlpatterns"]
+
 app_name = "ollama_asgi"
 
 urlpatterns = [re_path(r"^(?P<path>.*)\Z", gateway_view, name="gateway")]

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from django.db import migrations, models  # type: ignore[import-untyped]
 
+__all__ = ["Migration"]
+
 
 class Migration(migrations.Migration):  # type: ignore[misc]
     initial = True

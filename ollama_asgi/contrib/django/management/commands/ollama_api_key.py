@@ -8,6 +8,8 @@ from django.core.management.base import BaseCommand, CommandError  # type: ignor
 
 from ollama_asgi.contrib.django.models import ApiKey
 
+__all__ = ["Command"]
+
 
 class Command(BaseCommand):  # type: ignore[misc]
     help = "Create an API key for a machine client of the Ollama gateway and print its secret (shown only once)."
