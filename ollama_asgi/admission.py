@@ -1,8 +1,12 @@
-"""Admission control: per-backend slots, a bounded fair queue with deadlines, a truthful Retry-After.
+"""Admission control: per-runner slots, a bounded fair queue with deadlines, a truthful Retry-After.
 
 Ollama queues requests for a loaded model without bound and without timeout, and its 503 says
 nothing about when to come back. So the gateway keeps at most ``parallel`` requests in flight per
-backend (Ollama then never queues internally) and holds the rest here, where waiting is cheap.
+model on a backend (``OLLAMA_NUM_PARALLEL`` is per loaded model: each runner serves that many at
+once, and two loaded models run side by side), optionally at most ``backend_parallel`` per backend
+across its models, and holds the rest here, where waiting is cheap; Ollama then never queues
+internally. Embeddings run on their model's runner as in Ollama, so they take that model's slots,
+unless ``embed_parallel`` gives them slots of their own.
 
 Fairness is start-time fair queueing across principals: each principal has its own FIFO and a
 virtual time that advances by ``1 / weight`` per request served; the next slot goes to the waiting
@@ -36,7 +40,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from heapq import heapify, heappop, heappush
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
+from urllib.parse import quote
 
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.state import SharedSlots, StateUnavailable
@@ -47,7 +52,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ollama_asgi.admission")
 
-__all__ = ["Admission", "Lease", "ModelTurns", "Pool", "PRIORITIES", "Turn", "hold_prewarms", "queue_headers"]
+__all__ = [
+    "Admission",
+    "Lease",
+    "ModelTurns",
+    "Pool",
+    "PoolKey",
+    "PRIORITIES",
+    "Turn",
+    "hold_prewarms",
+    "queue_headers",
+]
 
 PRIORITIES = {"interactive": 0, "batch": 1}
 _MAX_PROMISED = 4096  # refused requests remembered until the time they were told to come back
@@ -82,12 +97,64 @@ class _ServiceClock:
         self.mean += alpha * (seconds - self.mean)
 
 
-class Pool:
-    """The slots of one backend for one kind of work, and the fair queue in front of them."""
+class PoolKey(NamedTuple):
+    """Whose slots a pool holds: a backend's runner of one model, for one kind of work.
 
-    def __init__(self, name: str, capacity: int) -> None:
-        self.name = name
+    A tuple, so the hot path looks a pool up by a plain ``(backend, model, kind)`` without building
+    one; typed fields, so nothing splits a joined name apart again.
+    """
+
+    backend: str
+    model: str  # canonical model name; "" for requests that name none
+    kind: str  # "generate", or "embed" where embeddings have slots of their own
+
+    @property
+    def name(self) -> str:
+        """One string for the key, unambiguous whatever the parts hold (shared-state keys, logs)."""
+        return "/".join(quote(part, safe="") for part in self)
+
+
+class BackendSlots:
+    """A backend's cap across all its pools (``backend_parallel``) and the pools it spans.
+
+    A slot freed under the cap goes to the pool whose next waiter comes first (priority, then
+    arrival), so the fair order within each pool holds and no model's queue is passed over.
+    """
+
+    __slots__ = ("capacity", "in_flight", "pools")
+
+    def __init__(self, capacity: int | None) -> None:
+        self.capacity = capacity if capacity is not None else 1 << 62  # none: no cap beyond each pool's
+        self.in_flight = 0
+        self.pools: list[Pool] = []
+
+    def dispatch(self) -> None:
+        """Hand slots freed under the cap to waiters of the backend's pools, in arrival order."""
+        while self.in_flight < self.capacity:
+            best: Pool | None = None
+            best_rank = (0, 0.0)
+            for pool in self.pools:
+                if pool.waiting and pool.in_flight < pool.capacity:
+                    head = pool.peek()
+                    if head is not None and (best is None or (head.priority, head.enqueued) < best_rank):
+                        best, best_rank = pool, (head.priority, head.enqueued)
+            if best is None:
+                return
+            if best.shared:
+                best.released.set()
+                return
+            best.dispatch_one()
+
+
+class Pool:
+    """The slots of one model's runner on one backend, and the fair queue in front of them."""
+
+    def __init__(self, name: str | PoolKey, capacity: int, backend: BackendSlots | None = None) -> None:
+        self.key = name if isinstance(name, PoolKey) else PoolKey(name, "", "generate")
+        self.name = self.key.name if isinstance(name, PoolKey) else name
         self.capacity = capacity
+        self.backend = backend if backend is not None else BackendSlots(None)
+        self.backend.pools.append(self)
         self.in_flight = 0
         self.waiting = 0
         self.clock = _ServiceClock()
@@ -117,6 +184,13 @@ class Pool:
         queue.append(waiter)
         self.waiting += 1
 
+    def peek(self) -> _Waiter | None:
+        """The waiter ``_pop_next`` would serve next (fair order, priority first)."""
+        for queues in self._classes:
+            if queues:
+                return queues[min(queues, key=self._vtime.__getitem__)][0]
+        return None
+
     def _pop_next(self) -> _Waiter | None:
         for queues in self._classes:
             if not queues:
@@ -142,15 +216,20 @@ class Pool:
             if not queue:
                 del queues[waiter.principal]
 
+    def has_room(self) -> bool:
+        """A slot is free here and under the backend's cap."""
+        return self.in_flight < self.capacity and self.backend.in_flight < self.backend.capacity
+
     def grant_now(self) -> float | None:
         """Take a slot at once if one is free and nobody is waiting for it; return the grant time."""
-        if self.in_flight < self.capacity and not self.waiting:
+        if self.in_flight < self.capacity and not self.waiting and self.backend.in_flight < self.backend.capacity:
             return self._grant()
         return None
 
     def _grant(self) -> float:
         now = time.monotonic()
         self.in_flight += 1
+        self.backend.in_flight += 1
         self.started.append(now)
         return now
 
@@ -159,16 +238,19 @@ class Pool:
         if self.shared:
             self.released.set()  # the shared dispatcher needs a lease first
             return
-        while self.in_flight < self.capacity and self.waiting:
-            waiter = self._pop_next()
-            if waiter is None:
-                return
+        while self.waiting and self.has_room():
+            self.dispatch_one()
+
+    def dispatch_one(self) -> None:
+        """Grant the next waiter still waiting (the caller saw a free slot)."""
+        while (waiter := self._pop_next()) is not None:
             if waiter.future.done():  # cancelled while we looked
                 continue
             waiter.granted_at = self._grant()
             if self.last_release:
                 self.refill_gaps.append(waiter.granted_at - self.last_release)
             waiter.future.set_result(None)
+            return
 
     # -- estimates ------------------------------------------------------------------------------
 
@@ -242,6 +324,9 @@ class Pool:
 
     def release(self, granted_at: float, *, record: bool) -> None:
         self.in_flight -= 1
+        backend = self.backend
+        capped = backend.in_flight >= backend.capacity  # other pools may wait for this slot
+        backend.in_flight -= 1
         try:
             self.started.remove(granted_at)
         except ValueError:
@@ -250,7 +335,10 @@ class Pool:
         if record:
             self.clock.record(now - granted_at)
         self.last_release = now
-        self.dispatch()
+        if capped and len(backend.pools) > 1:
+            backend.dispatch()
+        else:
+            self.dispatch()
 
     def fail_waiters(self, error: Callable[[], GatewayError]) -> int:
         """Answer every waiting request with a fresh ``error()`` (the gateway is stopping); return how many."""
@@ -583,7 +671,12 @@ class _ResidentLease(Lease):
 
 
 class Admission:
-    """All pools of all backends, the per-backend queue bound, and the one entry point ``admit``."""
+    """All pools of all backends, the per-backend queue bound, and the one entry point ``admit``.
+
+    A pool per (backend, model, kind): ``parallel`` (or the backend's own) is each model's runner's
+    share, as ``OLLAMA_NUM_PARALLEL`` is; ``backend_parallel``, when set, caps a backend's pools
+    together.
+    """
 
     def __init__(
         self,
@@ -594,12 +687,16 @@ class Admission:
         shared: SharedSlots | None = None,
         fail_open: bool = True,
         capacities: dict[str, int] | None = None,
+        backend_parallel: int | None = None,
     ) -> None:
         self.parallel = parallel
         self.capacities = capacities or {}  # per-backend `parallel` overrides
         self.embed_parallel = embed_parallel
+        self.backend_parallel = backend_parallel
         self.max_queue = max_queue
-        self.pools: dict[str, Pool] = {}
+        # Keyed by ``PoolKey``; looked up by plain ``(backend, model, kind)`` tuples, which equal them.
+        self.pools: dict[tuple[str, str, str], Pool] = {}
+        self.backends: dict[str, BackendSlots] = {}
         self.shared = shared
         self.fail_open = fail_open
         self._background: set[asyncio.Task[None]] = set()
@@ -624,14 +721,34 @@ class Admission:
             return None
         gate = self.turns.get(backend)
         if gate is None:
-            pool = self.pool(backend, "generate")
             gate = self.turns[backend] = ModelTurns(
                 self._turn_limit,
                 self._turn_delay,
-                pool.capacity,
-                lambda ahead, loads: pool.expected_wait(ahead) + loads * self.load_seconds(backend),
+                self.capacities.get(backend, self.parallel),
+                lambda ahead, loads: self.backend_wait(backend, ahead) + loads * self.load_seconds(backend),
             )
         return gate
+
+    def backend_wait(self, backend: str, ahead: int) -> float:
+        """Seconds until a request with ``ahead`` in front of it gets a slot on ``backend``, whatever its
+        model: the slowest service time seen there over one model's slots (a grouped queue runs one
+        model's requests at a time)."""
+        service = max((p.service_time() for p in self._pools_of(backend)), default=0.0)
+        return (ahead + 1) * service / self.capacities.get(backend, self.parallel)
+
+    def _pools_of(self, backend: str) -> list[Pool]:
+        slots = self.backends.get(backend)
+        return slots.pools if slots is not None else []
+
+    def has_room(self, backend: str, model: str = "") -> bool:
+        """A request for ``model`` would find a slot free on ``backend`` (without a model: under its cap)."""
+        slots = self.backends.get(backend)
+        if not model:
+            return slots is None or slots.in_flight < slots.capacity
+        pool = self.pools.get((backend, model, "generate"))
+        if pool is None:
+            return slots is None or slots.in_flight < slots.capacity
+        return pool.has_room()
 
     def may_prewarm(self, backend: str, model: str) -> bool:
         """A pre-warm of ``model`` takes no group's place: its model runs there, or a place is free."""
@@ -651,7 +768,7 @@ class Admission:
         if turn is not None:
             return turn
         if self.queued(backend) >= self.max_queue:
-            pool = self.pool(backend, "generate")
+            pool = self.pool(backend, "generate", model)
             raise GatewayError(
                 503,
                 f"the gateway's queue for this backend is full ({self.max_queue} waiting); try again later",
@@ -727,29 +844,38 @@ class Admission:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def pool(self, backend: str, kind: str) -> Pool:
-        key = backend if kind != "embed" or self.embed_parallel is None else backend + "#embed"
-        pool = self.pools.get(key)
+    def pool(self, backend: str, kind: str, model: str = "") -> Pool:
+        """The slots ``model``'s requests of ``kind`` take on ``backend`` (``model`` canonical)."""
+        if kind != "generate" and (kind != "embed" or self.embed_parallel is None):
+            kind = "generate"  # embeddings run on their model's runner, in its slots
+        pool = self.pools.get((backend, model, kind))
         if pool is None:
-            parallel = self.capacities.get(backend, self.parallel)
-            capacity = parallel if key == backend else self.embed_parallel or parallel
-            pool = self.pools[key] = Pool(key, capacity)
-            pool.shared = self.shared is not None
+            pool = self._new_pool(PoolKey(backend, model, kind))
+        return pool
+
+    def _new_pool(self, key: PoolKey) -> Pool:
+        slots = self.backends.get(key.backend)
+        if slots is None:
+            slots = self.backends[key.backend] = BackendSlots(self.backend_parallel)
+        parallel = self.capacities.get(key.backend, self.parallel)
+        capacity = self.embed_parallel or parallel if key.kind == "embed" else parallel
+        pool = self.pools[key] = Pool(key, capacity, slots)
+        pool.shared = self.shared is not None
         return pool
 
     def queued(self, backend: str) -> int:
         gate = self.turns.get(backend)
         waiting = gate.waiting if gate is not None else 0
-        return waiting + sum(p.waiting for name, p in self.pools.items() if name.split("#", 1)[0] == backend)
+        return waiting + sum(p.waiting for p in self._pools_of(backend))
 
-    def try_admit(self, backend: str, kind: str) -> Lease | None:
+    def try_admit(self, backend: str, kind: str, model: str = "") -> Lease | None:
         """A free slot at once, when nobody waits for it; None sends the caller through ``admit``.
 
         Most requests find a slot free: this takes it without a coroutine or a clock read more.
         """
         if self.closing is not None or self.shared is not None:
             return None
-        pool = self.pool(backend, kind)
+        pool = self.pools.get((backend, model, kind)) or self.pool(backend, kind, model)
         granted_at = pool.grant_now()
         return None if granted_at is None else Lease(pool, granted_at, 0.0)
 
@@ -757,8 +883,8 @@ class Admission:
         """``try_admit`` where the queue is grouped by model (``grouped``): ``model``'s turn and a slot, at once."""
         if self.closing is not None or self.shared is not None:
             return None
-        pool = self.pool(backend, kind)
-        if not (pool.in_flight < pool.capacity and not pool.waiting):
+        pool = self.pools.get((backend, model, kind)) or self.pool(backend, kind, model)
+        if pool.waiting or not pool.has_room():
             return None
         gate = self.turns.get(backend) or self.gate(backend)
         assert gate is not None
@@ -780,15 +906,17 @@ class Admission:
         wait_limit: float,
         client: str = "",
         request_id: str = "",
+        model: str = "",
     ) -> Lease:
         """Wait for a slot; raise a 503 ``GatewayError`` with Retry-After when none comes in time.
 
-        ``client`` (the caller's host) tells requesters of one principal apart for Retry-After;
-        ``request_id`` lets the client ask ``describe`` where it stands while it waits.
+        ``model`` (canonical) picks its runner's slots; ``client`` (the caller's host) tells
+        requesters of one principal apart for Retry-After; ``request_id`` lets the client ask
+        ``describe`` where it stands while it waits.
         """
         if self.closing is not None:
             raise self.closing()
-        pool = self.pool(backend, kind)
+        pool = self.pool(backend, kind, model)
         requester = (principal, client)
         if self.shared is not None:
             return await self._admit_shared(pool, backend, principal, weight, priority, wait_limit, requester)
@@ -874,10 +1002,10 @@ class Admission:
     ) -> Lease:
         assert self.shared is not None
         now = time.monotonic()
-        if pool.in_flight < pool.capacity and not pool.waiting:
+        if pool.has_room() and not pool.waiting:
             holder = uuid.uuid4().hex
             if await self._shared_lease(pool, holder):
-                if pool.in_flight < pool.capacity:
+                if pool.has_room():
                     return Lease(pool, pool._grant(), 0.0, holder, self)
                 self.release_shared(pool, holder)
         ahead = self.queued(backend)
@@ -937,7 +1065,7 @@ class Admission:
     async def _dispatch_shared(self, pool: Pool) -> None:
         assert self.shared is not None
         while pool.waiting:
-            if pool.in_flight >= pool.capacity:
+            if not pool.has_room():
                 pool.released.clear()
                 await pool.released.wait()
                 continue
@@ -953,7 +1081,7 @@ class Admission:
             waiter = pool._pop_next()
             while waiter is not None and waiter.future.done():
                 waiter = pool._pop_next()
-            if waiter is None or pool.in_flight >= pool.capacity:
+            if waiter is None or not pool.has_room():
                 if waiter is not None:  # put it back at the front of its queue
                     pool._classes[waiter.priority].setdefault(waiter.principal, deque()).appendleft(waiter)
                     pool.waiting += 1

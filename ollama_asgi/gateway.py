@@ -112,6 +112,7 @@ class OllamaGateway:
             shared=self.shared_state,
             fail_open=self.settings.redis_fail_open,
             capacities={spec.name: spec.parallel for spec in self.settings.backends if spec.parallel},
+            backend_parallel=self.settings.backend_parallel,
         )
         if self.settings.swap_grouping and self.settings.max_loaded_models and self.lifecycle is not None:
             self.admission.configure_turns(self.settings.max_loaded_models, self.settings.swap_max_delay)
@@ -348,8 +349,8 @@ class OllamaGateway:
     # -- placement hooks (what the placement knows of slots, loads and memory) ------------------------
 
     def _expected_wait(self, backend: str, model: str) -> float:
-        pool = self.admission.pool(backend, "generate")
-        if pool.in_flight < pool.capacity:
+        pool = self.admission.pool(backend, "generate", model)
+        if pool.has_room():
             return 0.0
         return pool.expected_wait(pool.waiting)
 
@@ -384,9 +385,8 @@ class OllamaGateway:
         models = self.lifecycle.models[backend]
         return self.lifecycle.guard.free_bytes(models) >= self.lifecycle.guard.expected_size(models, info, 0)
 
-    def _has_room(self, backend: str) -> bool:
-        pool = self.admission.pool(backend, "generate")
-        return pool.in_flight < pool.capacity
+    def _has_room(self, backend: str, model: str) -> bool:
+        return self.admission.has_room(backend, model)
 
     def _fits(self, backend: str, model: str) -> bool:
         if self.lifecycle is None:
@@ -636,7 +636,9 @@ class OllamaGateway:
                 return None, prepared  # read and checked by _admit
         if self.admission.grouped and prepared is not None:
             return self.admission.try_admit_turn(backend.name, _pool_kind(request.route), prepared.info.name), prepared
-        return self.admission.try_admit(backend.name, _pool_kind(request.route)), prepared
+        return self.admission.try_admit(
+            backend.name, _pool_kind(request.route), _slot_model(request, prepared)
+        ), prepared
 
     def _must_load(self, prepared: Prepared | None) -> bool:
         """The request's model is not yet loaded with its ``num_ctx``: it loads before taking a slot."""
@@ -680,6 +682,7 @@ class OllamaGateway:
         wait_limit: float,
         client: str,
         request_id: str = "",
+        model: str = "",
     ) -> Lease:
         # On a backend that holds fewer models than are wanted, the model's turn comes first (the
         # queue is served grouped by model), so its load never evicts a model whose group still runs.
@@ -705,6 +708,7 @@ class OllamaGateway:
                 priority=priority,
                 wait_limit=wait_limit,
                 request_id=request_id,
+                model=model,
             )
             if self._must_load(prepared):
                 # Evicted while this request waited for its slot (an idle model is what another
@@ -774,13 +778,15 @@ class OllamaGateway:
             if self.admission.grouped and prepared is not None:
                 lease = self.admission.try_admit_turn(backend.name, kind, prepared.info.name)
             else:
-                lease = self.admission.try_admit(backend.name, kind)
+                lease = self.admission.try_admit(backend.name, kind, _slot_model(request, prepared))
             if lease is not None:
                 return lease
         peer = request.scope.get("client")
         client = str(peer[0]) if peer else ""
         request_id = progress.record.request_id
-        admit = self._load_then_admit(backend, prepared, kind, principal, priority, wait_limit, client, request_id)
+        admit = self._load_then_admit(
+            backend, prepared, kind, principal, priority, wait_limit, client, request_id, _slot_model(request, prepared)
+        )
         interval = self.settings.sse_keepalive
         parsed = request.parsed
         if not (interval and request.route.openai and parsed is not None and parsed.stream):
@@ -1060,6 +1066,14 @@ def _stalled(status: int, timeout: float) -> RelayResult:
 
 def _request_refused(body: bytes | None) -> bool:
     return body is not None and len(body) < 4096 and any(refusal in body for refusal in _REFUSALS)
+
+
+def _slot_model(request: _Request, prepared: Prepared | None) -> str:
+    """Whose runner's slots a request takes: its model, canonical ("" when it names none)."""
+    if prepared is not None:
+        return prepared.info.name
+    parsed = request.parsed
+    return canonical_model(parsed.model) if parsed is not None and parsed.model else ""
 
 
 def _pool_kind(route: Route) -> str:

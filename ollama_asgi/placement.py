@@ -88,7 +88,7 @@ class Placement:
     health_interval: float = 5.0
     expected_wait: Callable[[str, str], float] = lambda backend, model: 0.0
     loaded_on: Callable[[str, str], bool] = lambda backend, model: False
-    has_room: Callable[[str], bool] = lambda backend: True
+    has_room: Callable[[str, str], bool] = lambda backend, model: True
     fits: Callable[[str, str], bool] = lambda backend, model: True
     memory_for: Callable[[str, str], bool] = lambda backend, model: True
     strategy: str = "affinity"  # "round_robin" and "random" exist for comparison in benchmarks
@@ -140,7 +140,7 @@ class Placement:
             return self.expected_wait(backend.name, name)
 
         loaded = [b for b in ranked if self.loaded_on(b.name, name)]
-        ready = [b for b in loaded if self.has_room(b.name)]
+        ready = [b for b in loaded if self.has_room(b.name, name)]
         if ready:  # loaded with a free slot: start at once
             return min(ready, key=wait)
         copies = 1 + len(self._spilled_to(name))

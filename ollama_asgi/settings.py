@@ -478,12 +478,20 @@ class Settings:
         ),
     )
     parallel: int = field(
-        default=1, metadata=_doc("Concurrent requests per backend, like OLLAMA_NUM_PARALLEL.", _pos_int)
+        default=1,
+        metadata=_doc("Concurrent requests per loaded model on each backend, like OLLAMA_NUM_PARALLEL.", _pos_int),
     )
     embed_parallel: int | None = field(
         default=None,
         metadata=_doc(
             "Separate concurrency for embeddings per backend (None: they share `parallel`).", _optional_pos_int
+        ),
+    )
+    backend_parallel: int | None = field(
+        default=None,
+        metadata=_doc(
+            "Concurrent requests per backend across all its loaded models (None: no cap beyond `parallel` per model).",
+            _optional_pos_int,
         ),
     )
     max_queue: int = field(

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from ollama_asgi.admission import Admission, Lease
+from ollama_asgi.admission import Admission, Lease, PoolKey
 from ollama_asgi.errors import GatewayError
 
 
@@ -244,3 +244,79 @@ async def test_refusals_from_a_full_queue_advertise_a_growing_wait() -> None:
     assert advised == sorted(advised)
     held.release()
     (await queued).release()
+
+
+async def test_two_models_on_one_backend_each_have_their_own_slots() -> None:
+    admission = Admission(parallel=1, embed_parallel=None, max_queue=10)
+    tiny = await admission.admit("b0", kind="generate", principal="u", wait_limit=1, model="tiny:latest")
+    loop = await admission.admit("b0", kind="generate", principal="u", wait_limit=0.05, model="loop:latest")
+    with pytest.raises(GatewayError, match="no slot became free"):
+        await admission.admit("b0", kind="generate", principal="u", wait_limit=0.05, model="tiny:latest")
+    tiny.release()
+    loop.release()
+
+
+async def test_embeddings_take_their_models_slots_as_they_run_on_its_runner() -> None:
+    admission = Admission(parallel=1, embed_parallel=None, max_queue=10)
+    held = await admission.admit("b0", kind="generate", principal="u", wait_limit=1, model="m:latest")
+    with pytest.raises(GatewayError, match="no slot became free"):
+        await admission.admit("b0", kind="embed", principal="u", wait_limit=0.05, model="m:latest")
+    held.release()
+
+
+async def test_the_backend_cap_bounds_all_its_models_together() -> None:
+    admission = Admission(parallel=2, embed_parallel=None, max_queue=10, backend_parallel=3)
+    leases = [
+        await admission.admit("b0", kind="generate", principal="u", wait_limit=1, model=model)
+        for model in ("a", "a", "b")
+    ]
+    with pytest.raises(GatewayError, match="no slot became free"):
+        await admission.admit("b0", kind="generate", principal="u", wait_limit=0.05, model="b")
+    assert admission.try_admit("b0", "generate", "c") is None
+    leases[0].release()
+    (await admission.admit("b0", kind="generate", principal="u", wait_limit=0.05, model="b")).release()
+    for lease in leases[1:]:
+        lease.release()
+
+
+async def test_a_slot_freed_under_the_cap_goes_to_the_model_waiting_longest() -> None:
+    admission = Admission(parallel=2, embed_parallel=None, max_queue=10, backend_parallel=2)
+    a1 = await admission.admit("b0", kind="generate", principal="u", wait_limit=1, model="a")
+    a2 = await admission.admit("b0", kind="generate", principal="u", wait_limit=1, model="a")
+    order: list[str] = []
+
+    async def wait(model: str) -> None:
+        lease = await admission.admit("b0", kind="generate", principal="u", wait_limit=5, model=model)
+        order.append(model)
+        lease.release()
+
+    first = asyncio.ensure_future(wait("b"))  # b has free slots of its own but the cap holds it
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(wait("a"))
+    await asyncio.sleep(0)
+    a1.release()  # a's slot, under the cap: b waited longer
+    await asyncio.gather(first, second)
+    a2.release()
+    assert order == ["b", "a"]
+
+
+async def test_a_backend_named_with_a_hash_has_its_queue_bounded() -> None:
+    admission = Admission(parallel=1, embed_parallel=None, max_queue=1)
+    held = await admission.admit("gpu#1", kind="generate", principal="u", wait_limit=1)
+    waiting = asyncio.ensure_future(admission.admit("gpu#1", kind="generate", principal="u", wait_limit=5))
+    await asyncio.sleep(0)
+    assert admission.queued("gpu#1") == 1
+    with pytest.raises(GatewayError, match="queue for this backend is full"):
+        await admission.admit("gpu#1", kind="generate", principal="u", wait_limit=5)
+    held.release()
+    (await waiting).release()
+
+
+def test_pool_keys_keep_their_parts_apart_whatever_the_names_hold() -> None:
+    admission = Admission(parallel=1, embed_parallel=2, max_queue=1)
+    embed = admission.pool("a", "embed")
+    odd = admission.pool("a#embed", "generate")
+    assert embed is not odd
+    assert embed.key == PoolKey("a", "", "embed") and odd.key == PoolKey("a#embed", "", "generate")
+    assert len({pool.name for pool in admission.pools.values()}) == 2
+    assert (embed.capacity, odd.capacity) == (2, 1)

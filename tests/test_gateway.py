@@ -295,7 +295,7 @@ def test_a_model_evicted_while_its_request_waited_for_a_slot_is_loaded_by_the_ga
     evicted its (idle) model; sent as it was, Ollama would reload it past the gateway's memory budget."""
     emulator.emulator.token_interval = 0.05
     # llama3.2 ~2.0 GB, qwen2.5 ~0.40 GB, qwen3 ~0.52 GB: 2.7 GB holds llama3.2 and one small model.
-    server = host_factory(vram_budget=int(2.7e9), parallel=1)
+    server = host_factory(vram_budget=int(2.7e9), parallel=1, backend_parallel=1)  # one slot for all models
     llm = server.url + "/llm"
 
     def chat(model: str, **extra: object) -> httpx.Response:

@@ -106,7 +106,10 @@ async def test_sigterm_finishes_streams_refuses_the_queue_and_releases_redis_lea
         await _wait_queues(client, url, 2, 0)
         queued = [asyncio.ensure_future(client.post(url + "/api/chat", json=_chat(f"q{i}", 4))) for i in range(3)]
         await _wait_queues(client, url, 2, 3)
-        assert redis_leftovers(redis_server.url, "drain") == {"drain:slots:backend-0": 2, "drain:queue:backend-0": 3}
+        assert redis_leftovers(redis_server.url, "drain") == {
+            "drain:slots:backend-0/llama3.2%3Alatest/generate": 2,  # the model runner's slots
+            "drain:queue:backend-0": 3,
+        }
 
         signalled = time.monotonic()
         gateway.process.send_signal(signal.SIGTERM)
