@@ -266,25 +266,159 @@ def _alert_rules() -> list[dict[str, object]]:
     return [rule for group in rules["groups"] for rule in group["rules"]]
 
 
+def _every_kind_of_request(llm: str, emulator: EmulatorServer) -> None:
+    """Requests that queue, load a model, stream, embed, fail to parse and fail mid-answer (parallel=1)."""
+    emulator.emulator.token_interval = 0.01
+    body = {"model": "llama3.2", "prompt": "w", "stream": False, "options": {"num_predict": 10}}
+    threads = [threading.Thread(target=_generate, args=(llm, body)) for _ in range(3)]  # two wait for a slot
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    with httpx.Client(base_url=llm, headers=AUTH, timeout=30) as client:
+        assert client.post("/api/chat", json=_chat()).status_code == 200
+        assert client.post("/api/embed", json={"model": "nomic-embed-text", "input": "x"}).status_code == 200
+        assert client.post("/api/chat", content=b"{").status_code == 400
+        emulator.emulator.inject(Fault(path="/api/chat", kind="midstream_error", after_lines=1))
+        assert client.post("/api/chat", json=_chat()).status_code == 200  # and then an error line
+
+
+# Every family the gateway exports with its lifecycle on and Redis configured: type, labels, help.
+# The GPU families (gpu_memory_{total,used,free}_bytes) are there only where NVML sees a device.
+EXPORTED: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "ollama_asgi_backend_available": (
+        "gauge",
+        ("backend",),
+        "1 when placement sends new requests to the backend (breaker closed, not draining), else 0.",
+    ),
+    "ollama_asgi_backend_breaker_opens": ("counter", ("backend",), "Times the backend's circuit breaker opened."),
+    "ollama_asgi_backend_up": ("gauge", ("backend",), "1 when the backend answered its last check or request, else 0."),
+    "ollama_asgi_build_info": ("gauge", ("version",), "The running ollama-asgi version."),
+    "ollama_asgi_cold_requests": (
+        "counter",
+        ("backend",),
+        "Requests that found their model neither loaded nor loading.",
+    ),
+    "ollama_asgi_completion_tokens": ("counter", ("model",), "Tokens Ollama generated, from its final chunk."),
+    "ollama_asgi_failed_answers": (
+        "counter",
+        ("model", "reason", "route"),
+        "Answers that failed after their status (200) went out: a stream ended by an error, by route, model and reason (stream_broken, stream_error, client_stalled).",
+    ),
+    "ollama_asgi_model_evictions": ("counter", (), "Idle models the VRAM guard unloaded to make room."),
+    "ollama_asgi_model_load_duration_seconds": (
+        "histogram",
+        ("backend", "model"),
+        "Time the gateway's own model loads took, from the load request to Ollama's answer.",
+    ),
+    "ollama_asgi_model_load_failures": ("counter", (), "Model loads that failed."),
+    "ollama_asgi_model_load_refusals": ("counter", (), "Loads refused because only busy models could have made room."),
+    "ollama_asgi_model_load_waiters_coalesced": (
+        "counter",
+        (),
+        "Requests that waited on a load already under way instead of starting their own.",
+    ),
+    "ollama_asgi_model_loads": ("counter", (), "Model loads the gateway made."),
+    "ollama_asgi_model_vram_bytes": (
+        "gauge",
+        ("backend", "model"),
+        "GPU memory of each loaded model, from Ollama's /api/ps.",
+    ),
+    "ollama_asgi_models_loading": ("gauge", (), "Model loads in progress now."),
+    "ollama_asgi_num_ctx_choices": ("counter", ("reason",), "How each request's num_ctx was chosen."),
+    "ollama_asgi_num_ctx_reloads_avoided": (
+        "counter",
+        (),
+        "Requests that used the loaded runner's larger context instead of forcing a reload to a smaller bucket.",
+    ),
+    "ollama_asgi_num_ctx_requests": ("counter", ("num_ctx",), "Requests by the num_ctx sent to Ollama."),
+    "ollama_asgi_prewarm_hits": (
+        "counter",
+        ("backend",),
+        "Requests that found their model loaded thanks to pre-warming.",
+    ),
+    "ollama_asgi_prewarm_loads": ("counter", ("backend",), "Pre-warm loads started."),
+    "ollama_asgi_prompt_tokens": ("counter", ("model",), "Prompt tokens Ollama evaluated, from its final chunk."),
+    "ollama_asgi_queue_depth": ("gauge", ("backend", "pool", "model"), "Requests waiting for a backend slot."),
+    "ollama_asgi_queue_limit": ("gauge", ("backend",), "Requests that may wait per backend before 503 (max_queue)."),
+    "ollama_asgi_queue_wait_seconds": (
+        "histogram",
+        ("backend",),
+        "Time an admitted request waited for a backend slot.",
+    ),
+    "ollama_asgi_redis_up": ("gauge", (), "1 when the shared Redis answers, else 0."),
+    "ollama_asgi_rejections": (
+        "counter",
+        ("reason", "route"),
+        "Requests the gateway answered itself instead of Ollama, by route and reason.",
+    ),
+    "ollama_asgi_request_duration_seconds": (
+        "histogram",
+        ("model", "route"),
+        "Time from a request's arrival to the last byte of its answer.",
+    ),
+    "ollama_asgi_requests": (
+        "counter",
+        ("model", "route", "status"),
+        "Requests answered, by route, model and HTTP status.",
+    ),
+    "ollama_asgi_requests_in_flight": ("gauge", ("backend", "pool", "model"), "Requests holding a backend slot."),
+    "ollama_asgi_response_bytes": ("counter", ("route",), "Response body bytes sent to clients."),
+    "ollama_asgi_service_time_seconds": (
+        "gauge",
+        ("backend", "pool", "model"),
+        "Smoothed time a request holds a slot (basis of Retry-After).",
+    ),
+    "ollama_asgi_slot_refill_gap_seconds": (
+        "gauge",
+        ("backend", "pool", "model", "quantile"),
+        "Time from a slot's release to its next grant, over the last refills (quantile 0.5, 0.99, 1).",
+    ),
+    "ollama_asgi_slots": ("gauge", ("backend", "pool", "model"), "Backend slots: requests Ollama is given at once."),
+    "ollama_asgi_start_time_seconds": ("gauge", (), "When the gateway was created, in Unix time."),
+    "ollama_asgi_time_to_first_token_seconds": (
+        "histogram",
+        ("model", "route"),
+        "Time from a streamed generation's arrival (queueing and loading included) to its first token.",
+    ),
+    "ollama_asgi_vram_fragmentation_ratio": (
+        "gauge",
+        ("backend",),
+        "GPU memory used by nothing the loaded models account for (CUDA contexts excluded), over total.",
+    ),
+}
+NO_SAMPLES_WITHOUT_A_GPU = {"ollama_asgi_vram_fragmentation_ratio"}
+
+
+def test_every_metric_keeps_its_name_type_labels_and_help(
+    host_factory: Callable[..., ServerThread], emulator: EmulatorServer
+) -> None:
+    redis = RedisServer().start()
+    try:
+        llm = host_factory(parallel=1, redis_url=redis.url).url + "/llm"
+        _every_kind_of_request(llm, emulator)
+        scrape_when(llm + "/_gateway/metrics", lambda m: value(m, "ollama_asgi_requests_total") >= 7, ADMIN)
+        text = httpx.get(llm + "/_gateway/metrics", headers=ADMIN).text
+    finally:
+        redis.stop()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    assert {name: (f.type, f.documentation) for name, f in families.items()} == {
+        name: (kind, documentation) for name, (kind, _, documentation) in EXPORTED.items()
+    }
+    for name, family in families.items():
+        assert family.samples or name in NO_SAMPLES_WITHOUT_A_GPU, name
+        labels = {label for sample in family.samples for label in sample.labels if label != "le"}
+        assert labels == set(EXPORTED[name][1]) or not family.samples, name
+
+
 def test_the_dashboard_and_alerts_use_only_metrics_the_gateway_exports(
     host_factory: Callable[..., ServerThread], emulator: EmulatorServer
 ) -> None:
-    emulator.emulator.token_interval = 0.01
     redis = RedisServer().start()
     try:
         server = host_factory(parallel=1, redis_url=redis.url)
         llm = server.url + "/llm"
-        body = {"model": "llama3.2", "prompt": "w", "stream": False, "options": {"num_predict": 10}}
-        threads = [threading.Thread(target=_generate, args=(llm, body)) for _ in range(3)]  # two wait for a slot
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
-        with httpx.Client(base_url=llm, headers=AUTH, timeout=30) as client:
-            assert client.post("/api/chat", json=_chat()).status_code == 200
-            assert client.post("/api/chat", content=b"{").status_code == 400
-            emulator.emulator.inject(Fault(path="/api/chat", kind="midstream_error", after_lines=1))
-            assert client.post("/api/chat", json=_chat()).status_code == 200  # and then an error line
+        _every_kind_of_request(llm, emulator)
         exported = _exported_names(scrape(llm + "/_gateway/metrics", ADMIN))
     finally:
         redis.stop()
@@ -312,8 +446,8 @@ def test_without_prometheus_client_the_gateway_serves_and_says_what_to_install(
     emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "ollama_asgi.metrics", None)  # as if prometheus-client were missing
-    settings = Settings(
-        upstreams=(emulator.url,), api_keys=(f"ci={API_KEY}",), admin_api_keys=("ops=test-admin-key-1",)
+    settings = Settings.from_mapping(
+        dict(upstreams=(emulator.url,), api_keys=(f"ci={API_KEY}",), admin_api_keys=("ops=test-admin-key-1",))
     )
     with ServerThread(starlette_host(OllamaGateway(settings))) as server:
         assert httpx.post(server.url + "/llm/api/chat", json=_chat(), headers=AUTH).status_code == 200
