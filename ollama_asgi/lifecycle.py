@@ -21,22 +21,12 @@ from typing import Protocol
 from ollama_asgi.catalog import BackendModels, ModelInfo
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.protocol import canonical_model
-from ollama_asgi.state import StateUnavailable
+from ollama_asgi.state import LoadLock, StateUnavailable
 from ollama_asgi.upstream import UpstreamError
 
 __all__ = ["BeforeLoad", "LoadLock", "Loader", "LoadState"]
 
 logger = logging.getLogger("ollama_asgi.lifecycle")
-
-
-class LoadLock:
-    """Cross-worker single-flight; the in-process default always grants (the futures already coalesce)."""
-
-    async def acquire(self, key: str, ttl: float) -> str | None:
-        return "local"
-
-    async def release(self, key: str, token: str) -> None:
-        return None
 
 
 class BeforeLoad(Protocol):

@@ -9,11 +9,21 @@ from __future__ import annotations
 
 from typing import Protocol
 
-__all__ = ["SharedSlots", "StateUnavailable"]
+__all__ = ["LoadLock", "SharedSlots", "StateUnavailable"]
 
 
 class StateUnavailable(Exception):
     """The shared store cannot be reached; callers fall back to local state or refuse (by setting)."""
+
+
+class LoadLock:
+    """Cross-worker single-flight; the in-process default always grants (the futures already coalesce)."""
+
+    async def acquire(self, key: str, ttl: float) -> str | None:
+        return "local"
+
+    async def release(self, key: str, token: str) -> None:
+        return None
 
 
 class SharedSlots(Protocol):

@@ -19,9 +19,8 @@ from typing import Any
 
 import orjson
 
-from ollama_asgi.lifecycle import LoadLock
 from ollama_asgi.ratelimit import Decision
-from ollama_asgi.state import StateUnavailable
+from ollama_asgi.state import LoadLock, StateUnavailable
 
 try:
     import redis.asyncio as aioredis
