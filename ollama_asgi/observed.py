@@ -144,21 +144,11 @@ def snapshot(parts: GatewayParts, health: BackendWatch) -> Snapshot:
     )
 
 
-def _pool_labels(key: object) -> tuple[str, str, str]:
-    """``(backend, model, kind)`` of an admission pool's key: such a tuple, or ``backend#kind`` (no model)."""
-    if isinstance(key, tuple):
-        backend, model, kind = key
-        return str(backend), str(model), str(kind)
-    backend, _, kind = str(key).partition("#")
-    return backend, "", kind or "generate"
-
-
 def _queues(admission: Admission, in_service: Iterable[str]) -> list[QueueSnapshot]:
     """One entry per pool (a backend's runner of one model, for one kind of work); a backend that
     has seen no request yet reads as empty, with its configured slots."""
     queues = []
-    for key, pool in list(admission.pools.items()):
-        backend, model, kind = _pool_labels(key)
+    for (backend, model, kind), pool in list(admission.pools.items()):
         queues.append(
             QueueSnapshot(
                 backend,
