@@ -14,6 +14,7 @@ never evicting a loaded model, and gives way to any real request that needs eith
 
 from __future__ import annotations
 
+import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -34,6 +35,8 @@ class _Principal:
     last: str | None = None
     transitions: deque[tuple[str, str]] = field(default_factory=deque)
     counts: dict[str, Counter[str]] = field(default_factory=dict)
+    seen: float = 0.0  # monotonic time of its last request
+    gap: float = 0.0  # its usual time between requests (moving average)
 
 
 @dataclass(slots=True)
@@ -52,8 +55,9 @@ class TrafficModel:
     warmed: set[str] = field(default_factory=set)  # pre-warmed and not asked for since
     recent: deque[tuple[str, bool]] = field(default_factory=lambda: deque(maxlen=100))  # (model, cold)
 
-    def observe(self, model: str, *, cold: bool, principal: str = "") -> None:
+    def observe(self, model: str, *, cold: bool, principal: str = "", now: float | None = None) -> None:
         """Record one request of ``principal`` for ``model`` (``cold``: it had to be loaded first)."""
+        now = time.monotonic() if now is None else now
         clients = self._principals
         client = clients.get(principal)
         if client is None:
@@ -73,7 +77,10 @@ class TrafficModel:
                 old = client.transitions.popleft()
                 _uncount(client.counts, old)
                 _uncount(self._pooled, old)
-        client.last = model
+        if client.seen:
+            since = now - client.seen
+            client.gap = since if not client.gap else 0.7 * client.gap + 0.3 * since
+        client.last, client.seen = model, now
         self.recent.append((model, cold))
         if cold:
             self.misses += 1
@@ -102,6 +109,28 @@ class TrafficModel:
         model, count = counts.most_common(1)[0]
         confidence = count / total
         return Prediction(model, confidence, total) if confidence >= self.threshold else None
+
+    def next_uses(self, now: float | None = None, *, steps: int = 3, idle_gaps: float = 10.0) -> dict[str, float]:
+        """Seconds until each model is next expected, from the predicted sequences of the principals
+        active now (seen within ``idle_gaps`` of their usual gaps), ``steps`` requests ahead; a model
+        nobody is expected to ask for is absent. What to evict first when a request needs room."""
+        now = time.monotonic() if now is None else now
+        soonest: dict[str, float] = {}
+        for principal, client in reversed(self._principals.items()):
+            if client.last is None or not client.gap:
+                continue
+            if now - client.seen > idle_gaps * client.gap:
+                continue
+            model = client.last
+            for step in range(1, steps + 1):
+                prediction = self.predict(model, principal)
+                if prediction is None:
+                    break
+                model = prediction.model
+                at = max(0.0, client.seen + step * client.gap - now)
+                if at < soonest.get(model, float("inf")):
+                    soonest[model] = at
+        return soonest
 
     @property
     def principals(self) -> int:
