@@ -110,16 +110,19 @@ class TrafficModel:
         confidence = count / total
         return Prediction(model, confidence, total) if confidence >= self.threshold else None
 
-    def next_uses(self, now: float | None = None, *, steps: int = 3, idle_gaps: float = 10.0) -> dict[str, float]:
+    def next_uses(
+        self, now: float | None = None, *, steps: int = 3, idle_gaps: float = 10.0, quiet_after: float = 60.0
+    ) -> dict[str, float]:
         """Seconds until each model is next expected, from the predicted sequences of the principals
-        active now (seen within ``idle_gaps`` of their usual gaps), ``steps`` requests ahead; a model
-        nobody is expected to ask for is absent. What to evict first when a request needs room."""
+        active now, ``steps`` requests ahead; a model nobody is expected to ask for is absent. What
+        to evict first when a request needs room. A principal is active until it has been quiet for
+        ``idle_gaps`` of its usual gaps and at least ``quiet_after`` seconds (a burst's gaps are short)."""
         now = time.monotonic() if now is None else now
         soonest: dict[str, float] = {}
         for principal, client in reversed(self._principals.items()):
             if client.last is None or not client.gap:
                 continue
-            if now - client.seen > idle_gaps * client.gap:
+            if now - client.seen > max(idle_gaps * client.gap, quiet_after):
                 continue
             model = client.last
             for step in range(1, steps + 1):

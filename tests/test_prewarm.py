@@ -121,7 +121,7 @@ def test_a_principal_gone_quiet_expects_nothing() -> None:
     for step, model in enumerate(["a", "b"] * 3):
         traffic.observe(model, cold=False, principal="pipeline", now=float(step))
     assert traffic.next_uses(now=5.0) != {}
-    assert traffic.next_uses(now=5.0 + 100.0, idle_gaps=10.0) == {}
+    assert traffic.next_uses(now=5.0 + 100.0, idle_gaps=10.0, quiet_after=30.0) == {}
 
 
 def test_the_soonest_of_several_principals_counts() -> None:
@@ -226,3 +226,24 @@ def test_an_unused_pre_warmed_model_gives_its_place_to_a_request(
         wait_until(lambda: _settled(lifecycle))
     assert set(emulator.emulator.loaded_models()) == {A, C}
     assert lifecycle.guard.evictions == 0
+
+
+def test_a_request_makes_room_with_the_idle_model_no_principal_is_expected_to_need(
+    emulator: EmulatorServer, host_factory: Callable[..., ServerThread]
+) -> None:
+    server = host_factory(api_keys=(*KEYS, ApiKey.parse("carol=prewarm-key-carol")), max_loaded_models=3)
+    lifecycle = _lifecycle(server)
+    d = "all-minilm:latest"
+    with _client(server, "alice") as alice, _client(server, "bob") as bob:
+        carol = httpx.Client(
+            base_url=server.url + "/llm", headers={"Authorization": "Bearer prewarm-key-carol"}, timeout=30
+        )
+        with carol:
+            for _ in range(5):  # carol used D often (the VRAM guard alone would keep it), and only D
+                assert carol.post("/api/embed", json={"model": d, "input": "x"}).status_code == 200
+        for model in (A, B) * 3:  # alice goes on from B to A, and from A to B
+            _ask(alice, model)
+        wait_until(lambda: _settled(lifecycle))
+        assert set(emulator.emulator.loaded_models()) == {A, B, d}
+        _ask(bob, C)  # a place is needed: alice will want A and B again, nobody D
+    assert set(emulator.emulator.loaded_models()) == {A, B, C}
