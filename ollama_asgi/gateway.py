@@ -883,7 +883,7 @@ class OllamaGateway:
     def add_backend(self, entry: object) -> None:
         """Add a backend at run time (``entry`` as in ``upstreams``: a URL or a mapping)."""
         try:
-            (spec,) = Settings(upstreams=(entry,)).backends  # type: ignore[arg-type]
+            (spec,) = Settings.from_mapping({"upstreams": [entry]}).backends
         except ConfigError as exc:
             raise GatewayError(400, str(exc)) from None
         if not isinstance(entry, dict) or "name" not in entry:

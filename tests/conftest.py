@@ -32,7 +32,7 @@ def start_host(upstream: str, **overrides: Any) -> ServerThread:
         "admin_api_keys": (f"ops={ADMIN_KEY}",),
     }
     options.update(overrides)
-    return ServerThread(starlette_host(OllamaGateway(Settings(**options)))).start()
+    return ServerThread(starlette_host(OllamaGateway(Settings.from_mapping(options)))).start()
 
 
 @pytest.fixture

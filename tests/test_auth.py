@@ -25,7 +25,7 @@ def scope(user: object = None, token: str | None = None, auth: object = None) ->
     return {"type": "http", "headers": headers, "user": user, "auth": auth}
 
 
-SETTINGS = Settings(api_keys=("ci=ci-secret-key",), admin_api_keys=("ops=ops-secret-key",))  # type: ignore[arg-type]
+SETTINGS = Settings.from_mapping({"api_keys": ("ci=ci-secret-key",), "admin_api_keys": ("ops=ops-secret-key",)})
 
 
 async def test_host_mode_accepts_the_authenticated_host_user() -> None:

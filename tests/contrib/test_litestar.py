@@ -24,7 +24,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(upstreams=(shared_emulator().url,), api_keys=(f"ci={API_KEY}",))  # type: ignore[arg-type]
+    return Settings.from_mapping({"upstreams": (shared_emulator().url,), "api_keys": (f"ci={API_KEY}",)})
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,9 @@ async def me(request: Request[Any, Any, Any]) -> dict[str, str | None]:
 
 
 def create_app(upstream: str) -> Litestar:
-    settings = Settings(upstreams=(upstream,), api_keys=(f"ci={API_KEY}",), admin_api_keys=(f"ops={ADMIN_KEY}",))  # type: ignore[arg-type]
+    settings = Settings.from_mapping(
+        dict(upstreams=(upstream,), api_keys=(f"ci={API_KEY}",), admin_api_keys=(f"ops={ADMIN_KEY}",))
+    )
     sessions = ServerSideSessionConfig()  # kept in the app's memory store
     return Litestar(
         route_handlers=[login, me],

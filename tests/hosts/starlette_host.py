@@ -62,7 +62,9 @@ class CookieSessions(AuthenticationBackend):
 
 
 def create_app(upstream: str) -> Starlette:
-    settings = Settings(upstreams=(upstream,), api_keys=(f"ci={API_KEY}",), admin_api_keys=(f"ops={ADMIN_KEY}",))  # type: ignore[arg-type]
+    settings = Settings.from_mapping(
+        dict(upstreams=(upstream,), api_keys=(f"ci={API_KEY}",), admin_api_keys=(f"ops={ADMIN_KEY}",))
+    )
     gateway = OllamaGateway(settings, authorize=UserAuthorizer(settings, to_principal))
     backend = CookieSessions()
 

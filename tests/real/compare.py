@@ -84,7 +84,7 @@ def gateway_url(server: RealOllama, **overrides: Any) -> Iterator[str]:
         "num_ctx_buckets": (4096, 8192, 16384, 32768),
     }
     options.update(overrides)
-    host = ServerThread(starlette_host(OllamaGateway(Settings(**options)))).start()
+    host = ServerThread(starlette_host(OllamaGateway(Settings.from_mapping(options)))).start()
     try:
         yield host.url + "/llm"
     finally:

@@ -499,7 +499,7 @@ def gateway_settings(server: RealOllama, **overrides: Any) -> Settings:
         "api_keys": (f"ci={API_KEY}",),
         "admin_api_keys": (f"ops={ADMIN_KEY}",),
     }
-    return Settings(**{**options, **overrides})
+    return Settings.from_mapping({**options, **overrides})
 
 
 @pytest.fixture(scope="module", params=["gateway", "emulator"])

@@ -274,7 +274,7 @@ def test_management_by_an_admin_does_reach_ollama(server: ServerThread, emulator
 
 
 def test_settings_hold_only_key_digests_and_never_print_a_secret() -> None:
-    settings = Settings(api_keys=(f"ci={API_KEY}",), admin_api_keys=(f"ops={ADMIN_KEY}",))
+    settings = Settings.from_mapping(dict(api_keys=(f"ci={API_KEY}",), admin_api_keys=(f"ops={ADMIN_KEY}",)))
     dumped = [repr(settings), str(settings), repr(dataclasses.asdict(settings)), repr(settings.api_keys)]
     for text in dumped:
         assert API_KEY not in text and ADMIN_KEY not in text
@@ -298,7 +298,9 @@ async def test_keys_are_compared_by_digest_in_constant_time(monkeypatch: pytest.
         return compare(a, b)
 
     monkeypatch.setattr(ollama_asgi.auth.hmac, "compare_digest", spy)
-    authorize = DefaultAuthorizer(Settings(api_keys=(f"ci={API_KEY}",), admin_api_keys=(f"ops={ADMIN_KEY}",)))
+    authorize = DefaultAuthorizer(
+        Settings.from_mapping(dict(api_keys=(f"ci={API_KEY}",), admin_api_keys=(f"ops={ADMIN_KEY}",)))
+    )
 
     def scope(token: str) -> dict[str, object]:
         return {"type": "http", "headers": [(b"authorization", f"Bearer {token}".encode())]}

@@ -65,6 +65,6 @@ async def test_anonymous_users_get_no_principal() -> None:
 
 
 async def test_api_keys_from_settings_need_no_database() -> None:
-    authorize = DjangoAuthorizer(Settings(api_keys=("ci=ci-secret-key",)), GROUPS)  # type: ignore[arg-type]
+    authorize = DjangoAuthorizer(Settings.from_mapping({"api_keys": ("ci=ci-secret-key",)}), GROUPS)
     principal = await authorize({"type": "http", "headers": [(b"authorization", b"Bearer ci-secret-key")]})
     assert principal is not None and (principal.id, principal.source) == ("ci", "api_key")
