@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote
 
 from ollama_asgi.errors import GatewayError
-from ollama_asgi.state import SharedSlots, StateUnavailable
+from ollama_asgi.state import QueuePlace, SharedSlots, StateUnavailable
 
 if TYPE_CHECKING:
     from ollama_asgi.catalog import BackendModels, ModelInfo
@@ -79,6 +79,7 @@ class _Waiter:
     enqueued: float = field(default_factory=time.monotonic)
     granted_at: float = 0.0
     holder: str = ""  # the shared lease granted to this waiter, when state is shared
+    place: str = ""  # its place in the shared queue bound, until given up
     position: int = 0  # requests ahead of it when it queued (told to the client)
 
 
@@ -968,27 +969,48 @@ class Admission:
     # -- shared (Redis) mode -------------------------------------------------------------------------
     #
     # Each worker keeps its own fair queue and never exceeds the capacity locally; a grant also
-    # needs one of the backend's shared leases. A dispatcher task per pool takes a lease whenever a
-    # local slot is free and hands it to the next waiter in fair order. Fairness therefore holds
-    # exactly within a worker and approximately across workers (a freed lease goes to whichever
-    # worker asks first; uvicorn spreads connections evenly, so shares stay close to equal).
+    # needs one of the pool's shared leases (and of its backend's, under ``backend_parallel``). A
+    # dispatcher task per pool takes a lease whenever a local slot is free and hands it to the next
+    # waiter in fair order. Fairness therefore holds exactly within a worker and approximately
+    # across workers (a freed lease goes to whichever worker asks first; uvicorn spreads connections
+    # evenly, so shares stay close to equal). A request costs the store one round trip in (the
+    # lease, or else its queue place) and one out; a queued one, one more when it is granted.
 
-    async def _shared_lease(self, pool: Pool, holder: str) -> bool:
+    async def _shared_take(self, pool: Pool, holder: str, *, enter: QueuePlace | None = None, leave: str = "") -> int:
         assert self.shared is not None
         try:
-            return await self.shared.acquire(pool.name, pool.capacity, holder)
+            return await self.shared.take(
+                pool.name,
+                pool.capacity,
+                holder,
+                backend=pool.key.backend,
+                backend_capacity=self.backend_parallel or 0,
+                enter=enter,
+                leave=leave,
+            )
         except StateUnavailable as exc:
             if self.fail_open:
-                return True  # local limits only until the shared store is back
+                return 1  # local limits only until the shared store is back
             raise GatewayError(
                 503, f"shared state is unavailable: {exc}", retry_after(1.0), reason="state_unavailable"
             ) from exc
 
     def release_shared(self, pool: Pool, holder: str) -> None:
         assert self.shared is not None
-        task = asyncio.ensure_future(self.shared.release(pool.name, holder))
+        release = self.shared.release(
+            pool.name, holder, backend=pool.key.backend, backend_capacity=self.backend_parallel or 0
+        )
+        task = asyncio.ensure_future(release)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def _queue_full(self, pool: Pool, ahead: int, requester: tuple[str, str]) -> GatewayError:
+        return GatewayError(
+            503,
+            f"the gateway's queue for this backend is full ({self.max_queue} waiting); try again later",
+            retry_after(pool.refusal_wait(ahead, requester)),
+            reason="queue_full",
+        )
 
     async def _admit_shared(
         self,
@@ -1002,41 +1024,40 @@ class Admission:
     ) -> Lease:
         assert self.shared is not None
         now = time.monotonic()
+        ahead = self.queued(backend)
+        if ahead >= self.max_queue:
+            raise self._queue_full(pool, ahead, requester)
+        place = QueuePlace(uuid.uuid4().hex, self.max_queue, now + wait_limit)
+        placed = False
         if pool.has_room() and not pool.waiting:
             holder = uuid.uuid4().hex
-            if await self._shared_lease(pool, holder):
+            taken = await self._shared_take(pool, holder, enter=place)
+            if taken == 1:
                 if pool.has_room():
                     return Lease(pool, pool._grant(), 0.0, holder, self)
                 self.release_shared(pool, holder)
-        ahead = self.queued(backend)
-        waiter_id = uuid.uuid4().hex
-        full = ahead >= self.max_queue
-        if not full:
+            elif taken < 0:
+                raise self._queue_full(pool, ahead, requester)
+            else:
+                placed = True
+        if not placed:
             try:
-                full = not await self.shared.enter_queue(backend, waiter_id, self.max_queue, now + wait_limit)
+                if not await self.shared.enter_queue(backend, place.waiter, self.max_queue, place.deadline):
+                    raise self._queue_full(pool, ahead, requester)
+                placed = True
             except StateUnavailable:
                 if not self.fail_open:
                     raise GatewayError(
                         503, "shared state is unavailable", retry_after(1.0), reason="state_unavailable"
                     ) from None
-        if full:
-            raise GatewayError(
-                503,
-                f"the gateway's queue for this backend is full ({self.max_queue} waiting); try again later",
-                retry_after(pool.refusal_wait(ahead, requester)),
-                reason="queue_full",
-            )
-        if self.closing is not None:  # the gateway began stopping while this request talked to the store
-            try:
-                await self.shared.leave_queue(backend, waiter_id)
-            except StateUnavailable:
-                pass
-            raise self.closing()
         waiter = _Waiter(principal, weight, priority, now + wait_limit, asyncio.get_running_loop().create_future())
-        pool._enqueue(waiter)
-        if pool.dispatcher is None or pool.dispatcher.done():
-            pool.dispatcher = asyncio.ensure_future(self._dispatch_shared(pool))
+        waiter.place = place.waiter if placed else ""
         try:
+            if self.closing is not None:  # the gateway began stopping while this request talked to the store
+                raise self.closing()
+            pool._enqueue(waiter)
+            if pool.dispatcher is None or pool.dispatcher.done():
+                pool.dispatcher = asyncio.ensure_future(self._dispatch_shared(pool))
             async with asyncio.timeout(wait_limit):
                 await waiter.future
         except TimeoutError:
@@ -1056,10 +1077,11 @@ class Admission:
                 waiter.future.cancel()
             raise
         finally:
-            try:
-                await asyncio.shield(self.shared.leave_queue(backend, waiter_id))
-            except (StateUnavailable, asyncio.CancelledError):
-                pass
+            if waiter.place:  # not given up with a grant: leave the queue now
+                try:
+                    await asyncio.shield(self.shared.leave_queue(backend, waiter.place))
+                except (StateUnavailable, asyncio.CancelledError):
+                    pass
         return Lease(pool, waiter.granted_at, waiter.granted_at - now, waiter.holder, self)
 
     async def _dispatch_shared(self, pool: Pool) -> None:
@@ -1069,15 +1091,21 @@ class Admission:
                 pool.released.clear()
                 await pool.released.wait()
                 continue
+            head = pool.peek()
+            leave = head.place if head is not None else ""
             holder = uuid.uuid4().hex
             try:
-                leased = await self._shared_lease(pool, holder)
+                taken = await self._shared_take(pool, holder, leave=leave)
             except GatewayError as exc:  # fail-closed and the store is gone: no waiter here can be granted
                 pool.fail_waiters(partial(GatewayError, exc.status, exc.message, exc.headers, reason=exc.reason))
                 return
-            if not leased:
-                await self.shared.wait_release(pool.name, 0.05)
+            if taken != 1:
+                # Woken by the next release on this backend anywhere; the timeout covers leases that
+                # expire instead (a worker that died holding them).
+                await self.shared.wait_release(pool.key.backend, 0.5)
                 continue
+            if head is not None:
+                head.place = ""  # given up with the grant
             waiter = pool._pop_next()
             while waiter is not None and waiter.future.done():
                 waiter = pool._pop_next()

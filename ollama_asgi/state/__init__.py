@@ -7,9 +7,10 @@ together respect each backend's ``parallel`` and each principal's limits.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["LoadLock", "SharedSlots", "StateUnavailable"]
+__all__ = ["LoadLock", "QueuePlace", "SharedSlots", "StateUnavailable"]
 
 
 class StateUnavailable(Exception):
@@ -26,17 +27,42 @@ class LoadLock:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class QueuePlace:
+    """A place in a backend's shared queue bound: ``waiter`` holds it until ``deadline`` (monotonic)."""
+
+    waiter: str
+    limit: int
+    deadline: float
+
+
 class SharedSlots(Protocol):
-    """Slot leases and queue places that hold across processes."""
+    """Slot leases and queue places that hold across processes.
+
+    ``take`` is the one call on a request's way in: the slot, or else a queue place, in one round
+    trip; ``release`` the one on its way out.
+    """
 
     @property
     def healthy(self) -> bool: ...
 
+    async def take(
+        self,
+        pool: str,
+        capacity: int,
+        holder: str,
+        *,
+        backend: str = "",
+        backend_capacity: int = 0,
+        enter: QueuePlace | None = None,
+        leave: str = "",
+    ) -> int: ...
+
     async def acquire(self, pool: str, capacity: int, holder: str) -> bool: ...
 
-    async def release(self, pool: str, holder: str) -> None: ...
+    async def release(self, pool: str, holder: str, *, backend: str = "", backend_capacity: int = 0) -> None: ...
 
-    async def wait_release(self, pool: str, within: float) -> None: ...
+    async def wait_release(self, backend: str, within: float) -> None: ...
 
     async def enter_queue(self, backend: str, waiter: str, limit: int, deadline: float) -> bool: ...
 

@@ -4,6 +4,11 @@ Slots are sorted-set members scored by their expiry; a worker renews the leases 
 third of the lease time, so a crashed worker's slots come back within ``lease_ttl``. Every script
 reads the clock with Redis ``TIME``, so replicas on hosts with skewed clocks still agree.
 
+Each request costs one round trip to take its slot and one to give it back: taking a slot, entering
+the queue bound when none is free and leaving it when one is granted are one script, and a release
+wakes other workers (a publish) only while some worker waits for that backend. Commands wait for a
+free connection of a bounded pool: a busy pool is a wait, never a reason to fall back to local limits.
+
 When Redis cannot be reached the store reports itself unhealthy and raises ``StateUnavailable``;
 the gateway then serves on its local limits (fail-open, the default) or answers 503 (fail-closed),
 and a background probe reconnects as soon as Redis answers again.
@@ -20,7 +25,7 @@ from typing import Any
 import orjson
 
 from ollama_asgi.ratelimit import Decision
-from ollama_asgi.state import LoadLock, StateUnavailable
+from ollama_asgi.state import LoadLock, QueuePlace, StateUnavailable
 
 try:
     import redis.asyncio as aioredis
@@ -34,27 +39,66 @@ logger = logging.getLogger("ollama_asgi.state")
 
 _NOW_MS = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 
+# KEYS: the pool's slots, the backend's slots (its cap), the backend's waiting workers, its queue.
+# ARGV: capacity, lease ms, holder, backend cap (0: none), worker, queue place to enter ('' none),
+# queue limit, place ttl ms, queue place to leave once granted ('' none).
+# Returns 1 (granted), 0 (not granted; the place entered if asked) or -1 (not granted, queue full).
 _ACQUIRE = (
     _NOW_MS
     + """
+local lease = tonumber(ARGV[2]); local cap = tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 3)
+local free = redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1])
+if free and cap > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  free = redis.call('ZCARD', KEYS[2]) < cap
+end
+if free then
+  redis.call('ZADD', KEYS[1], now + lease, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], lease * 3)
+  if cap > 0 then
+    redis.call('ZADD', KEYS[2], now + lease, ARGV[3])
+    redis.call('PEXPIRE', KEYS[2], lease * 3)
+  end
+  if ARGV[9] ~= '' then redis.call('ZREM', KEYS[4], ARGV[9]) end
   return 1
+end
+redis.call('ZADD', KEYS[3], now + 2000, ARGV[5])
+redis.call('PEXPIRE', KEYS[3], 4000)
+if ARGV[6] ~= '' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[7]) then return -1 end
+  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[8]), ARGV[6])
+  redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[8]) + 60000)
 end
 return 0
 """
 )
 
+# KEYS: the pool's slots, the backend's slots, its waiting workers, the wake-up channel. ARGV: holder,
+# backend name. Publishes only while a worker waits for that backend.
+_RELEASE = (
+    _NOW_MS
+    + """
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+if redis.call('ZCARD', KEYS[3]) > 0 then redis.call('PUBLISH', KEYS[4], ARGV[2]) end
+return removed
+"""
+)
+
+# KEYS: the slot sets the holders are in (a pool's, and its backend's where capped).
 _RENEW = (
     _NOW_MS
     + """
 local renewed = 0
-for i = 2, #ARGV do
-  renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[i])
+for k = 1, #KEYS do
+  for i = 2, #ARGV do
+    renewed = renewed + redis.call('ZADD', KEYS[k], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[i])
+  end
+  redis.call('PEXPIRE', KEYS[k], tonumber(ARGV[1]) * 3)
 end
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 3)
 return renewed
 """
 )
@@ -98,16 +142,31 @@ return {allowed, math.floor(level * 1000), math.ceil(retry)}
 
 
 class RedisState:
-    """Slot leases and queue places shared through one Redis."""
+    """Slot leases and queue places shared through one Redis.
 
-    def __init__(self, url: str, *, prefix: str = "ollama-asgi", lease_ttl: float = 10.0) -> None:
+    ``max_connections`` bounds the connections of one worker; a command that finds them all busy
+    waits for one (up to ``pool_timeout``), as a request waits for a slot.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "ollama-asgi",
+        lease_ttl: float = 10.0,
+        max_connections: int = 32,
+        pool_timeout: float = 20.0,
+    ) -> None:
         self.url = url
         self.prefix = prefix
         self.lease_ms = max(1000, int(lease_ttl * 1000))
+        self.max_connections = max_connections
+        self.pool_timeout = pool_timeout
+        self.worker = uuid.uuid4().hex  # this process, as the backends' waiting workers know it
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scripts: dict[str, Any] = {}
-        self._held: dict[str, set[str]] = {}
+        self._held: dict[tuple[str, ...], set[str]] = {}  # slot keys -> holders, renewed together
         self._events: dict[str, asyncio.Event] = {}
         self._healthy = True
         self._tasks: list[asyncio.Task[None]] = []
@@ -123,14 +182,21 @@ class RedisState:
     def _ensure(self) -> Any:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
-            self._client = aioredis.Redis.from_url(
-                self.url, socket_connect_timeout=0.5, socket_timeout=1.0, health_check_interval=5
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=self.max_connections,
+                timeout=self.pool_timeout,
+                socket_connect_timeout=0.5,
+                socket_timeout=1.0,
+                health_check_interval=5,
             )
+            self._client = aioredis.Redis(connection_pool=pool)
             self._loop = loop
             self._scripts = {
                 name: self._client.register_script(body)
                 for name, body in (
                     ("acquire", _ACQUIRE),
+                    ("release", _RELEASE),
                     ("renew", _RENEW),
                     ("enter", _ENTER_QUEUE),
                     ("bucket", _BUCKET),
@@ -157,30 +223,78 @@ class RedisState:
 
     # -- slots ------------------------------------------------------------------------------------
 
-    async def acquire(self, pool: str, capacity: int, holder: str) -> bool:
-        granted = bool(await self._call("acquire", [self._key("slots", pool)], [capacity, self.lease_ms, holder]))
-        if granted:
-            self._held.setdefault(pool, set()).add(holder)
-        return granted
+    def _slot_keys(self, pool: str, backend: str, backend_capacity: int) -> tuple[str, ...]:
+        own = self._key("slots", pool)
+        return (own, self._key("backend-slots", backend)) if backend_capacity else (own,)
 
-    async def release(self, pool: str, holder: str) -> None:
-        held = self._held.get(pool)
+    async def take(
+        self,
+        pool: str,
+        capacity: int,
+        holder: str,
+        *,
+        backend: str = "",
+        backend_capacity: int = 0,
+        enter: QueuePlace | None = None,
+        leave: str = "",
+    ) -> int:
+        """Take a slot of ``pool`` (and of ``backend``'s cap, when set) for ``holder``, in one round trip.
+
+        Returns 1 when granted (``leave``, a queue place, is given up with it), 0 when not (``enter``,
+        a queue place, is taken then), -1 when not and the queue is full. A worker refused here is
+        woken (``wait_release``) by the next release on that backend, wherever it happens.
+        """
+        keys = self._slot_keys(pool, backend, backend_capacity)
+        args: list[Any] = [capacity, self.lease_ms, holder, backend_capacity, self.worker, "", 0, 0, leave]
+        if enter is not None:
+            ttl_ms = max(1000, int((enter.deadline - time.monotonic()) * 1000) + 1000)
+            args[5:8] = [enter.waiter, enter.limit, ttl_ms]
+        result = int(
+            await self._call(
+                "acquire",
+                [
+                    keys[0],
+                    self._key("backend-slots", backend),
+                    self._key("waiting", backend),
+                    self._key("queue", backend),
+                ],
+                args,
+            )
+        )
+        if result == 1:
+            self._held.setdefault(keys, set()).add(holder)
+        return result
+
+    async def acquire(self, pool: str, capacity: int, holder: str) -> bool:
+        """A slot of ``pool`` for ``holder``, when one is free (``take`` without a cap or queue place)."""
+        return await self.take(pool, capacity, holder) == 1
+
+    async def release(self, pool: str, holder: str, *, backend: str = "", backend_capacity: int = 0) -> None:
+        keys = self._slot_keys(pool, backend, backend_capacity)
+        held = self._held.get(keys)
         if held is not None:
             held.discard(holder)
+            if not held:
+                del self._held[keys]
         if not self._healthy:
             return
         try:
-            client = self._ensure()
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.zrem(self._key("slots", pool), holder)
-                pipe.publish(self._key("released"), pool)
-                await pipe.execute()
+            self._ensure()
+            await self._scripts["release"](
+                keys=[
+                    keys[0],
+                    self._key("backend-slots", backend),
+                    self._key("waiting", backend),
+                    self._key("released"),
+                ],
+                args=[holder, backend],
+            )
         except (RedisError, OSError) as exc:
             self._mark_down(exc)  # the lease expires on its own
 
-    async def wait_release(self, pool: str, within: float) -> None:
-        """Return when a slot of ``pool`` may have been freed anywhere, or after ``within`` seconds."""
-        event = self._events.setdefault(pool, asyncio.Event())
+    async def wait_release(self, backend: str, within: float) -> None:
+        """Return when a slot on ``backend`` may have been freed anywhere, or after ``within`` seconds."""
+        event = self._events.setdefault(backend, asyncio.Event())
         event.clear()
         try:
             await asyncio.wait_for(event.wait(), within)
@@ -254,11 +368,9 @@ class RedisState:
                     logger.warning("redis at %s is reachable again", self.url)
                     self._healthy = True
                     self.last_error = None
-                for pool, holders in list(self._held.items()):
+                for keys, holders in list(self._held.items()):
                     if holders:
-                        await self._scripts["renew"](
-                            keys=[self._key("slots", pool)], args=[self.lease_ms, *sorted(holders)]
-                        )
+                        await self._scripts["renew"](keys=list(keys), args=[self.lease_ms, *sorted(holders)])
             except (RedisError, OSError) as exc:
                 self._mark_down(exc)
             except asyncio.CancelledError:
@@ -288,9 +400,16 @@ class RedisState:
     async def aclose(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for pool, holders in list(self._held.items()):
-            for holder in list(holders):
-                await self.release(pool, holder)
+        client = self._client
+        if client is not None and self._healthy:
+            for keys, holders in list(self._held.items()):
+                try:
+                    for key in keys:
+                        await client.zrem(key, *holders)
+                except (RedisError, OSError) as exc:
+                    self._mark_down(exc)  # the leases expire on their own
+                    break
+        self._held.clear()
         if self._client is not None:
             try:
                 await self._client.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -21,13 +22,13 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 def _workers(
-    url: str, n: int, *, parallel: int = 2, lease_ttl: float = 10.0, fail_open: bool = True
+    url: str, n: int, *, parallel: int = 2, lease_ttl: float = 10.0, fail_open: bool = True, max_queue: int = 100
 ) -> list[Admission]:
     return [
         Admission(
             parallel=parallel,
             embed_parallel=None,
-            max_queue=100,
+            max_queue=max_queue,
             shared=RedisState(url, prefix="t", lease_ttl=lease_ttl),
             fail_open=fail_open,
         )
@@ -140,3 +141,52 @@ async def test_rate_limits_are_shared_by_workers(redis_server: RedisServer) -> N
     assert refused is not None and not refused.allowed and refused.kind == "tokens"
     for limiter in limiters:
         await limiter.state.aclose()
+
+
+async def test_a_healthy_redis_under_256_concurrent_requests_is_never_taken_for_unavailable(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # More requests at once than either worker has connections: they wait for one, as for a slot.
+    workers = _workers(redis_server.url, 2, parallel=4, max_queue=512)
+    active = peak = 0
+
+    async def job(admission: Admission) -> None:
+        nonlocal active, peak
+        lease = await admission.admit("b0", kind="generate", principal="u", wait_limit=60, model="m")
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.001)
+        active -= 1
+        lease.release()
+
+    with caplog.at_level(logging.WARNING, logger="ollama_asgi.state"):
+        await asyncio.gather(*(job(workers[i % 2]) for i in range(256)))
+    assert [r.getMessage() for r in caplog.records] == []
+    assert all(worker.shared.healthy for worker in workers)  # type: ignore[union-attr]
+    assert peak <= 4  # the shared limit held throughout: no worker fell back to its local one
+    await _close(workers)
+
+
+async def test_a_request_that_finds_a_slot_costs_the_store_one_script_in_and_one_out(redis_server: RedisServer) -> None:
+    (worker,) = _workers(redis_server.url, 1, parallel=2)
+    (await worker.admit("b0", kind="generate", principal="u", wait_limit=1)).release()  # scripts loaded
+    await worker.aclose()
+    before = _calls(redis_server.url)
+    for _ in range(10):
+        (await worker.admit("b0", kind="generate", principal="u", wait_limit=1)).release()
+        await worker.aclose()  # the release, sent in the background, has reached the store
+    after = _calls(redis_server.url)
+    assert after.get("evalsha", 0) - before.get("evalsha", 0) == 20
+    assert after.get("publish", 0) == 0  # nobody waited: no worker was woken
+    await _close([worker])
+
+
+def _calls(url: str) -> dict[str, int]:
+    """Calls per command so far (commands that scripts run count too)."""
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(url)
+    try:
+        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in client.info("commandstats").items()}
+    finally:
+        client.close()
