@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import math
 import time
@@ -22,18 +21,19 @@ import orjson
 
 from ollama_asgi.admission import PRIORITIES, Admission, Lease, hold_prewarms, queue_headers
 from ollama_asgi.auth import Authorizer, DefaultAuthorizer, Principal, call_authorizer, model_allowed
+from ollama_asgi.backend import Backend
 from ollama_asgi.errors import GatewayError, stream_error_line
 from ollama_asgi.gc_tuning import tune_gc
 from ollama_asgi.inference import ModelLifecycle, Prepared
 from ollama_asgi.openai_relay import relay_openai
-from ollama_asgi.placement import Backend, Placement
+from ollama_asgi.placement import Placement
 from ollama_asgi.protocol import ParsedRequest, canonical_model, is_cloud_model, parse_request
 from ollama_asgi.ratelimit import MemoryRateLimiter, rate_limit_headers
+from ollama_asgi.registry import BackendRegistry
 from ollama_asgi.relay import RelayResult, SendWatch, relay, stream_headers
 from ollama_asgi.responses import send_bytes, send_error
 from ollama_asgi.routing import EMBED_ROUTES, Kind, Route, match_route, route_path
 from ollama_asgi.settings import ConfigError, Settings, parse_duration
-from ollama_asgi.state import StateUnavailable
 from ollama_asgi.telemetry import RequestRecord, Telemetry
 from ollama_asgi.types import Message, Receive, Scope, Send
 from ollama_asgi.upstream import Upstream, UpstreamError, UpstreamResponse
@@ -78,15 +78,7 @@ class OllamaGateway:
         self.settings = settings if settings is not None else Settings.from_env()
         self._authorize: Authorizer = authorize or DefaultAuthorizer(self.settings)
         self._default_authorizer = self._authorize if type(self._authorize) is DefaultAuthorizer else None
-        self.backends = [
-            Upstream(
-                spec.url,
-                connect_timeout=self.settings.connect_timeout,
-                read_timeout=self.settings.read_timeout,
-                name=spec.name,
-            )
-            for spec in self.settings.backends
-        ]
+        backends = [Backend.from_spec(spec, self.settings) for spec in self.settings.backends]
         self._retry_after = str(max(1, math.ceil(self.settings.upstream_retry_after))).encode()
         self.shared_state: RedisState | None = None
         self.rate_limiter: MemoryRateLimiter | RedisRateLimiter = MemoryRateLimiter()
@@ -104,7 +96,7 @@ class OllamaGateway:
                 from ollama_asgi.state.redis import RedisLoadLock
 
                 lock = RedisLoadLock(self.shared_state)
-            self.lifecycle = ModelLifecycle(self.settings, self.backends, lock=lock)
+            self.lifecycle = ModelLifecycle(self.settings, backends, lock=lock)
         self.admission = Admission(
             parallel=self.settings.parallel,
             embed_parallel=self.settings.embed_parallel,
@@ -121,7 +113,7 @@ class OllamaGateway:
             if loader.before_load is not None:
                 loader.before_load = hold_prewarms(self.admission, loader.before_load)
         self.placement = Placement(
-            [Backend(spec, upstream) for spec, upstream in zip(self.settings.backends, self.backends, strict=True)],
+            backends,
             failures_to_open=self.settings.breaker_failures,
             cooldown=self.settings.breaker_cooldown,
             spill_wait=self.settings.spill_wait,
@@ -133,13 +125,16 @@ class OllamaGateway:
             fits=self._fits,
             memory_for=self._memory_for,
         )
-        if self.lifecycle is not None:
-            self.lifecycle.guard.budgets.update(
-                {spec.name: spec.vram_budget for spec in self.settings.backends if spec.vram_budget}
-            )
+        self.registry = BackendRegistry(
+            self.settings,
+            backends,
+            placement=self.placement,
+            admission=self.admission,
+            lifecycle=self.lifecycle,
+            shared=self.shared_state,
+        )
+        self.backends = self.registry.upstreams  # the clients telemetry checks, changed in place by the registry
         self.telemetry = Telemetry(self)
-        self._backends_version = 0
-        self._backend_sync: asyncio.Task[None] | None = None
         self.shutting_down = False  # set by begin_shutdown(): new and queued requests get 503
         self._drain_timer: asyncio.Task[None] | None = None
         self._relaying: set[UpstreamResponse] = set()  # upstream answers being relayed, ended at the drain timeout
@@ -201,8 +196,7 @@ class OllamaGateway:
         await self.placement.aclose()
         if self.lifecycle is not None:
             await self.lifecycle.aclose()
-        for backend in self.backends:
-            await backend.aclose()
+        await self.registry.aclose()
         await self.admission.aclose()  # shared-lease releases reach Redis before its client closes
         if self.shared_state is not None:
             await self.shared_state.aclose()
@@ -403,8 +397,8 @@ class OllamaGateway:
         less per request; its ``_Retryable`` reaches ``__call__``, which answers with the error.
         """
         self.placement.start()
-        if self.shared_state is not None and (self._backend_sync is None or self._backend_sync.done()):
-            self._backend_sync = asyncio.ensure_future(self._sync_backends())
+        if self.shared_state is not None:
+            self.registry.start_sync()
         principal = request.principal
         restricted = principal is not None and (
             principal.models is not None or self.settings.allowed_models is not None
@@ -817,105 +811,23 @@ class OllamaGateway:
         parts = route_path(scope).split("/")[3:]  # after /_gateway/backends
         name = parts[0] if parts else ""
         action = parts[1] if len(parts) > 1 else ""
+        registry = self.registry
         if method == "POST" and action in ("drain", "undrain"):
-            self.placement.drain(name, action == "drain")
+            registry.drain(name, action == "drain")
         elif method == "POST" and not name:
             raw = await _read_body(scope, receive, 64 * 1024)
             try:
                 spec = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 raise GatewayError(400, "expected a JSON object with at least a url") from None
-            self.add_backend(spec)
+            registry.add(spec)
         elif method == "DELETE" and name and not action:
-            self.remove_backend(name)
+            registry.remove(name)
         elif method != "GET" or action:
             raise GatewayError(405, "405 method not allowed")
         if method != "GET":
-            await self._publish_backends()
-        await send_bytes(send, 200, orjson.dumps({"backends": self.placement.snapshot()}))
-
-    # -- backend changes shared through Redis, so every worker and replica agrees ---------------------
-
-    def _backend_document(self) -> list[dict[str, object]]:
-        return [
-            {
-                "url": b.spec.url,
-                "name": b.name,
-                "weight": b.spec.weight,
-                "parallel": b.spec.parallel,
-                "vram_budget": b.spec.vram_budget,
-                "labels": dict(b.spec.labels),
-                "draining": b.draining,
-            }
-            for b in self.placement.backends
-        ]
-
-    async def _publish_backends(self) -> None:
-        if self.shared_state is None:
-            return
-        try:
-            self._backends_version = await self.shared_state.put_document("backends", self._backend_document())
-        except StateUnavailable:
-            logger.warning("backend change not shared: Redis is unavailable; other workers keep their view")
-
-    async def _sync_backends(self) -> None:
-        """Apply backend changes other workers published (checked every health interval)."""
-        assert self.shared_state is not None
-        while True:
-            await asyncio.sleep(self.settings.health_interval)
-            try:
-                found = await self.shared_state.get_document("backends", newer_than=self._backends_version)
-            except StateUnavailable:
-                continue
-            if found is None:
-                continue
-            version, document = found
-            self._backends_version = version
-            wanted = {str(entry["name"]): entry for entry in document if isinstance(entry, dict)}
-            for backend in list(self.placement.backends):
-                if backend.name not in wanted and len(self.placement.backends) > 1:
-                    self.remove_backend(backend.name)
-            for name, entry in wanted.items():
-                if self.placement.by_name(name) is None:
-                    self.add_backend({k: v for k, v in entry.items() if k != "draining"})
-                self.placement.drain(name, bool(entry.get("draining")))
-
-    def add_backend(self, entry: object) -> None:
-        """Add a backend at run time (``entry`` as in ``upstreams``: a URL or a mapping)."""
-        try:
-            (spec,) = Settings.from_mapping({"upstreams": [entry]}).backends
-        except ConfigError as exc:
-            raise GatewayError(400, str(exc)) from None
-        if not isinstance(entry, dict) or "name" not in entry:
-            spec = dataclasses.replace(spec, name=f"backend-{len(self.backends)}")
-        if self.placement.by_name(spec.name) is not None:
-            raise GatewayError(409, f"a backend named {spec.name!r} exists already")
-        upstream = Upstream(
-            spec.url,
-            connect_timeout=self.settings.connect_timeout,
-            read_timeout=self.settings.read_timeout,
-            name=spec.name,
-        )
-        self.backends.append(upstream)
-        self.placement.backends.append(Backend(spec, upstream))
-        if spec.parallel:
-            self.admission.capacities[spec.name] = spec.parallel
-        if self.lifecycle is not None:
-            self.lifecycle.add_backend(upstream)
-            if spec.vram_budget:
-                self.lifecycle.guard.budgets[spec.name] = spec.vram_budget
-        logger.warning("backend %s added (%s)", spec.name, spec.url)
-
-    def remove_backend(self, name: str) -> None:
-        """Take a backend out for good; requests already on it finish."""
-        backend = self.placement.by_name(name)
-        if backend is None:
-            raise GatewayError(404, f"no backend named {name!r}")
-        if len(self.placement.backends) == 1:
-            raise GatewayError(409, "the last backend cannot be removed")
-        self.placement.backends.remove(backend)
-        self.backends.remove(backend.upstream)
-        logger.warning("backend %s removed", name)
+            await registry.publish()
+        await send_bytes(send, 200, orjson.dumps({"backends": [view.listed() for view in registry.views()]}))
 
     async def _gateway_endpoint(
         self, route: Route, scope: Scope, receive: Receive, send: Send, record: RequestRecord

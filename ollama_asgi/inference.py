@@ -21,6 +21,7 @@ import orjson
 
 from ollama_asgi import anthropic_compat, openai_compat, responses_compat
 from ollama_asgi.auth import Principal
+from ollama_asgi.backend import Backend
 from ollama_asgi.catalog import BackendModels, ModelInfo
 from ollama_asgi.context import TokenCounter, choose_num_ctx, truncate_messages
 from ollama_asgi.errors import GatewayError
@@ -80,13 +81,13 @@ class ModelLifecycle:
     def __init__(
         self,
         settings: Settings,
-        backends: list[Upstream],
+        backends: list[Backend],
         *,
         lock: LoadLock | None = None,
         vram_source: VramSource | None = None,
     ) -> None:
         self.settings = settings
-        self.models = {b.name: BackendModels(b) for b in backends}
+        self.models = {b.name: b.models for b in backends}
         if vram_source is None and settings.nvml:
             vram_source = NvmlSource.available(settings.gpu_devices)
         self.guard = VramGuard(
@@ -97,6 +98,7 @@ class ModelLifecycle:
             unload=self._unload,
             max_loaded=settings.max_loaded_models,
         )
+        self.guard.budgets.update({b.name: b.spec.vram_budget for b in backends if b.spec.vram_budget})
         self.loader = Loader(
             keep_alive=settings.keep_alive,
             load_timeout=settings.load_timeout,
@@ -122,9 +124,19 @@ class ModelLifecycle:
         domain = self.guard.domain(models.backend.name)
         return [peer for peer in self.models.values() if self.guard.domain(peer.backend.name) == domain]
 
-    def add_backend(self, backend: Upstream) -> None:
-        self.models[backend.name] = BackendModels(backend)
+    def add_backend(self, backend: Backend) -> None:
+        self.models[backend.name] = backend.models
+        if backend.spec.vram_budget:
+            self.guard.budgets[backend.name] = backend.spec.vram_budget
         self.traffic[backend.name] = TrafficModel(threshold=self.settings.prewarm_threshold)
+
+    def remove_backend(self, name: str) -> None:
+        """Forget a removed backend: no more polling, sizing or pre-warming there."""
+        self.models.pop(name, None)
+        self.traffic.pop(name, None)
+        self.guard.budgets.pop(name, None)
+        for key in [key for key in self.last_num_ctx if key[0] == name]:
+            del self.last_num_ctx[key]
 
     # -- background -------------------------------------------------------------------------------
 
@@ -135,7 +147,7 @@ class ModelLifecycle:
 
     async def _poll(self) -> None:
         while True:
-            for models in self.models.values():
+            for models in list(self.models.values()):  # a backend removed meanwhile is polled no more
                 await models.refresh_ps()
             await asyncio.sleep(self.settings.ps_interval)
 

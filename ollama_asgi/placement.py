@@ -23,50 +23,15 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
+from ollama_asgi.backend import Backend
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.protocol import canonical_model
-from ollama_asgi.settings import BackendSpec
-from ollama_asgi.upstream import Upstream
 
 __all__ = ["Backend", "Placement"]
 
 logger = logging.getLogger("ollama_asgi.placement")
 _rng = random.Random()  # a private generator: the host's global random state is not ours to advance
-
-BreakerState = Literal["closed", "open", "half-open"]
-
-
-@dataclass(slots=True, eq=False)
-class Backend:
-    """One upstream with its health and breaker state."""
-
-    spec: BackendSpec
-    upstream: Upstream
-    breaker: BreakerState = "closed"
-    failures: int = 0
-    opened_at: float = 0.0
-    cooldown: float = 0.0
-    draining: bool = False
-    last_error: str | None = None
-    last_ok: float = 0.0
-    opens: int = 0  # times the breaker opened, for metrics
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def up(self) -> bool | None:
-        """The last probe or request reached it (None: neither has happened yet)."""
-        if self.failures:
-            return False
-        return True if self.last_ok else None
-
-    def available(self, now: float) -> bool:
-        """May take new requests: in service and its breaker closed (probes decide when it reopens)."""
-        return not self.draining and self.breaker == "closed"
 
 
 @dataclass(slots=True)
@@ -248,27 +213,13 @@ class Placement:
             self.record_failure(backend, "health check failed")
         return ok
 
-    def drain(self, name: str, draining: bool = True) -> Backend:
-        backend = self.by_name(name)
-        if backend is None:
-            raise GatewayError(404, f"no backend named {name!r}")
-        backend.draining = draining
-        logger.warning("backend %s %s", name, "draining" if draining else "back in service")
-        return backend
-
-    def snapshot(self) -> list[dict[str, object]]:
-        return [
-            {
-                "name": b.name,
-                "breaker": b.breaker,
-                "draining": b.draining,
-                "failures": b.failures,
-                "last_error": b.last_error,
-                "weight": b.spec.weight,
-                "labels": dict(b.spec.labels),
-            }
-            for b in self.backends
-        ]
+    def forget(self, name: str) -> None:
+        """A backend left for good: no model spills to it any more."""
+        for model, spill in list(self.spills.items()):
+            if name in spill.backends:
+                spill.backends.remove(name)
+                if not spill.backends:
+                    del self.spills[model]
 
     async def aclose(self) -> None:
         if self._checker is not None:

@@ -146,6 +146,16 @@ class Upstream:
         if self._bodies:
             self._arm()
 
+    @property
+    def relaying(self) -> bool:
+        """Some answer's body is still being read from this backend."""
+        return any(not resp.closed for resp in self._bodies)
+
+    @property
+    def closed(self) -> bool:
+        """No connection pool open (never used, or closed by ``aclose``)."""
+        return self._session is None or self._session.closed
+
     async def call_json(
         self, method: str, path: str, body: object = None, *, within: float = 30.0
     ) -> tuple[int, object]:

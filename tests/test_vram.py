@@ -263,11 +263,12 @@ async def test_the_loaded_model_limit_of_one_server_evicts_only_its_own_models()
 
 
 def test_backends_on_this_hosts_gpus_share_one_memory_domain_and_take_turns_to_load() -> None:
+    from ollama_asgi.backend import Backend
     from ollama_asgi.inference import ModelLifecycle
     from ollama_asgi.settings import Settings
 
     settings = Settings(upstreams=("http://127.0.0.1:9", "http://127.0.0.1:10"))
-    upstreams = [Upstream(s.url, connect_timeout=1, read_timeout=1, name=s.name) for s in settings.backends]
+    upstreams = [Backend.from_spec(spec, settings) for spec in settings.backends]
     with_gpu = ModelLifecycle(settings, upstreams, vram_source=FakeGpu(80 * GIB, 0))
     one, two = with_gpu.models.values()
     assert list(with_gpu.guard.peers(one)) == [one, two]

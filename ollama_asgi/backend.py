@@ -1,0 +1,127 @@
+"""One Ollama server as the gateway knows it: the unit that backend state belongs to.
+
+A ``Backend`` owns everything kept about one server: its configuration (``BackendSpec``), its HTTP
+client, its health and circuit breaker, and its model catalog. It is created when the backend is
+configured or added and closed when it is removed, so nothing of a removed backend lingers.
+``BackendView`` is what a backend looks like from outside, at one moment.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ollama_asgi.catalog import BackendModels
+from ollama_asgi.settings import BackendSpec, Settings
+from ollama_asgi.upstream import Upstream
+
+__all__ = ["Backend", "BackendView", "BreakerState"]
+
+BreakerState = Literal["closed", "open", "half-open"]
+
+
+@dataclass(slots=True, eq=False)
+class Backend:
+    """One upstream with its health, breaker and model catalog."""
+
+    spec: BackendSpec
+    upstream: Upstream
+    models: BackendModels = field(init=False)  # what is known of its models: facts, loaded, in flight
+    breaker: BreakerState = "closed"
+    failures: int = 0
+    opened_at: float = 0.0
+    cooldown: float = 0.0
+    draining: bool = False
+    last_error: str | None = None
+    last_ok: float = 0.0
+    opens: int = 0  # times the breaker opened, for metrics
+
+    def __post_init__(self) -> None:
+        self.models = BackendModels(self.upstream)
+
+    @classmethod
+    def from_spec(cls, spec: BackendSpec, settings: Settings) -> Backend:
+        upstream = Upstream(
+            spec.url, connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout, name=spec.name
+        )
+        return cls(spec, upstream)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def up(self) -> bool | None:
+        """The last probe or request reached it (None: neither has happened yet)."""
+        if self.failures:
+            return False
+        return True if self.last_ok else None
+
+    def available(self, now: float) -> bool:
+        """May take new requests: in service and its breaker closed (probes decide when it reopens)."""
+        return not self.draining and self.breaker == "closed"
+
+    def view(self, now: float | None = None) -> BackendView:
+        spec = self.spec
+        return BackendView(
+            name=spec.name,
+            url=spec.url,
+            up=self.up,
+            available=self.available(time.monotonic() if now is None else now),
+            breaker=self.breaker,
+            draining=self.draining,
+            failures=self.failures,
+            breaker_opens=self.opens,
+            last_error=self.last_error,
+            weight=spec.weight,
+            parallel=spec.parallel,
+            vram_budget=spec.vram_budget,
+            labels=dict(spec.labels),
+        )
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class BackendView:
+    """One backend at one moment: what health, status, metrics and the backends endpoint report."""
+
+    name: str
+    url: str
+    up: bool | None  # None until probed or used
+    available: bool  # new requests go there: breaker closed and not draining
+    breaker: BreakerState
+    draining: bool
+    failures: int
+    breaker_opens: int
+    last_error: str | None
+    weight: float
+    parallel: int | None
+    vram_budget: int | None
+    labels: dict[str, str]
+
+    def listed(self) -> dict[str, object]:
+        """As ``GET /_gateway/backends`` lists it (no URL: that is for the configuration to say)."""
+        return {
+            "name": self.name,
+            "breaker": self.breaker,
+            "draining": self.draining,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "weight": self.weight,
+            "labels": self.labels,
+        }
+
+    def document(self) -> dict[str, object]:
+        """As other workers read it from the shared backend list: enough to add it there."""
+        return {
+            "url": self.url,
+            "name": self.name,
+            "weight": self.weight,
+            "parallel": self.parallel,
+            "vram_budget": self.vram_budget,
+            "labels": self.labels,
+            "draining": self.draining,
+        }

@@ -1,0 +1,80 @@
+"""Backends added and removed at run time: a removed one leaves nothing behind, names never collide."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from ollama_asgi import OllamaGateway
+from ollama_asgi.testing import EmulatorServer
+from tests.conftest import ADMIN, AUTH
+from tests.support.rawhttp import wait_until
+from tests.support.server import ServerThread
+
+MODELS = ["llama3.2", "qwen2.5:0.5b", "qwen3:0.6b", "llava:7b"]
+
+
+@pytest.fixture
+def two() -> Iterator[list[EmulatorServer]]:
+    servers = [EmulatorServer().start() for _ in range(2)]
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def _gateway(server: ServerThread) -> OllamaGateway:
+    return next(r.app for r in server.app.routes if isinstance(getattr(r, "app", None), OllamaGateway))  # type: ignore[attr-defined]
+
+
+def _chat(llm: str, model: str) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": False}
+    return httpx.post(llm + "/api/chat", json=body, headers=AUTH, timeout=30)
+
+
+def test_a_removed_backend_is_forgotten_by_every_part_and_its_client_closed(
+    two: list[EmulatorServer], host_factory: Callable[..., ServerThread]
+) -> None:
+    server = host_factory(
+        upstreams=(
+            {"url": two[0].url, "name": "a"},
+            {"url": two[1].url, "name": "b", "parallel": 2, "vram_budget": 10**10},
+        ),
+        ps_interval=0.1,
+    )
+    gateway = _gateway(server)
+    backends = gateway.placement.backends
+    model = next(m for m in MODELS if gateway.placement.ranking(m, backends)[0].name == "b")
+    assert _chat(server.url + "/llm", model).status_code == 200
+    removed = gateway.registry.by_name("b")
+    assert removed is not None and not removed.upstream.closed
+    answer = httpx.delete(server.url + "/llm/_gateway/backends/b", headers=ADMIN)
+    assert answer.status_code == 200 and [b["name"] for b in answer.json()["backends"]] == ["a"]
+    wait_until(lambda: removed.upstream.closed, timeout=5)
+    lifecycle = gateway.lifecycle
+    assert lifecycle is not None
+    assert "b" not in lifecycle.models and "b" not in lifecycle.guard.budgets
+    assert "b" not in gateway.admission.capacities
+    assert not [key for key in gateway.admission.pools if "b" in (key if isinstance(key, tuple) else (key,))]
+    assert removed.upstream not in gateway.backends
+    seen = len(two[1].emulator.requests)
+    time.sleep(0.5)  # five /api/ps polling intervals
+    assert len(two[1].emulator.requests) == seen
+    assert _chat(server.url + "/llm", model).status_code == 200  # served by the backend that is left
+    assert two[0].emulator.stats.completed == 1
+
+
+def test_an_unnamed_backend_added_after_a_removal_gets_a_name_of_its_own(
+    two: list[EmulatorServer], host_factory: Callable[..., ServerThread]
+) -> None:
+    server = host_factory(upstreams=(two[0].url, two[1].url))  # backend-0 and backend-1
+    with httpx.Client(base_url=server.url + "/llm/_gateway/backends", headers=ADMIN) as client:
+        assert client.delete("/backend-0").status_code == 200
+        added = client.post("", json={"url": two[0].url})
+        assert added.status_code == 200
+        names = [b["name"] for b in added.json()["backends"]]
+        assert len(names) == 2 and len(set(names)) == 2 and names[0] == "backend-1"
