@@ -2,8 +2,8 @@
 
     python bench/gpu/real_report.py RESULTS_DIR... --out docs/gpu/real
 
-Reads ``loads.json``, ``churn.json``, ``coldstart.json``, ``overload.json``, ``prefix.json`` and
-``env.txt`` from each directory given (later directories win for a phase), writes one CSV per
+Reads ``loads.json``, ``churn.json``, ``coldstart.json``, ``overload.json``, ``prefix.json``,
+``shared.json`` and ``env.txt`` from each directory given (later directories win for a phase), writes one CSV per
 phase, ``real-*.png``, and prints the Markdown tables used in BENCHMARKS.md.
 """
 
@@ -23,7 +23,7 @@ GIB = 1 << 30
 def load(dirs: Sequence[Path]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for d in dirs:
-        for name in ("loads", "churn", "coldstart", "overload", "prefix"):
+        for name in ("loads", "churn", "coldstart", "overload", "prefix", "shared"):
             path = d / f"{name}.json"
             if path.exists():
                 found[name] = json.loads(path.read_text())
@@ -290,6 +290,29 @@ def report_prefix(data: dict[str, Any], out: Path) -> list[str]:
     return lines
 
 
+def report_shared(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
+    """Two servers on one card: every pass of every run given, one row each, in the order run."""
+    steps = [{"repeat": i + 1, **s} for i, data in enumerate(runs) for run in data["runs"] for s in run["steps"]]
+    write_csv(out / "real-shared.csv", steps)
+    lines = [
+        "| run | card | pass | requests ok | failed (out of memory) | models partly on the CPU | runner starts "
+        "| peak NVML used | mean / p50 / max latency of ok | trace wall time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for i, data in enumerate(runs):
+        card = str(data.get("device", "")).replace("NVIDIA ", "").replace(" 80GB HBM3", "")
+        for run in data["runs"]:
+            s = run["summary"]
+            lat = s["latency_ok"]
+            starts = sum(s["runner_starts"].values())
+            lines.append(
+                f"| {i + 1} | {card} | {run['label']} | {s['ok']} / {s['requests']} | {s['failed']} ({s['oom']}) "
+                f"| {', '.join(s['offloaded_models']) or 'none'} | {starts} | {s['peak_used_gib']:.1f} GiB "
+                f"| {ms(lat['mean'])} / {ms(lat['p50'])} / {ms(lat['max'])} | {s['wall_s']:.1f} s |"
+            )
+    return lines
+
+
 def h2d_rate(found: dict[str, Any]) -> float | None:
     for text in found.get("env", []):
         start = text.find("{", text.find("ballast:"))
@@ -321,6 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(table(found[name])))
         if draw is not None:
             draw(found[name])
+    if "all-shared" in found:
+        print("\n### shared\n")
+        print("\n".join(report_shared(found["all-shared"], args.out)))
     for i, data in enumerate(found.get("all-coldstart", [])):  # one per run, each its own pattern
         suffix = f"-{i + 1}" if i else ""
         print(f"\n### coldstart{suffix} ({data.get('device')})\n")
