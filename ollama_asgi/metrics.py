@@ -2,8 +2,10 @@
 
 Request metrics (counts, latencies, tokens, rejections) are ``Counter`` and ``Histogram`` objects,
 observed once per request from its record after the answer is complete, never per streamed chunk;
-each labelled child is looked up in prometheus-client once and kept. Values that already live in
-the gateway (queue depth, slots, backend and Redis health, lifecycle and pre-warm counters) are read
+each labelled child is looked up in prometheus-client once and kept. The four counters every request
+adds to are kept as running totals per (route, model, status) and added to their ``Counter`` when
+the metrics are read (see ``_Series``), which keeps a request's cost what it was before these were
+prometheus-client objects. Values that already live in the gateway (queue depth, slots, backend and Redis health, lifecycle and pre-warm counters) are read
 by one collector from a ``Snapshot`` when Prometheus scrapes, so keeping them costs nothing between
 scrapes.
 
@@ -22,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, start_http_server
@@ -56,7 +59,6 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 _STREAMED_ROUTES = frozenset({"generate", "chat", "openai_chat", "openai_completions"})
 
-M = TypeVar("M", Counter, Histogram)
 Labels = tuple[str, ...]
 
 
@@ -65,22 +67,55 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112
 
 
-def _child(children: dict[Labels, M], metric: M, labels: Labels) -> M:
-    """``metric.labels(*labels)``, looked up in prometheus-client (validation, a lock) once per labels."""
+def _child(children: dict[Labels, Counter], counter: Counter, labels: Labels) -> Counter:
     child = children.get(labels)
     if child is None:
-        child = children[labels] = metric.labels(*labels)
+        child = children[labels] = counter.labels(*labels)
     return child
+
+
+class _Series:
+    """The finished requests of one (route, model, status): what each adds to the metrics.
+
+    Its counters (requests, response bytes, prompt and completion tokens) are running totals that
+    only the event loop's thread adds to, brought into prometheus-client's ``Counter`` objects when
+    they are read (``GatewayMetrics.bring_up_to_date``): a ``Counter.inc`` is several calls and a
+    lock, an addition here is one. Its histograms are prometheus-client's children, observed at once.
+    """
+
+    __slots__ = ("applied", "children", "counters", "duration", "first_token", "totals")
+
+    def __init__(self, duration: Histogram, counters: tuple[tuple[Counter, Labels], ...]) -> None:
+        self.duration = duration
+        self.first_token: Histogram | None = None  # made at the first streamed answer of the series
+        self.totals = [0.0] * len(counters)  # requests, response bytes, prompt tokens, completion tokens
+        self.applied = [0.0] * len(counters)  # how much of ``totals`` the Counters hold
+        self.counters = counters  # the Counter and the labels each total goes to
+        self.children: list[Counter | None] = [None] * len(counters)  # made once there is something to add
+
+    def apply(self) -> None:
+        totals, applied = self.totals, self.applied
+        for i, total in enumerate(totals):
+            if total != applied[i]:
+                child = self.children[i]
+                if child is None:
+                    counter, labels = self.counters[i]
+                    child = self.children[i] = counter.labels(*labels)
+                child.inc(total - applied[i])
+                applied[i] = total
 
 
 class _LiveState(Collector):
     """The gateway's live state as metric families, read from one snapshot per scrape."""
 
-    def __init__(self, read: Callable[[], Snapshot], started_at: float) -> None:
+    def __init__(self, read: Callable[[], Snapshot], started_at: float, before: Callable[[], None]) -> None:
         self.read = read
         self.started_at = started_at
+        self.before = before
 
     def collect(self) -> Iterable[Metric]:
+        # Registered before the request metrics, so their Counters are current when the registry reads them.
+        self.before()
         return _live_families(self.read(), self.started_at)
 
     def describe(self) -> Iterable[Metric]:
@@ -122,7 +157,7 @@ class GatewayMetrics:
         self.registry = REGISTRY if settings.metrics_registry == "global" else CollectorRegistry()
         self._registered: list[Collector] = []
         self._server: WSGIServer | None = None
-        self.live = _LiveState(lambda: snapshot(parts, health), started_at)
+        self.live = _LiveState(lambda: snapshot(parts, health), started_at, self.bring_up_to_date)
         self._register(self.live)
 
         self.requests = self._counter(
@@ -161,16 +196,13 @@ class GatewayMetrics:
             "Requests the gateway answered itself instead of Ollama, by route and reason.",
             ("route", "reason"),
         )
-        # Labelled children by label values, one dict per metric (see ``_child``).
-        self._requests: dict[Labels, Counter] = {}
-        self._durations: dict[Labels, Histogram] = {}
-        self._first_tokens: dict[Labels, Histogram] = {}
-        self._queue_waits: dict[Labels, Histogram] = {}
-        self._prompt_tokens: dict[Labels, Counter] = {}
-        self._completion_tokens: dict[Labels, Counter] = {}
-        self._response_bytes: dict[Labels, Counter] = {}
-        self._failed_answers: dict[Labels, Counter] = {}
-        self._rejections: dict[Labels, Counter] = {}
+        self._series: dict[Labels, _Series] = {}
+        self._queue_waits: dict[str, Histogram] = {}  # by backend
+        self._failed: dict[Labels, Counter] = {}
+        self._rejected: dict[Labels, Counter] = {}
+        self._applying = threading.Lock()  # the metrics port's thread and the event loop may both read
+        # With several workers the Counters are files the scraped worker reads: keep them current.
+        self._immediate = bool(multiprocess_dir())
 
         lifecycle = parts.lifecycle
         if lifecycle is not None:
@@ -231,26 +263,51 @@ class GatewayMetrics:
         model = ""
         if parsed is not None and parsed.model and result is not None and status not in (400, 404):
             model = canonical_model(parsed.model)
-        _child(self._requests, self.requests, (route, model, _status_text(status))).inc()
-        _child(self._durations, self.duration, (route, model)).observe(now - record.started)
+        status_text = _STATUS_TEXT.get(status) or str(status)
+        series = self._series.get((route, model, status_text))
+        if series is None:
+            series = self._new_series(route, model, status_text)
+        series.duration.observe(now - record.started)
+        totals = series.totals
+        totals[0] += 1
         if reason:
             if result is not None and record.error is None:  # a reason with a result: it failed mid-answer
-                _child(self._failed_answers, self.failed_answers, (route, model, reason)).inc()
+                _child(self._failed, self.failed_answers, (route, model, reason)).inc()
             else:
-                _child(self._rejections, self.rejections, (route, reason)).inc()
+                _child(self._rejected, self.rejections, (route, reason)).inc()
         if record.queued is not None:
-            _child(self._queue_waits, self.queue_wait, (record.backend,)).observe(record.queued)
-        if result is None:
-            return
-        _child(self._response_bytes, self.response_bytes, (route,)).inc(result.sent)
-        streamed = parsed is not None and parsed.stream and route in _STREAMED_ROUTES
-        if streamed and record.first_byte is not None and status == 200:
-            _child(self._first_tokens, self.first_token, (route, model)).observe(record.first_byte - record.started)
-        prompt, completion = usage
-        if prompt:
-            _child(self._prompt_tokens, self.prompt_tokens, (model,)).inc(prompt)
-        if completion:
-            _child(self._completion_tokens, self.completion_tokens, (model,)).inc(completion)
+            wait = self._queue_waits.get(record.backend)
+            if wait is None:
+                wait = self._queue_waits[record.backend] = self.queue_wait.labels(record.backend)
+            wait.observe(record.queued)
+        if result is not None:
+            totals[1] += result.sent
+            prompt, completion = usage
+            totals[2] += prompt
+            totals[3] += completion
+            streamed = parsed is not None and parsed.stream and route in _STREAMED_ROUTES
+            if streamed and record.first_byte is not None and status == 200:
+                if series.first_token is None:
+                    series.first_token = self.first_token.labels(route, model)
+                series.first_token.observe(record.first_byte - record.started)
+        if self._immediate:
+            series.apply()
+
+    def _new_series(self, route: str, model: str, status: str) -> _Series:
+        counters = (
+            (self.requests, (route, model, status)),
+            (self.response_bytes, (route,)),
+            (self.prompt_tokens, (model,)),
+            (self.completion_tokens, (model,)),
+        )
+        series = self._series[(route, model, status)] = _Series(self.duration.labels(route, model), counters)
+        return series
+
+    def bring_up_to_date(self) -> None:
+        """Add to the Counters what the requests added to their series since they were last read."""
+        with self._applying:
+            for series in list(self._series.values()):
+                series.apply()
 
     def render(self) -> tuple[bytes, bytes]:
         """The Prometheus text exposition and its content type."""
@@ -288,10 +345,6 @@ class GatewayMetrics:
 
 
 _STATUS_TEXT = {code: str(code) for code in range(100, 600)}
-
-
-def _status_text(status: int) -> str:
-    return _STATUS_TEXT.get(status) or str(status)
 
 
 def _gauge(name: str, documentation: str, *, value: float | bool) -> GaugeMetricFamily:

@@ -219,6 +219,22 @@ async def test_the_global_registry_is_shared_with_the_host_and_released_on_close
     await OllamaGateway(settings).aclose()  # registers again once the first one let go
 
 
+def test_the_hosts_own_scrape_of_the_global_registry_counts_every_request(emulator: EmulatorServer) -> None:
+    settings = Settings.from_mapping(
+        {"upstreams": [emulator.url], "api_keys": [f"ci={API_KEY}"], "metrics_registry": "global"}
+    )
+    with ServerThread(starlette_host(OllamaGateway(settings))) as server:  # its lifespan releases the registry
+        for _ in range(3):
+            assert httpx.post(server.url + "/llm/api/chat", json=_chat(), headers=AUTH).status_code == 200
+        samples: Samples = {}
+        deadline = time.monotonic() + 5
+        while value(samples, "ollama_asgi_requests_total") < 3 and time.monotonic() < deadline:
+            families = text_string_to_metric_families(prometheus_client.generate_latest().decode())
+            samples = {(s.name, frozenset(s.labels.items())): s.value for f in families for s in f.samples}
+    assert value(samples, "ollama_asgi_requests_total", route="chat", status="200") == 3
+    assert value(samples, "ollama_asgi_completion_tokens_total", model="llama3.2:latest") > 0
+
+
 def test_multiprocess_mode_adds_up_every_worker(emulator: EmulatorServer) -> None:
     with tempfile.TemporaryDirectory() as directory:
         env = {
