@@ -20,6 +20,7 @@ from ollama_asgi.settings import parse_duration
 
 __all__ = [
     "MAX_JSON_DEPTH",
+    "LEGACY_OPTION_KINDS",
     "OPTION_KINDS",
     "RUNNER_OPTIONS",
     "ParsedRequest",
@@ -58,8 +59,12 @@ OPTION_KINDS: dict[str, str] = {
     "main_gpu": "int",
     "use_mmap": "bool",
     "num_thread": "int",
-    # Read with these types by earlier Ollama versions (v0.24 ignores them): a wrong type must not
-    # reach an older backend as its 500.
+    "draft_num_predict": "int",  # a runner option of newer versions (speculative decoding)
+}
+# Options of earlier Ollama versions, which v0.24 and newer ignore whatever their value (``mirostat:
+# "x"`` is answered 200): a request's are not checked, as Ollama does not check them. Their kinds
+# remain for the gateway's own ``runner_options`` setting, which an older backend may still read.
+LEGACY_OPTION_KINDS: dict[str, str] = {
     "mirostat": "int",
     "mirostat_tau": "float",
     "mirostat_eta": "float",
@@ -74,6 +79,8 @@ OPTION_KINDS: dict[str, str] = {
 }
 _INT_OPTIONS = frozenset(key for key, kind in OPTION_KINDS.items() if kind == "int")
 _FLOAT_OPTIONS = frozenset(key for key, kind in OPTION_KINDS.items() if kind == "float")
+OPTION_KINDS.update(LEGACY_OPTION_KINDS)  # one table for settings; requests check the current ones only
+_CHECKED_OPTIONS = frozenset(OPTION_KINDS) - frozenset(LEGACY_OPTION_KINDS)
 # Options fixed when a model is loaded: a request whose value differs from the loaded runner's makes
 # Ollama reload the model for everyone (``shift`` is a request field with the same effect on newer
 # versions). The gateway owns them, as it owns num_ctx.
@@ -85,6 +92,7 @@ RUNNER_OPTIONS = frozenset(
         "main_gpu",
         "use_mmap",
         "num_thread",
+        "draft_num_predict",
         "numa",
         "low_vram",
         "f16_kv",
@@ -227,7 +235,7 @@ def check_options(options: object, max_num_ctx: int) -> dict[str, Any]:
                 _FLOAT32_MIN <= value <= _FLOAT32_MAX
             ):
                 _raise_if_bad(key, value, "float")
-        elif key in OPTION_KINDS:
+        elif key in _CHECKED_OPTIONS:
             _raise_if_bad(key, value, OPTION_KINDS[key])
     if nulls:
         options = {key: value for key, value in options.items() if value is not None}

@@ -131,6 +131,19 @@ def test_options_ollama_does_not_know_pass_through() -> None:
     assert parse(b'{"model":"m","options":{"my_option":"x"}}').body["options"] == {"my_option": "x"}
 
 
+@pytest.mark.parametrize(
+    "option", ["mirostat", "mirostat_tau", "mirostat_eta", "tfs_z", "penalize_newline", "use_mlock"]
+)
+def test_options_ollama_no_longer_reads_are_not_checked_as_ollama_does_not(option: str) -> None:
+    raw = b'{"model":"m","options":{"%s":"x"}}' % option.encode()  # v0.24 answers 200 whatever the value
+    assert parse(raw).body["options"] == {option: "x"}
+
+
+def test_draft_num_predict_is_read_as_the_integer_newer_ollama_reads() -> None:
+    with pytest.raises(GatewayError, match="draft_num_predict"):
+        parse(b'{"model":"m","options":{"draft_num_predict":"four"}}')
+
+
 @pytest.mark.parametrize("value", [b'"NaN"', b'"Infinity"', b"1e300", b'"1"', b"true"])
 def test_an_openai_temperature_that_is_not_a_finite_number_is_a_400_naming_it(value: bytes) -> None:
     with pytest.raises(GatewayError) as info:

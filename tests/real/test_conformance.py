@@ -124,6 +124,12 @@ CHECKS: tuple[Check, ...] = (
     Check("chat", "POST", "/api/chat", {"model": "tiny", "messages": HI, "stream": False}, (), _COUNTS),
     Check("chat, JSON keys in any case", "POST", "/api/chat", {"Model": "tiny", "MESSAGES": []}),
     Check("chat, a null option", "POST", "/api/chat", {"model": "tiny", "messages": [], "options": {"mirostat": None}}),
+    Check(
+        "chat, options Ollama no longer reads, of any type",
+        "POST",
+        "/api/chat",
+        {"model": "tiny", "messages": [], "options": {"mirostat": "x", "tfs_z": [], "penalize_newline": 3}},
+    ),
     Check("chat, streamed", "POST", "/api/chat", {"model": "tiny", "messages": HI}, _STREAM, _COUNTS),
     Check(
         "chat, tools the model does not call",

@@ -564,7 +564,7 @@ def test_an_openai_temperature_given_as_text_is_an_openai_400(client: httpx.Clie
 
 # -- runner options: any that differs from the loaded runner's reloads the model for everyone ---------
 
-RUNNER = {"num_batch": 64, "num_thread": 1, "use_mmap": False, "num_gpu": 0, "main_gpu": 1}
+RUNNER = {"num_batch": 64, "num_thread": 1, "use_mmap": False, "num_gpu": 0, "main_gpu": 1, "draft_num_predict": 4}
 
 
 def test_an_ordinary_users_runner_options_never_reach_ollama(client: httpx.Client, emulator: EmulatorServer) -> None:
