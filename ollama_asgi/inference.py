@@ -10,12 +10,14 @@ feed the traffic model that pre-warms what comes next.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -88,17 +90,19 @@ class ModelLifecycle:
     ) -> None:
         self.settings = settings
         self.models = {b.name: b.models for b in backends}
-        if vram_source is None and settings.nvml:
-            vram_source = NvmlSource.available(settings.gpu_devices)
         self.guard = VramGuard(
             budget=settings.vram_budget,
             margin=settings.vram_margin,
             reserved=settings.vram_reserved,
-            source=vram_source,
+            source=None,
             unload=self._unload,
             max_loaded=settings.max_loaded_models,
         )
-        self.guard.budgets.update({b.name: b.spec.vram_budget for b in backends if b.spec.vram_budget})
+        # ``vram_source`` stands for this host's GPUs (tests); otherwise NVML, one reader per GPU set.
+        self._host_gpus = vram_source
+        self._nvml: dict[tuple[int, ...] | None, VramSource | None] = {}
+        for backend in backends:
+            self._attach_memory(backend)
         self.loader = Loader(
             keep_alive=settings.keep_alive,
             load_timeout=settings.load_timeout,
@@ -124,10 +128,28 @@ class ModelLifecycle:
         domain = self.guard.domain(models.backend.name)
         return [peer for peer in self.models.values() if self.guard.domain(peer.backend.name) == domain]
 
+    def _attach_memory(self, backend: Backend) -> None:
+        """Tell the guard where ``backend``'s memory is known from: its budget, and the GPUs of this
+        host that are its own (those it names, or ``gpu_devices`` for a backend on this host)."""
+        spec = backend.spec
+        if spec.vram_budget:
+            self.guard.budgets[spec.name] = spec.vram_budget
+        gpus = spec.gpus
+        if gpus is None and not _on_this_host(spec.url):
+            return  # a remote backend's GPUs are another machine's: its budget and Ollama's sizes decide
+        if gpus is None:
+            gpus = self.settings.gpu_devices
+        source = self._host_gpus
+        if source is None and self.settings.nvml:
+            if gpus not in self._nvml:
+                self._nvml[gpus] = NvmlSource.available(gpus)
+            source = self._nvml[gpus]
+        if source is not None:
+            self.guard.sources[spec.name] = source
+
     def add_backend(self, backend: Backend) -> None:
         self.models[backend.name] = backend.models
-        if backend.spec.vram_budget:
-            self.guard.budgets[backend.name] = backend.spec.vram_budget
+        self._attach_memory(backend)
         self.traffic[backend.name] = TrafficModel(threshold=self.settings.prewarm_threshold)
 
     def remove_backend(self, name: str) -> None:
@@ -135,6 +157,7 @@ class ModelLifecycle:
         self.models.pop(name, None)
         self.traffic.pop(name, None)
         self.guard.budgets.pop(name, None)
+        self.guard.sources.pop(name, None)
         for key in [key for key in self.last_num_ctx if key[0] == name]:
             del self.last_num_ctx[key]
 
@@ -513,6 +536,16 @@ def to_native(route: str, req: dict[str, Any]) -> tuple[str, dict[str, Any], boo
     if route == "openai_responses":
         return responses_compat.to_native(req)
     return openai_compat.to_native(route, req)
+
+
+def _on_this_host(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _dumps(body: dict[str, Any]) -> bytes:

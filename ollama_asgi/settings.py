@@ -266,13 +266,16 @@ class BackendSpec:
     parallel: PositiveInt | None = None  # None: Settings.parallel
     vram_budget: PositiveInt | None = None  # None: Settings.vram_budget
     labels: tuple[tuple[str, str], ...] = ()
+    # This host's GPUs that are this backend's own, read through NVML; None: those of `gpu_devices`
+    # for a backend on this host (a loopback URL), none for a remote one (its budget decides).
+    gpus: tuple[NonNegativeInt, ...] | None = None
 
     def __post_init__(self) -> None:
         _check(self)
         object.__setattr__(self, "url", _base_url(self.url, "upstreams"))
 
 
-_BACKEND_ENTRY = ("url", "name", "weight", "parallel", "vram_budget", "labels")
+_BACKEND_ENTRY = ("url", "name", "weight", "parallel", "vram_budget", "labels", "gpus")
 
 
 # -- the loaders' readers: text and loose forms into the declared types ------------------------------
@@ -393,7 +396,7 @@ def _within(field: str, build: Callable[[], _T]) -> _T:
 
 
 def _read_backends(value: object, field: str) -> tuple[BackendSpec, ...]:
-    """Backends from URLs or mappings ``{"url", "name", "weight", "parallel", "vram_budget", "labels"}``."""
+    """Backends from URLs or mappings ``{"url", "name", "weight", "parallel", "vram_budget", "labels", "gpus"}``."""
     hints = _hints(BackendSpec)
     specs: list[BackendSpec] = []
     for i, item in enumerate(_entries(value)):
@@ -472,7 +475,7 @@ class Settings:
         default=_DEFAULT_UPSTREAMS,
         metadata=_doc(
             "Ollama servers: base URLs (env: comma-separated) or mappings with url, name, weight, parallel, "
-            "vram_budget and labels. Read back as URLs; the details are in `backends`."
+            "vram_budget, labels and gpus. Read back as URLs; the details are in `backends`."
         ),
     )
     backends: tuple[BackendSpec, ...] = field(
@@ -682,7 +685,10 @@ class Settings:
         default=True, metadata=_doc("Read GPU memory with NVML when nvidia-ml-py and a GPU are present.")
     )
     gpu_devices: tuple[NonNegativeInt, ...] | None = field(
-        default=None, metadata=_doc("GPU indices the backend uses (None: all).")
+        default=None,
+        metadata=_doc(
+            "This host's GPU indices that backends on this host use unless they name their `gpus` (None: all)."
+        ),
     )
     prewarm: bool = field(
         default=True, metadata=_doc("Load the predicted next model ahead of time when memory allows.")

@@ -9,9 +9,12 @@ load is refused with a Retry-After rather than queued blindly. Ollama's loaded-m
 memory: a load that only needs a slot among the loaded models waits for one to go idle, as it
 would in Ollama.
 
-Backends whose memory the same readings count (several Ollama servers on this host's GPUs) share
-one memory domain: their loads take turns, and an idle model of any of them may make room, since
-each server alone sees only its own models and would fail its load with an out-of-memory error.
+Readings are per backend: NVML reads only the GPUs of this host that a backend is told are its own
+(``sources``); a remote backend has none, and its budget and the sizes Ollama reports decide, so it
+is never managed on another machine's GPU. Backends whose memory the same readings count (several
+Ollama servers on this host's GPUs) share one memory domain: their loads take turns, and an idle
+model of any of them may make room, since each server alone sees only its own models and would
+fail its load with an out-of-memory error. Each domain calibrates its own reserve.
 """
 
 from __future__ import annotations
@@ -100,7 +103,9 @@ class VramGuard:
         self.budgets: dict[str, int] = {}  # per-backend budgets (a backend's own `vram_budget`)
         self.margin = margin
         self.reserved = reserved  # memory no model accounts for: CUDA contexts, runner overhead
-        self.source = source
+        self._host = source  # readings for every backend not in ``sources`` (tests; None in the gateway)
+        self.sources: dict[str, VramSource] = {}  # backend -> readings of this host's GPUs that are its own
+        self._calibrated: dict[int, int] = {}  # id of a source -> the reserve measured on its GPUs
         self._unload = unload
         self.settle = settle
         self.evictions = 0
@@ -113,12 +118,31 @@ class VramGuard:
     def active(self) -> bool:
         return self.budget is not None or self.source is not None or bool(self.budgets) or bool(self.max_loaded)
 
+    @property
+    def source(self) -> VramSource | None:
+        """Readings of this host's GPUs, if any backend is managed on them (what status reports)."""
+        return self._host if self._host is not None else next(iter(self.sources.values()), None)
+
+    @source.setter
+    def source(self, source: VramSource | None) -> None:
+        self._host = source
+
+    def source_for(self, backend: str) -> VramSource | None:
+        """The readings of ``backend``'s own GPUs on this host; None for a remote backend."""
+        return self.sources.get(backend, self._host)
+
+    def reserved_for(self, backend: str) -> int:
+        """Memory of ``backend``'s GPUs that no model accounts for: configured, or as calibrated there."""
+        source = self.source_for(backend)
+        return self.reserved if source is None else self._calibrated.get(id(source), self.reserved)
+
     def budget_for(self, backend: str) -> int | None:
         return self.budgets.get(backend, self.budget)
 
     def domain(self, backend: str) -> str:
         """The memory a backend's loads draw on: this host's GPUs when they are read, else its own."""
-        return "nvml" if self.source is not None else f"backend:{backend}"
+        source = self.source_for(backend)
+        return f"gpus:{id(source):x}" if source is not None else f"backend:{backend}"
 
     def expected_size(self, models: BackendModels, info: ModelInfo, num_ctx: int) -> int:
         seen = models.loaded.get(info.name)
@@ -127,23 +151,39 @@ class VramGuard:
         return int(info.size * (1.0 + self.margin))
 
     def readings(self) -> list[DeviceMemory]:
-        return list(self.source.read()) if self.source is not None else []
+        """This host's GPUs that some backend is managed on (each once)."""
+        sources = {id(s): s for s in (self._host, *self.sources.values()) if s is not None}
+        found: dict[int, DeviceMemory] = {}
+        for source in sources.values():
+            for device in source.read():
+                found.setdefault(device.index, device)
+        return [found[index] for index in sorted(found)]
+
+    def readings_for(self, backend: str) -> list[DeviceMemory]:
+        source = self.source_for(backend)
+        return list(source.read()) if source is not None else []
 
     def calibrate(self, models: BackendModels) -> None:
         """With nothing loaded, whatever NVML counts as used belongs to no model (driver reservation,
         CUDA contexts): take it as the reserve when it is larger than the configured one."""
-        if self.source is None or any(peer.loaded for peer in self.peers(models)):
+        source = self.source_for(models.backend.name)
+        if source is None or any(peer.loaded for peer in self.peers(models)):
             return
-        used = sum(d.used for d in self.readings())
-        if used > self.reserved:
-            logger.info("GPU memory held with no model loaded: %s; counting it as reserved", _size(used))
-            self.reserved = used
+        used = sum(d.used for d in source.read())
+        if used > self.reserved_for(models.backend.name):
+            logger.info(
+                "GPU memory held with no model loaded on %s's GPUs: %s; counting it as reserved there",
+                models.backend.name,
+                _size(used),
+            )
+            self._calibrated[id(source)] = used
 
     def free_bytes(self, models: BackendModels) -> int:
         accounted = sum(m.size_vram or m.size for m in models.loaded.values())
         budget = self.budget_for(models.backend.name)
-        if self.source is not None:
-            free = sum(d.free for d in self.readings())
+        readings = self.readings_for(models.backend.name)
+        if readings:
+            free = sum(d.free for d in readings)
             if budget is not None:
                 free = min(free, budget - accounted)
             return free
@@ -153,13 +193,13 @@ class VramGuard:
 
     def fragmentation(self, models: BackendModels) -> float | None:
         """Share of GPU memory used by nothing the loaded models account for (0 is clean)."""
-        readings = self.readings()
+        readings = self.readings_for(models.backend.name)
         if not readings:
             return None
         total = sum(d.total for d in readings)
         used = sum(d.used for d in readings)
         accounted = sum(m.size_vram for peer in self.peers(models) for m in peer.loaded.values())
-        return max(0.0, (used - accounted - self.reserved) / total) if total else None
+        return max(0.0, (used - accounted - self.reserved_for(models.backend.name)) / total) if total else None
 
     async def before_load(self, models: BackendModels, info: ModelInfo, num_ctx: int, *, patient: bool = True) -> None:
         """Make room for ``info``; ``patient=False`` (a pre-warm) is refused where a request would wait."""
@@ -214,10 +254,11 @@ class VramGuard:
             await self._evict(owner, victim)
             evicted.append((owner, victim))
             free += released
-        if evicted and self.source is not None:
+        if evicted and self.source_for(models.backend.name) is not None:
             await self._wait_for_memory(models, need)
             free = self.free_bytes(models)
-        measured = self.source is not None or self.budget_for(models.backend.name) is not None
+        backend = models.backend.name
+        measured = self.source_for(backend) is not None or self.budget_for(backend) is not None
         seen = free if measured else None  # a CPU server measures nothing: no made-up figure on the status page
         gone = [name if owner is models else f"{owner.backend.name}/{name}" for owner, name in evicted]
         self.history.append({"time": time.time(), "load": info.name, "need": need, "free": seen, "evicted": gone})

@@ -7,9 +7,12 @@ import time
 
 import pytest
 
+from ollama_asgi.backend import Backend
 from ollama_asgi.catalog import BackendModels, Loaded, ModelInfo
 from ollama_asgi.errors import GatewayError
+from ollama_asgi.inference import ModelLifecycle
 from ollama_asgi.lifecycle import Loader
+from ollama_asgi.settings import Settings
 from ollama_asgi.upstream import Upstream
 from ollama_asgi.vram import DeviceMemory, VramGuard
 
@@ -201,7 +204,7 @@ def test_memory_held_with_nothing_loaded_counts_as_reserved() -> None:
     guard, _ = _guard(gpu)
     models = _models(gpu, {})
     guard.calibrate(models)
-    assert guard.reserved == int(1.24 * GIB)
+    assert guard.reserved_for(models.backend.name) == int(1.24 * GIB)
     gpu.models["a"] = 10 * GIB
     models.loaded["a"] = Loaded("a", 4096, 10 * GIB, 10 * GIB, time.time() + 60)
     assert guard.fragmentation(models) == pytest.approx(0.0)
@@ -277,3 +280,40 @@ def test_backends_on_this_hosts_gpus_share_one_memory_domain_and_take_turns_to_l
     one, two = without.models.values()
     assert list(without.guard.peers(one)) == [one]
     assert without.loader.memory_domain(one) != without.loader.memory_domain(two)
+
+
+def _lifecycle(*entries: dict[str, object], gpu: FakeGpu | None = None) -> ModelLifecycle:
+    settings = Settings.from_mapping({"upstreams": list(entries)})
+    return ModelLifecycle(settings, [Backend.from_spec(spec, settings) for spec in settings.backends], vram_source=gpu)
+
+
+def test_a_remote_backend_is_never_managed_on_this_hosts_gpus() -> None:
+    gpu = FakeGpu(80 * GIB, 0)
+    lifecycle = _lifecycle(
+        {"url": "http://127.0.0.1:9", "name": "here"},
+        {"url": "http://10.9.8.7:11434", "name": "there", "vram_budget": 8 * GIB},
+        gpu=gpu,
+    )
+    guard = lifecycle.guard
+    here, there = lifecycle.models["here"], lifecycle.models["there"]
+    assert guard.free_bytes(here) == 80 * GIB
+    assert guard.free_bytes(there) == 8 * GIB  # its own budget, not this host's free memory
+    assert guard.fragmentation(there) is None
+    assert guard.domain("here") != guard.domain("there")
+
+
+def test_a_backend_told_its_gpus_is_managed_on_them_wherever_its_url_points() -> None:
+    lifecycle = _lifecycle({"url": "http://10.9.8.7:11434", "name": "there", "gpus": [0]}, gpu=FakeGpu(80 * GIB, 0))
+    assert lifecycle.guard.free_bytes(lifecycle.models["there"]) == 80 * GIB
+
+
+def test_calibrating_one_set_of_gpus_leaves_the_reserve_of_another_as_it_was() -> None:
+    busy, clean = FakeGpu(80 * GIB, 2 * GIB), FakeGpu(80 * GIB, 0)
+    guard, _ = _guard(None)
+    guard.sources = {"one": busy, "two": clean}
+    one = _backend(busy, "one", {})
+    two = _backend(clean, "two", {})
+    guard.calibrate(one)
+    guard.calibrate(two)
+    assert guard.reserved_for("one") == 2 * GIB
+    assert guard.reserved_for("two") == GIB // 2  # the configured reserve
