@@ -67,6 +67,8 @@ __all__ = [
 PRIORITIES = {"interactive": 0, "batch": 1}
 _MAX_PROMISED = 4096  # refused requests remembered until the time they were told to come back
 _MAX_ADVICE = 600.0  # seconds: beyond this a Retry-After says nothing a client can plan with
+_EARLY = 0.5  # seconds a refused client may come back before its time and find its place kept
+_GRACE = 2.0  # ... and after it (a client sleeps Retry-After, then connects and sends)
 
 
 @dataclass(slots=True, eq=False)
@@ -296,32 +298,61 @@ class Pool:
         return ahead
 
     def refusal_wait(self, ahead: int, requester: tuple[str, str] | None = None) -> float:
-        """Seconds to advertise in a refused request's ``Retry-After``.
+        """Seconds to advertise in a refused request's ``Retry-After``, and a place kept for then.
 
-        Under sustained overload the queue refills as soon as places free up, so the ``ahead``
-        requests queued now are not all that stands before this requester: so does every other
-        requester refused earlier and told to come back before it. Counting those, until the time
-        they were given passes, makes the advice grow with the overload as the real wait does,
-        instead of staying at one queue's drain time. ``requester`` (principal, client host) is
-        counted once however often it asks: a client that polls instead of waiting must not
-        inflate everyone's advice. Without one, only the queue counts.
+        Under sustained overload the queue is full and a place in it frees each time a slot does,
+        about every ``service_time / capacity`` seconds. A refused requester (principal, client host)
+        is promised the place after those promised to requesters refused before it: its advice is
+        its turn among them, and when it comes back at that time (within ``_EARLY`` before and
+        ``_GRACE`` after) its place is kept for it (``claim``), however full the queue is. So the
+        advice is the wait a client that obeys it sees, whatever the overload; one that asks again
+        sooner is told the time left, keeping its turn and pushing nobody back. Without a requester,
+        only the queue counts.
         """
         now = time.monotonic()
+        self._forget_promises(now)
+        if requester is None:
+            return min(self.expected_wait(ahead), _MAX_ADVICE)
         promised = self._promised
-        times = self._promise_times
-        while times and times[0][0] <= now:
-            when, key = heappop(times)
-            if promised.get(key) == when:
-                del promised[key]
-        others = len(promised) - (1 if requester in promised else 0)
-        wait = min(self.expected_wait(ahead + others), _MAX_ADVICE)
-        if requester is not None and (requester in promised or len(promised) < _MAX_PROMISED):
-            promised[requester] = now + wait
-            heappush(times, (now + wait, requester))
-            if len(times) > 4 * _MAX_PROMISED:  # re-promised requesters leave stale entries behind
-                self._promise_times = [(when, key) for key, when in promised.items()]
+        when = promised.get(requester)
+        if when is not None and now < when - _EARLY:
+            return when - now  # back before its time: its turn stays where it was
+        others = len(promised) - (1 if when is not None else 0)
+        wait = min(self.expected_wait(others), _MAX_ADVICE)
+        if when is not None or len(promised) < _MAX_PROMISED:
+            when = promised[requester] = now + max(1, math.ceil(wait))  # as Retry-After says it
+            heappush(self._promise_times, (when + _GRACE, requester))
+            if len(self._promise_times) > 4 * _MAX_PROMISED:  # re-promised requesters leave stale entries
+                self._promise_times = [(at + _GRACE, key) for key, at in promised.items()]
                 heapify(self._promise_times)
         return wait
+
+    def _forget_promises(self, now: float) -> None:
+        promised = self._promised
+        times = self._promise_times
+        while times and times[0][0] < now:
+            until, key = heappop(times)
+            if promised.get(key) == until - _GRACE:
+                del promised[key]
+
+    def claim(self, requester: tuple[str, str]) -> bool:
+        """``requester`` comes back when it was told to: its kept place is its own (once)."""
+        when = self._promised.get(requester)
+        if when is None:
+            return False
+        now = time.monotonic()
+        if when - _EARLY <= now <= when + _GRACE:
+            del self._promised[requester]
+            return True
+        return False
+
+    def held(self) -> int:
+        """Places kept for requesters whose time has come and who are not back yet."""
+        if not self._promised:
+            return 0
+        now = time.monotonic()
+        self._forget_promises(now)
+        return sum(1 for when in self._promised.values() if when - _EARLY <= now)
 
     def release(self, granted_at: float, *, record: bool) -> None:
         self.in_flight -= 1
@@ -926,13 +957,8 @@ class Admission:
         if granted_at is not None:
             return Lease(pool, granted_at, 0.0)
         ahead = self.queued(backend)
-        if ahead >= self.max_queue:
-            raise GatewayError(
-                503,
-                f"the gateway's queue for this backend is full ({self.max_queue} waiting); try again later",
-                retry_after(pool.refusal_wait(ahead, requester)),
-                reason="queue_full",
-            )
+        if self._full(pool, ahead, requester):
+            raise self._queue_full(pool, ahead, requester)
         waiter = _Waiter(principal, weight, priority, now + wait_limit, asyncio.get_running_loop().create_future())
         pool._enqueue(waiter)
         waiter.position = pool.position(waiter)
@@ -1004,6 +1030,15 @@ class Admission:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def _full(self, pool: Pool, ahead: int, requester: tuple[str, str]) -> bool:
+        """No queue place for this request: the queue is full, counting places kept for refused
+        requesters whose time has come, unless it is one of them (see ``Pool.refusal_wait``)."""
+        if not pool._promised:
+            return ahead >= self.max_queue
+        if pool.claim(requester):
+            return False  # its place was kept: it may queue beyond max_queue by the places kept
+        return ahead + pool.held() >= self.max_queue
+
     def _queue_full(self, pool: Pool, ahead: int, requester: tuple[str, str]) -> GatewayError:
         return GatewayError(
             503,
@@ -1025,7 +1060,7 @@ class Admission:
         assert self.shared is not None
         now = time.monotonic()
         ahead = self.queued(backend)
-        if ahead >= self.max_queue:
+        if self._full(pool, ahead, requester):
             raise self._queue_full(pool, ahead, requester)
         place = QueuePlace(uuid.uuid4().hex, self.max_queue, now + wait_limit)
         placed = False

@@ -164,9 +164,10 @@ async def test_retry_after_follows_the_measured_service_time() -> None:
         asyncio.ensure_future(admission.admit("b0", kind="generate", principal="u", wait_limit=5)) for _ in range(3)
     ]
     await asyncio.sleep(0)
-    with pytest.raises(GatewayError) as info:
-        await admission.admit("b0", kind="generate", principal="u", wait_limit=5)
-    # 3 ahead plus this one, 0.3 s each on one slot: 1.2 s, rounded up to 2.
+    for client in ("a", "b", "c", "d"):
+        with pytest.raises(GatewayError) as info:
+            await admission.admit("b0", kind="generate", principal="u", wait_limit=5, client=client)
+    # 3 refused before it plus itself, a place freeing every 0.3 s on one slot: 1.2 s, rounded up to 2.
     assert dict(info.value.headers)[b"retry-after"] == b"2"
     held.release()
     for task in waiters:
@@ -193,34 +194,96 @@ class _Clock:
         return self.now
 
 
-def test_retry_after_counts_requesters_refused_earlier_until_their_time_comes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_retry_after_is_a_turn_among_requesters_refused_earlier_as_places_free(monkeypatch: pytest.MonkeyPatch) -> None:
     import ollama_asgi.admission as admission_module
 
     clock = _Clock()
     monkeypatch.setattr(admission_module, "time", clock)
     pool = admission_module.Pool("b0", capacity=2)
-    pool.clock.record(0.5)  # 0.5 s per answer on 2 slots: one place frees every 0.25 s
-    # Four queued: the first refused requester waits for those four and itself.
-    assert pool.refusal_wait(4, ("key", "10.0.0.1")) == pytest.approx(1.25)
-    # The next one also waits for the first, who was told to come back before it.
-    assert pool.refusal_wait(4, ("key", "10.0.0.2")) == pytest.approx(1.5)
-    assert pool.refusal_wait(4, ("other-key", "10.0.0.1")) == pytest.approx(1.75)
-    # A requester asking again before its time is counted once, not once per request.
-    for _ in range(5):
-        assert pool.refusal_wait(4, ("key", "10.0.0.2")) == pytest.approx(1.75)
-    # Once the times given have passed, those requesters are back (or gone): the queue alone counts.
-    clock.now += 2.0
-    assert pool.refusal_wait(4, ("key", "10.0.0.9")) == pytest.approx(1.25)
-    # Without a requester, nothing is remembered.
-    clock.now += 2.0
+    pool.clock.record(0.5)  # 0.5 s per answer on 2 slots: a queue place frees every 0.25 s
+    # The first refused requester gets the next place to free, however long the queue is.
+    assert pool.refusal_wait(4, ("key", "10.0.0.1")) == pytest.approx(0.25)
+    # The next ones get the places after those promised before them.
+    assert pool.refusal_wait(4, ("key", "10.0.0.2")) == pytest.approx(0.5)
+    assert pool.refusal_wait(4, ("other-key", "10.0.0.1")) == pytest.approx(0.75)
+    # Once the times given (whole seconds) and the grace after them have passed, they count no more.
+    clock.now += 1.0 + 2.0 + 0.01
+    assert pool.refusal_wait(4, ("key", "10.0.0.9")) == pytest.approx(0.25)
+    # Without a requester, the queue alone counts, and nothing is remembered.
+    clock.now += 4.0
     assert pool.refusal_wait(4) == pytest.approx(1.25)
     assert pool.refusal_wait(4) == pytest.approx(1.25)
     # A flood of distinct requesters cannot push the advice past ten minutes.
-    clock.now += 2.0
     pool.clock.record(60.0)
     for host in range(200):
         advice = pool.refusal_wait(4, ("key", f"10.9.0.{host}"))
     assert advice == 600.0
+
+
+def test_a_requester_asking_again_before_its_time_is_told_the_time_left_and_keeps_its_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ollama_asgi.admission as admission_module
+
+    clock = _Clock()
+    monkeypatch.setattr(admission_module, "time", clock)
+    pool = admission_module.Pool("b0", capacity=1)
+    pool.clock.record(1.0)
+    assert pool.refusal_wait(3, ("u", "a")) == pytest.approx(1.0)  # told: come back in 1 s
+    assert pool.refusal_wait(3, ("u", "b")) == pytest.approx(2.0)  # told: 2 s
+    clock.now += 0.25
+    for _ in range(5):  # polling changes neither its turn nor anyone else's
+        assert pool.refusal_wait(3, ("u", "a")) == pytest.approx(0.75)
+    assert pool.refusal_wait(3, ("u", "c")) == pytest.approx(3.0)
+
+
+async def test_a_refused_client_that_comes_back_when_told_finds_its_place_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ollama_asgi.admission as admission_module
+
+    clock = _Clock()
+    monkeypatch.setattr(admission_module, "time", clock)
+    admission = Admission(parallel=1, embed_parallel=None, max_queue=1)
+    admission.pool("b0", "generate").clock.record(0.5)
+    held = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+    queued = asyncio.ensure_future(admission.admit("b0", kind="generate", principal="u", wait_limit=60))
+    await asyncio.sleep(0)
+
+    async def ask(client: str) -> GatewayError | Lease:
+        try:
+            return await asyncio.wait_for(
+                admission.admit("b0", kind="generate", principal="u", wait_limit=60, client=client), 0.05
+            )
+        except GatewayError as refused:
+            return refused
+        except TimeoutError:  # queued: it waits for its slot
+            return Lease(admission.pool("b0", "generate"), 0.0, 0.0)
+
+    first = await ask("10.0.0.1")
+    assert isinstance(first, GatewayError) and dict(first.headers)[b"retry-after"] == b"1"
+    clock.now += 1.0  # it comes back as told; the queue is still full, but its place was kept
+    assert isinstance(await ask("10.0.0.1"), Lease)
+    queued.cancel()
+    held.release()
+
+
+async def test_a_place_kept_for_a_client_due_back_is_not_given_to_a_newcomer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ollama_asgi.admission as admission_module
+
+    clock = _Clock()
+    monkeypatch.setattr(admission_module, "time", clock)
+    admission = Admission(parallel=1, embed_parallel=None, max_queue=1)
+    pool = admission.pool("b0", "generate")
+    pool.clock.record(0.5)
+    held = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+    pool.refusal_wait(1, ("u", "10.0.0.1"))  # refused while the queue was full: due back in 1 s
+    clock.now += 1.0
+    with pytest.raises(GatewayError, match="queue for this backend is full"):
+        await admission.admit("b0", kind="generate", principal="u", wait_limit=5, client="10.0.0.2")
+    held.release()
 
 
 async def test_refusals_from_a_full_queue_advertise_a_growing_wait() -> None:
@@ -236,11 +299,11 @@ async def test_refusals_from_a_full_queue_advertise_a_growing_wait() -> None:
         with pytest.raises(GatewayError) as info:
             await admission.admit("b0", kind="generate", principal="u", wait_limit=5, client=f"10.0.0.{client}")
         advised.append(int(dict(info.value.headers)[b"retry-after"]))
-    # About 0.2 s per answer on one slot: the first refused waits behind 1 queued (about 0.4 s,
-    # shown as 1 s); the twelfth behind that one and the 11 refused before it (about 2.6 s).
+    # About 0.2 s per answer on one slot: the first refused gets the next place to free (about
+    # 0.2 s, shown as 1 s); the twelfth the one after the 11 refused before it (about 2.4 s).
     service = admission.pool("b0", "generate").service_time()
-    assert advised[0] == math.ceil(2 * service) == 1
-    assert advised[-1] == math.ceil(13 * service) >= 3
+    assert advised[0] == math.ceil(service) == 1
+    assert advised[-1] == math.ceil(12 * service) >= 3
     assert advised == sorted(advised)
     held.release()
     (await queued).release()
