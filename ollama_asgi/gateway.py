@@ -401,7 +401,9 @@ class OllamaGateway:
             self.registry.start_sync()
         principal = request.principal
         restricted = principal is not None and (
-            principal.models is not None or self.settings.allowed_models is not None
+            principal.models is not None
+            or self.settings.allowed_models is not None
+            or not self._cloud_allowed(principal)  # Ollama lists cloud models; this caller may not use them
         )
         several = len(self.placement.backends) > 1
         if request.route.name in _LISTINGS and (several or restricted) and not request.head:
@@ -589,6 +591,8 @@ class OllamaGateway:
         """Listings show a caller only the models it may use."""
         if principal is None:
             return True
+        if is_cloud_model(model) and not self._cloud_allowed(principal):
+            return False  # it would be refused: a listing must not offer it
         return model_allowed(principal.models, model) and model_allowed(self.settings.allowed_models, model)
 
     def _upstream_failure(self, backend: Upstream, exc: UpstreamError) -> GatewayError:

@@ -19,6 +19,7 @@ from ollama_asgi.auth import Principal, user_principal
 from ollama_asgi.protocol import canonical_model, check_model_name, is_cloud_model, parse_request
 from ollama_asgi.routing import match_route
 from ollama_asgi.testing import EmulatorServer
+from ollama_asgi.testing.models import EmulatedModel
 from tests.conftest import ADMIN, AUTH
 from tests.support.hosts import starlette_host
 from tests.support.server import ServerThread
@@ -228,3 +229,19 @@ def test_rate_limits_apply_to_cloud_requests(host_factory: Callable[..., ServerT
     body = {"model": "gpt-oss:cloud", "prompt": "x", "stream": False}
     httpx.post(server.url + "/llm/api/generate", json=body, headers=AUTH)
     assert httpx.post(server.url + "/llm/api/generate", json=body, headers=AUTH).status_code == 429
+
+
+def test_listings_show_cloud_models_only_to_callers_who_may_use_them(
+    host_factory: Callable[..., ServerThread], emulator: EmulatorServer
+) -> None:
+    emulator.emulator.store.add(EmulatedModel("gpt-oss:120b-cloud", size=384))
+    try:
+        for settings, shown in (({}, False), ({"cloud_models": True}, True)):
+            server = host_factory(**settings)
+            tags = httpx.get(server.url + "/llm/api/tags", headers=AUTH, timeout=15).json()["models"]
+            models = httpx.get(server.url + "/llm/v1/models", headers=AUTH, timeout=15).json()["data"]
+            assert ("gpt-oss:120b-cloud" in [m["name"] for m in tags]) is shown
+            assert ("gpt-oss:120b-cloud" in [m["id"] for m in models]) is shown
+            assert any(m["name"].startswith("llama3.2") for m in tags)  # the local models stay listed
+    finally:
+        emulator.emulator.store.remove("gpt-oss:120b-cloud")
