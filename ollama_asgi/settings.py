@@ -109,14 +109,10 @@ class _Shape:
 _SHAPES: dict[type, _Shape] = {}
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls, include_extras=True)
-
-
 def _shape(cls: type) -> _Shape:
     shape = _SHAPES.get(cls)
     if shape is None:
-        hints = _hints(cls)
+        hints = get_type_hints(cls, include_extras=True)  # evaluated once: they are text until then
         names = tuple(f.name for f in dataclasses.fields(cls))
         checked = cast(Any, TypedDict)(f"{cls.__name__}Fields", {name: hints[name] for name in names})
         durations = tuple(name for name in names if _DURATION in getattr(hints[name], "__metadata__", ()))
@@ -221,7 +217,7 @@ class ApiKey:
                 secret = str(entry["key"])
             else:
                 raise ConfigError(field, "an API key entry needs 'key' or 'key_sha256'")
-            hints = _hints(cls)
+            hints = _shape(cls).hints
             parts = {k: _read(v, hints[k], field) for k, v in entry.items() if k in hints}
             if entry.get("models") is not None:  # an empty list allows no model, unlike None
                 parts["models"] = _read(entry["models"], tuple[str, ...], field)
@@ -317,18 +313,20 @@ def _read(value: object, tp: Any, field: str) -> object:
             return tuple(_read(item, args[0], field) for item in value)
         if len(args) == len(value):
             return tuple(_read(item, arg, field) for item, arg in zip(value, args, strict=True))
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)  # 2.0 from a YAML or JSON file
     return value
 
 
 def _read_int(text: str, field: str) -> int:
     """``4``, ``1_000``, ``512k`` or ``24GiB``: sizes in bytes are common settings."""
-    text, multiplier = text.replace("_", ""), 1
+    digits, multiplier = text.replace("_", ""), 1
     for suffix, factor in _SIZE_SUFFIXES:
-        if text.lower().endswith(suffix):
-            text, multiplier = text[: -len(suffix)], factor
+        if digits.lower().endswith(suffix):
+            digits, multiplier = digits[: -len(suffix)], factor
             break
     try:
-        return int(text) * multiplier
+        return int(digits) * multiplier
     except ValueError:
         raise ConfigError(field, f"expected an integer, got {text!r}") from None
 
@@ -397,7 +395,7 @@ def _within(field: str, build: Callable[[], _T]) -> _T:
 
 def _read_backends(value: object, field: str) -> tuple[BackendSpec, ...]:
     """Backends from URLs or mappings ``{"url", "name", "weight", "parallel", "vram_budget", "labels", "gpus"}``."""
-    hints = _hints(BackendSpec)
+    hints = _shape(BackendSpec).hints
     specs: list[BackendSpec] = []
     for i, item in enumerate(_entries(value)):
         if isinstance(item, BackendSpec):
@@ -813,7 +811,7 @@ class Settings:
         if not isinstance(data, Mapping):
             raise ConfigError("OLLAMA_ASGI", f"expected a mapping of settings, got {type(data).__name__}")
         names = cls.field_names()
-        hints = _hints(cls)
+        hints = _shape(cls).hints
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             name = str(key).lower()

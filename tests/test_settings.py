@@ -316,3 +316,9 @@ def test_a_loader_value_error_names_the_setting() -> None:
         Settings.from_mapping({"upstreams": [{"url": "http://a:1", "weight": 0}]})
     assert info.value.field == "upstreams"
     assert "weight" in str(info.value)
+
+
+def test_from_mapping_reads_a_whole_float_as_an_integer() -> None:
+    assert Settings.from_mapping({"parallel": 2.0}).parallel == 2
+    with pytest.raises(ConfigError, match="parallel"):
+        Settings.from_mapping({"parallel": 2.5})
