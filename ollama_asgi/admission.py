@@ -68,7 +68,8 @@ PRIORITIES = {"interactive": 0, "batch": 1}
 _MAX_PROMISED = 4096  # refused requests remembered until the time they were told to come back
 _MAX_ADVICE = 600.0  # seconds: beyond this a Retry-After says nothing a client can plan with
 _EARLY = 0.5  # seconds a refused client may come back before its time and find its place kept
-_GRACE = 2.0  # ... and after it (a client sleeps Retry-After, then connects and sends)
+_GRACE = 2.0  # ... and after it, at least (a client sleeps Retry-After, then connects and sends);
+# as long again as it was told, for longer waits: a loaded client or gateway comes back late
 
 
 @dataclass(slots=True, eq=False)
@@ -172,7 +173,7 @@ class Pool:
         self.dispatcher: asyncio.Task[None] | None = None
         # Refused requesters and when they were told to come back (see refusal_wait), with a heap
         # of those times to forget them once the time has passed.
-        self._promised: dict[tuple[str, str], float] = {}
+        self._promised: dict[tuple[str, str], tuple[float, float]] = {}  # requester -> (when, kept until)
         self._promise_times: list[tuple[float, tuple[str, str]]] = []
 
     # -- queue --------------------------------------------------------------------------------
@@ -303,8 +304,8 @@ class Pool:
         Under sustained overload the queue is full and a place in it frees each time a slot does,
         about every ``service_time / capacity`` seconds. A refused requester (principal, client host)
         is promised the place after those promised to requesters refused before it: its advice is
-        its turn among them, and when it comes back at that time (within ``_EARLY`` before and
-        ``_GRACE`` after) its place is kept for it (``claim``), however full the queue is. So the
+        its turn among them, and when it comes back at that time (from ``_EARLY`` before to
+        ``_GRACE`` or the wait again after) its place is kept for it (``claim``). So the
         advice is the wait a client that obeys it sees, whatever the overload; one that asks again
         sooner is told the time left, keeping its turn and pushing nobody back. Without a requester,
         only the queue counts.
@@ -314,16 +315,18 @@ class Pool:
         if requester is None:
             return min(self.expected_wait(ahead), _MAX_ADVICE)
         promised = self._promised
-        when = promised.get(requester)
-        if when is not None and now < when - _EARLY:
-            return when - now  # back before its time: its turn stays where it was
-        others = len(promised) - (1 if when is not None else 0)
+        kept = promised.get(requester)
+        if kept is not None and now < kept[0] - _EARLY:
+            return kept[0] - now  # back before its time: its turn stays where it was
+        others = len(promised) - (1 if kept is not None else 0)
         wait = min(self.expected_wait(others), _MAX_ADVICE)
-        if when is not None or len(promised) < _MAX_PROMISED:
-            when = promised[requester] = now + max(1, math.ceil(wait))  # as Retry-After says it
-            heappush(self._promise_times, (when + _GRACE, requester))
+        if kept is not None or len(promised) < _MAX_PROMISED:
+            told = max(1, math.ceil(wait))  # as Retry-After says it
+            until = now + told + max(_GRACE, told)
+            promised[requester] = (now + told, until)
+            heappush(self._promise_times, (until, requester))
             if len(self._promise_times) > 4 * _MAX_PROMISED:  # re-promised requesters leave stale entries
-                self._promise_times = [(at + _GRACE, key) for key, at in promised.items()]
+                self._promise_times = [(at[1], key) for key, at in promised.items()]
                 heapify(self._promise_times)
         return wait
 
@@ -332,16 +335,17 @@ class Pool:
         times = self._promise_times
         while times and times[0][0] < now:
             until, key = heappop(times)
-            if promised.get(key) == until - _GRACE:
+            kept = promised.get(key)
+            if kept is not None and kept[1] == until:
                 del promised[key]
 
     def claim(self, requester: tuple[str, str]) -> bool:
         """``requester`` comes back when it was told to: its kept place is its own (once)."""
-        when = self._promised.get(requester)
-        if when is None:
+        kept = self._promised.get(requester)
+        if kept is None:
             return False
         now = time.monotonic()
-        if when - _EARLY <= now <= when + _GRACE:
+        if kept[0] - _EARLY <= now <= kept[1]:
             del self._promised[requester]
             return True
         return False
@@ -352,7 +356,7 @@ class Pool:
             return 0
         now = time.monotonic()
         self._forget_promises(now)
-        return sum(1 for when in self._promised.values() if when - _EARLY <= now)
+        return sum(1 for when, _ in self._promised.values() if when - _EARLY <= now)
 
     def release(self, granted_at: float, *, record: bool) -> None:
         self.in_flight -= 1
@@ -1037,7 +1041,9 @@ class Admission:
             return ahead >= self.max_queue
         if pool.claim(requester):
             return False  # its place was kept: it may queue beyond max_queue by the places kept
-        return ahead + pool.held() >= self.max_queue
+        # Places kept for clients not back yet are not given to newcomers, down to a queue that still
+        # keeps every slot busy: a client that comes back late never leaves a slot idle.
+        return ahead >= max(self.max_queue - pool.held(), min(pool.capacity, self.max_queue))
 
     def _queue_full(self, pool: Pool, ahead: int, requester: tuple[str, str]) -> GatewayError:
         return GatewayError(

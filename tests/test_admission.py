@@ -275,15 +275,42 @@ async def test_a_place_kept_for_a_client_due_back_is_not_given_to_a_newcomer(
 
     clock = _Clock()
     monkeypatch.setattr(admission_module, "time", clock)
-    admission = Admission(parallel=1, embed_parallel=None, max_queue=1)
+    admission = Admission(parallel=1, embed_parallel=None, max_queue=3)
     pool = admission.pool("b0", "generate")
     pool.clock.record(0.5)
     held = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
-    pool.refusal_wait(1, ("u", "10.0.0.1"))  # refused while the queue was full: due back in 1 s
-    clock.now += 1.0
+    queued = [
+        asyncio.ensure_future(admission.admit("b0", kind="generate", principal="u", wait_limit=60)) for _ in range(2)
+    ]
+    await asyncio.sleep(0)
+    pool.refusal_wait(3, ("u", "10.0.0.1"))  # refused while the queue was full: due back in 1 s
+    clock.now += 1.0  # one place is free, and kept for it
     with pytest.raises(GatewayError, match="queue for this backend is full"):
         await admission.admit("b0", kind="generate", principal="u", wait_limit=5, client="10.0.0.2")
+    for task in queued:
+        task.cancel()
     held.release()
+
+
+async def test_places_kept_for_clients_not_back_yet_never_leave_a_slot_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ollama_asgi.admission as admission_module
+
+    clock = _Clock()
+    monkeypatch.setattr(admission_module, "time", clock)
+    admission = Admission(parallel=1, embed_parallel=None, max_queue=2)
+    pool = admission.pool("b0", "generate")
+    pool.clock.record(0.5)
+    held = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+    for host in ("10.0.0.1", "10.0.0.2"):
+        pool.refusal_wait(2, ("u", host))  # both due back in 1 s
+    clock.now += 1.0  # neither is back: the queue is empty, so a newcomer may wait for the slot
+    waiting = asyncio.ensure_future(
+        admission.admit("b0", kind="generate", principal="u", wait_limit=60, client="10.0.0.3")
+    )
+    await asyncio.sleep(0)
+    assert admission.queued("b0") == 1
+    held.release()
+    (await waiting).release()
 
 
 async def test_refusals_from_a_full_queue_advertise_a_growing_wait() -> None:
