@@ -34,6 +34,7 @@ __all__ = ["DeviceMemory", "NvmlSource", "VramGuard", "VramSource"]
 
 logger = logging.getLogger("ollama_asgi.vram")
 
+_MAX_RUNNER_OVERHEAD = 2 << 30  # a runner's own memory beyond its size_vram, at most (a leak is not a context)
 _IDLE_POLL = 0.05  # how often a load waiting for a busy model to go idle looks again
 
 
@@ -113,6 +114,8 @@ class VramGuard:
         self.history: list[dict[str, object]] = []  # recent decisions, for the status page
         # The backends that share ``models``' memory, itself included; set by whoever knows them all.
         self.peers: Callable[[BackendModels], Sequence[BackendModels]] = lambda models: (models,)
+        self._sizes: dict[tuple[str, int], int] = {}  # (model, num_ctx) -> size_vram when last seen loaded
+        self._overheads: dict[str, int] = {}  # memory domain -> what each runner holds beyond size_vram
 
     @property
     def active(self) -> bool:
@@ -145,10 +148,31 @@ class VramGuard:
         return f"gpus:{id(source):x}" if source is not None else f"backend:{backend}"
 
     def expected_size(self, models: BackendModels, info: ModelInfo, num_ctx: int) -> int:
+        """What loading ``info`` will take: its ``size_vram`` at this context when it was last seen loaded
+        (else the file's size plus the margin), and, where GPUs are read, its runner's own CUDA context."""
         seen = models.loaded.get(info.name)
         if seen is not None and seen.num_ctx == num_ctx and seen.size_vram:
             return seen.size_vram
-        return int(info.size * (1.0 + self.margin))
+        known = self._sizes.get((info.name, num_ctx))
+        size = known if known is not None else int(info.size * (1.0 + self.margin))
+        return size + self._overheads.get(self.domain(models.backend.name), 0)
+
+    def observe(self, models: BackendModels) -> None:
+        """Learn from what is loaded now: each model's ``size_vram``, and the memory each runner holds that
+        ``/api/ps`` does not report (its CUDA context, about 0.5 GiB on an H100), read as what NVML counts
+        used beyond the reserve and the loaded models, shared among their runners."""
+        runners = [m for peer in self.peers(models) for m in peer.loaded.values()]
+        for loaded in runners:
+            if loaded.size_vram and loaded.num_ctx:
+                self._sizes[(loaded.name, loaded.num_ctx)] = loaded.size_vram
+        if len(self._sizes) > 1024:  # names come from clients: bounded
+            del self._sizes[next(iter(self._sizes))]
+        readings = self.readings_for(models.backend.name)
+        if readings and runners:
+            used = sum(d.used for d in readings)
+            accounted = sum(m.size_vram or m.size for m in runners)
+            extra = (used - accounted - self.reserved_for(models.backend.name)) // len(runners)
+            self._overheads[self.domain(models.backend.name)] = min(max(0, extra), _MAX_RUNNER_OVERHEAD)
 
     def readings(self) -> list[DeviceMemory]:
         """This host's GPUs that some backend is managed on (each once)."""
@@ -206,6 +230,7 @@ class VramGuard:
         if not self.active:
             return
         self.calibrate(models)
+        self.observe(models)
         need = self.expected_size(models, info, num_ctx)
         evicted: list[tuple[BackendModels, str]] = []
         freed: int | None = None  # free memory before the first eviction plus what each one releases

@@ -317,3 +317,26 @@ def test_calibrating_one_set_of_gpus_leaves_the_reserve_of_another_as_it_was() -
     guard.calibrate(two)
     assert guard.reserved_for("one") == 2 * GIB
     assert guard.reserved_for("two") == GIB // 2  # the configured reserve
+
+
+async def test_a_runners_own_memory_beyond_its_size_vram_counts_in_the_next_load() -> None:
+    gpu = FakeGpu(32 * GIB, GIB // 2)
+    guard, unloaded = _guard(gpu)
+    models = _models(gpu, {"big:latest": 25 * GIB})
+    gpu.models["big:latest"] += GIB // 2  # its CUDA context, which /api/ps does not report
+    # 6 GiB are free: the file's 5.2 GiB and the margin fit, but not with the new runner's own context.
+    await guard.before_load(models, ModelInfo("small:latest", 8192, ("completion",), int(5.2 * GIB)), 4096)
+    assert unloaded == ["big:latest"]
+
+
+def test_a_model_seen_loaded_is_expected_at_its_size_vram_not_its_file_size() -> None:
+    gpu = FakeGpu(80 * GIB, GIB // 2)
+    guard, _ = _guard(gpu)
+    models = _models(gpu, {})
+    models.loaded["m:latest"] = Loaded("m:latest", 4096, 6 * GIB, 6 * GIB, time.time() + 600)
+    gpu.models["m:latest"] = 6 * GIB
+    guard.observe(models)
+    del models.loaded["m:latest"], gpu.models["m:latest"]
+    info = ModelInfo("m:latest", 8192, ("completion",), 4 * GIB)
+    assert guard.expected_size(models, info, 4096) == 6 * GIB  # its KV cache and graph, seen
+    assert guard.expected_size(models, info, 8192) == int(4 * GIB * 1.1)  # another context: not seen
