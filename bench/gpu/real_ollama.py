@@ -1002,8 +1002,11 @@ def run_shared(ctx: Ctx, label: str, traces: Sequence[Sequence[str]], *, gateway
         servers = dict(zip(SHARED_BACKENDS, (server_a, server_b), strict=True))
         gw = None
         if gateway:
-            backends = [{"name": name, "url": server.url} for name, server in servers.items()]
-            gw = Gateway(server_a.url, upstreams=tuple(backends), nvml=ctx.gpu, gpu_devices=(0,))
+            from ollama_asgi.settings import BackendSpec
+
+            backends = tuple(BackendSpec(server.url, name) for name, server in servers.items())
+            urls = tuple(b.url for b in backends)
+            gw = Gateway(server_a.url, upstreams=urls, backends=backends, nvml=ctx.gpu, gpu_devices=(0,))
         watch = _PsWatch({name: server.url for name, server in servers.items()}).start()
         loads_before = {name: server.loads() for name, server in servers.items()}
         started = now()
