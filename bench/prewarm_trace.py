@@ -244,6 +244,7 @@ def run_one(
     prewarm: bool,
     package: Path,
     loads: Any,
+    own_evictions: Any = None,
 ) -> dict[str, Any]:
     keys = {who: f"bench-prewarm-{who}" for who in sorted({a.principal for a in trace})}
     gateway, base = start_gateway(upstream, keys, capacity, prewarm=prewarm, package=package)
@@ -267,6 +268,8 @@ def run_one(
         "cold_requests": int(_metric(metrics, "ollama_asgi_cold_requests_total")),
         "prewarm_loads": int(_metric(metrics, "ollama_asgi_prewarm_loads_total")),
         "prewarm_hits": int(_metric(metrics, "ollama_asgi_prewarm_hits_total")),
+        "gateway_evictions": int(_metric(metrics, "ollama_asgi_model_evictions")),
+        "backend_evictions": own_evictions() if own_evictions is not None else None,  # Ollama's own choice
         "belady": optimum,
         "lru": lru([a.model for a in trace], capacity),
         "loads_over_belady": round(made / optimum, 3),
@@ -301,6 +304,7 @@ def emulator_runs(trace: list[Arrival], capacity: int, before: Path, after: Path
                     prewarm=prewarm,
                     package=package,
                     loads=lambda stats=stats: stats.loads + stats.reloads,
+                    own_evictions=lambda stats=stats: stats.evictions,
                 )
             )
         print(_row(rows[-1]), flush=True)

@@ -112,6 +112,8 @@ class OllamaGateway:
             loader = self.lifecycle.loader
             if loader.before_load is not None:
                 loader.before_load = hold_prewarms(self.admission, loader.before_load)
+            turns = self.admission.turns
+            self.lifecycle.wanted = lambda b, m: bool((gate := turns.get(b)) is not None and gate.resident.get(m))
         self.placement = Placement(
             backends,
             failures_to_open=self.settings.breaker_failures,

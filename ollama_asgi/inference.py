@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -122,6 +123,9 @@ class ModelLifecycle:
         self.last_num_ctx: dict[tuple[str, str], int] = {}
         self._poller: asyncio.Task[None] | None = None
         self._prewarming: set[asyncio.Task[None]] = set()
+        # Requests for a model let through and not yet finished (admission's swap gate, when on): a
+        # model they wait for is needed now, whatever the predictions say.
+        self.wanted: Callable[[str, str], bool] = lambda backend, model: False
         self._caps: dict[str, tuple[ModelInfo, int]] = {}
 
     def _memory_peers(self, models: BackendModels) -> list[BackendModels]:
@@ -317,6 +321,9 @@ class ModelLifecycle:
         # Cold: this request finds its model neither loaded nor already on its way in.
         cold = (loaded is None or (loaded_ctx is not None and loaded_ctx != num_ctx)) and key not in self.loader.loading
         self.last_num_ctx[key] = num_ctx
+        # Seen on arrival, not once served: a request waiting for its load or slot is already its
+        # principal's latest, which is what the next load's choice of victim must know.
+        self.traffic[backend.name].observe(info.name, cold=cold, principal=principal.id)
         return Prepared(
             prepared_path,
             _dumps(body),
@@ -352,10 +359,8 @@ class ModelLifecycle:
         in_flight = models.in_flight
         in_flight[name] = in_flight.get(name, 0) + 1  # not ``+= 1``: a Counter's __missing__ is Python
         models.touch(name, time.time())
-        traffic = self.traffic[models.backend.name]
-        traffic.observe(name, cold=prepared.cold, principal=prepared.principal)
         if self.settings.prewarm:
-            self._maybe_prewarm(models, traffic, name, prepared.principal)
+            self._maybe_prewarm(models, self.traffic[models.backend.name], name, prepared.principal)
 
     def end(self, prepared: Prepared) -> None:
         models = prepared.models
@@ -420,7 +425,7 @@ class ModelLifecycle:
             if why is not None:
                 # ``models_busy``: a request that joined this pre-warm loads with a turn of its own.
                 raise GatewayError(503, f"pre-warming '{info.name}' gave way: {why}", reason="models_busy")
-        elif self.settings.prewarm and self.guard.source is None:
+        elif self.settings.prewarm and self.guard.source_for(models.backend.name) is None:
             await self._evict_furthest(models, info, num_ctx)
         await self.guard.before_load(models, info, num_ctx, patient=patient)
 
@@ -441,6 +446,7 @@ class ModelLifecycle:
                 return
             if uses is None:
                 uses = self.traffic[backend].next_uses()
+                uses.update((m, 0.0) for m in idle if self.wanted(backend, m))
             never = float("inf")
             idle.sort(key=lambda m: (-uses.get(m, never), _last_used(models, m)))
             if uses.get(idle[0], never) == uses.get(idle[-1], never):
