@@ -108,7 +108,7 @@ class OllamaGateway:
         )
         if self.settings.swap_grouping and self.settings.max_loaded_models and self.lifecycle is not None:
             self.admission.configure_turns(self.settings.max_loaded_models, self.settings.swap_max_delay)
-            self.admission.load_seconds = self._switch_seconds
+            self.admission.load_seconds = self.lifecycle.switch_seconds
             loader = self.lifecycle.loader
             if loader.before_load is not None:
                 loader.before_load = hold_prewarms(self.admission, loader.before_load)
@@ -121,11 +121,8 @@ class OllamaGateway:
             spill_wait=self.settings.spill_wait,
             strategy=self.settings.placement,
             health_interval=self.settings.health_interval,
-            expected_wait=self._expected_wait,
-            loaded_on=self._loaded_on,
-            has_room=self._has_room,
-            fits=self._fits,
-            memory_for=self._memory_for,
+            admission=self.admission,
+            lifecycle=self.lifecycle,
         )
         self.registry = BackendRegistry(
             self.settings,
@@ -341,55 +338,6 @@ class OllamaGateway:
     def _cloud_allowed(self, principal: Principal) -> bool:
         allowed = principal.cloud_models
         return self.settings.cloud_models if allowed is None else allowed
-
-    # -- placement hooks (what the placement knows of slots, loads and memory) ------------------------
-
-    def _expected_wait(self, backend: str, model: str) -> float:
-        pool = self.admission.pool(backend, "generate", model)
-        if pool.has_room():
-            return 0.0
-        return pool.expected_wait(pool.waiting)
-
-    def _switch_seconds(self, backend: str) -> float:
-        """Expected seconds of a model switch on ``backend``: the loads seen so far, on average; before
-        any finished, the age of the oldest load under way there (a lower bound, as for service times)."""
-        assert self.lifecycle is not None
-        loader = self.lifecycle.loader
-        seen = loader.clock.per_model
-        if seen:
-            return sum(seen.values()) / len(seen)
-        started = [state.started for (name, _), state in loader.loading.items() if name == backend]
-        return time.monotonic() - min(started) if started else 5.0
-
-    def _loaded_on(self, backend: str, model: str) -> bool:
-        """Loaded there, or being loaded there (a cold burst follows its first request)."""
-        if self.lifecycle is None:
-            return False
-        return (
-            self.lifecycle.models[backend].loaded_with(model) is not None
-            or (backend, canonical_model(model)) in self.lifecycle.loader.loading
-        )
-
-    def _memory_for(self, backend: str, model: str) -> bool:
-        """The backend can load ``model`` without evicting anything (unknown sizes count as yes)."""
-        if self.lifecycle is None or not self.lifecycle.guard.active:
-            return True
-        name = canonical_model(model)
-        info = next((m.info[name] for m in self.lifecycle.models.values() if name in m.info), None)
-        if info is None:
-            return True
-        models = self.lifecycle.models[backend]
-        return self.lifecycle.guard.free_bytes(models) >= self.lifecycle.guard.expected_size(models, info, 0)
-
-    def _has_room(self, backend: str, model: str) -> bool:
-        return self.admission.has_room(backend, model)
-
-    def _fits(self, backend: str, model: str) -> bool:
-        if self.lifecycle is None:
-            return True
-        budget = self.lifecycle.guard.budget_for(backend)
-        info = self.lifecycle.models[backend].info.get(model)
-        return budget is None or info is None or info.size <= budget
 
     def _exchange(self, request: _Request, send: Send, progress: _Progress) -> Coroutine[None, None, None]:
         """The exchange on the chosen backend (the coroutine to await); with several backends, one

@@ -128,6 +128,15 @@ class ModelLifecycle:
         self.wanted: Callable[[str, str], bool] = lambda backend, model: False
         self._caps: dict[str, tuple[ModelInfo, int]] = {}
 
+    def switch_seconds(self, backend: str) -> float:
+        """Expected seconds of a model switch on ``backend``: the loads seen so far, on average; before
+        any finished, the age of the oldest load under way there (a lower bound, as for service times)."""
+        seen = self.loader.clock.per_model
+        if seen:
+            return sum(seen.values()) / len(seen)
+        started = [state.started for (name, _), state in self.loader.loading.items() if name == backend]
+        return time.monotonic() - min(started) if started else 5.0
+
     def _memory_peers(self, models: BackendModels) -> list[BackendModels]:
         domain = self.guard.domain(models.backend.name)
         return [peer for peer in self.models.values() if self.guard.domain(peer.backend.name) == domain]

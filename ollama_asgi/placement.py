@@ -21,11 +21,12 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ollama_asgi.admission import Admission
 from ollama_asgi.backend import Backend
 from ollama_asgi.errors import GatewayError
+from ollama_asgi.inference import ModelLifecycle
 from ollama_asgi.protocol import canonical_model
 
 __all__ = ["Backend", "Placement"]
@@ -51,11 +52,8 @@ class Placement:
     max_cooldown: float = 60.0
     spill_wait: float = 10.0
     health_interval: float = 5.0
-    expected_wait: Callable[[str, str], float] = lambda backend, model: 0.0
-    loaded_on: Callable[[str, str], bool] = lambda backend, model: False
-    has_room: Callable[[str, str], bool] = lambda backend, model: True
-    fits: Callable[[str, str], bool] = lambda backend, model: True
-    memory_for: Callable[[str, str], bool] = lambda backend, model: True
+    admission: Admission | None = None  # slots and queues: where a request would start at once
+    lifecycle: ModelLifecycle | None = None  # loads under way and the memory guard (None: relay only)
     strategy: str = "affinity"  # "round_robin" and "random" exist for comparison in benchmarks
     spills: dict[str, _Spill] = field(default_factory=dict)
     _checker: asyncio.Task[None] | None = None
@@ -90,22 +88,22 @@ class Placement:
                 503, "no Ollama backend is available right now", [(b"retry-after", str(self._retry_after()).encode())]
             )
         if model is None:
-            return min(candidates, key=lambda b: self.expected_wait(b.name, ""))
+            return min(candidates, key=lambda b: self.expected_wait(b, ""))
         if self.strategy == "round_robin":
             self._turn += 1
             return candidates[self._turn % len(candidates)]
         if self.strategy == "random":
             return _rng.choice(candidates)
         name = canonical_model(model)
-        fitting = [b for b in candidates if self.fits(b.name, name)] or candidates
+        fitting = [b for b in candidates if self.fits(b, name)] or candidates
         ranked = self.ranking(name, fitting)
         self._update_spill(name, ranked)
 
         def wait(backend: Backend) -> float:
-            return self.expected_wait(backend.name, name)
+            return self.expected_wait(backend, name)
 
-        loaded = [b for b in ranked if self.loaded_on(b.name, name)]
-        ready = [b for b in loaded if self.has_room(b.name, name)]
+        loaded = [b for b in ranked if self.loaded_on(b, name)]
+        ready = [b for b in loaded if self.has_room(b, name)]
         if ready:  # loaded with a free slot: start at once
             return min(ready, key=wait)
         copies = 1 + len(self._spilled_to(name))
@@ -113,8 +111,50 @@ class Placement:
             return min(loaded, key=wait)
         # Load it: on the best-ranked backend with memory to spare, else on its home (evicting idle models).
         unloaded = [b for b in ranked if b not in loaded]
-        roomy = [b for b in unloaded if self.memory_for(b.name, name)]
+        roomy = [b for b in unloaded if self.memory_for(b, name)]
         return (roomy or unloaded or ranked)[0]
+
+    # -- what a backend offers a model now: read from the admission and the lifecycle ----------------
+
+    def expected_wait(self, backend: Backend, model: str) -> float:
+        """Seconds a request for ``model`` would wait for a slot on ``backend`` (0: one is free)."""
+        if self.admission is None:
+            return 0.0
+        pool = self.admission.pool(backend.name, "generate", model)
+        if pool.has_room():
+            return 0.0
+        return pool.expected_wait(pool.waiting)
+
+    def has_room(self, backend: Backend, model: str) -> bool:
+        return self.admission is None or self.admission.has_room(backend.name, model)
+
+    def loaded_on(self, backend: Backend, model: str) -> bool:
+        """Loaded there, or being loaded there (a cold burst follows its first request)."""
+        if self.lifecycle is None:
+            return False
+        return (
+            backend.models.loaded_with(model) is not None
+            or (backend.name, canonical_model(model)) in self.lifecycle.loader.loading
+        )
+
+    def fits(self, backend: Backend, model: str) -> bool:
+        """``model`` is no larger than ``backend``'s memory budget (unknown sizes count as yes)."""
+        if self.lifecycle is None:
+            return True
+        budget = self.lifecycle.guard.budget_for(backend.name)
+        info = backend.models.info.get(model)
+        return budget is None or info is None or info.size <= budget
+
+    def memory_for(self, backend: Backend, model: str) -> bool:
+        """``backend`` can load ``model`` without evicting anything (unknown sizes count as yes)."""
+        if self.lifecycle is None or not self.lifecycle.guard.active:
+            return True
+        name = canonical_model(model)
+        info = next((b.models.info[name] for b in self.backends if name in b.models.info), None)
+        if info is None:
+            return True
+        guard = self.lifecycle.guard
+        return guard.free_bytes(backend.models) >= guard.expected_size(backend.models, info, 0)
 
     def _spilled_to(self, model: str) -> list[str]:
         spill = self.spills.get(model)
@@ -125,7 +165,7 @@ class Placement:
             return
         now = time.monotonic()
         home = ranked[0].name
-        wait = self.expected_wait(home, model)
+        wait = self.expected_wait(ranked[0], model)
         spill = self.spills.get(model)
         if wait > self.spill_wait:
             if spill is None:
