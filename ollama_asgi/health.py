@@ -73,6 +73,9 @@ class BackendWatch:
 
     def note(self, backend: str, up: bool) -> None:
         """A request just reached (or failed to reach) ``backend``: the freshest health there is."""
+        state = self.states.get(backend)
+        if state is not None and state.up is up:
+            return  # nothing new, as for nearly every request (a replaced backend's state is renewed by refresh)
         for upstream in self.backends:
             if upstream.name == backend:
                 self._state(upstream).up = up
