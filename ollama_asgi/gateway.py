@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from ollama_asgi.admission import PRIORITIES, Admission, Lease, hold_prewarms, queue_headers
+from ollama_asgi.affinity import ConversationAffinity, conversation_key
 from ollama_asgi.auth import Authorizer, DefaultAuthorizer, Principal, call_authorizer, model_allowed
 from ollama_asgi.backend import Backend
 from ollama_asgi.errors import GatewayError, stream_error_line
@@ -114,6 +115,9 @@ class OllamaGateway:
                 loader.before_load = hold_prewarms(self.admission, loader.before_load)
             turns = self.admission.turns
             self.lifecycle.wanted = lambda b, m: bool((gate := turns.get(b)) is not None and gate.resident.get(m))
+        conversations = None
+        if self.settings.conversation_affinity:
+            conversations = ConversationAffinity(self.settings.conversation_wait)
         self.placement = Placement(
             backends,
             failures_to_open=self.settings.breaker_failures,
@@ -123,6 +127,7 @@ class OllamaGateway:
             health_interval=self.settings.health_interval,
             admission=self.admission,
             lifecycle=self.lifecycle,
+            conversations=conversations,
         )
         self.registry = BackendRegistry(
             self.settings,
@@ -368,8 +373,15 @@ class OllamaGateway:
 
     async def _exchange_retrying(self, model: str | None, request: _Request, send: Send, progress: _Progress) -> None:
         tried: set[str] = set()
+        conversations = self.placement.conversations
+        conversation = None
+        if conversations is not None and model is not None and request.parsed is not None:
+            conversation = conversation_key(request.parsed.body, model)
         while True:
-            backend = self.placement.choose(model, exclude=frozenset(tried) if tried else _NONE)
+            excluded = frozenset(tried) if tried else _NONE
+            backend = self.placement.choose(model, exclude=excluded, conversation=conversation)
+            if conversation is not None and conversations is not None:
+                conversations.served(conversation.key, backend.name)
             try:
                 await self._exchange_on(backend, request, send, progress)
                 return

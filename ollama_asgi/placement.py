@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from ollama_asgi.admission import Admission
+from ollama_asgi.affinity import Conversation, ConversationAffinity
 from ollama_asgi.backend import Backend
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.inference import ModelLifecycle
@@ -55,6 +56,7 @@ class Placement:
     admission: Admission | None = None  # slots and queues: where a request would start at once
     lifecycle: ModelLifecycle | None = None  # loads under way and the memory guard (None: relay only)
     strategy: str = "affinity"  # "round_robin" and "random" exist for comparison in benchmarks
+    conversations: ConversationAffinity | None = None  # a conversation's turns go where its cache is
     spills: dict[str, _Spill] = field(default_factory=dict)
     _checker: asyncio.Task[None] | None = None
     _checked: asyncio.Event | None = None  # set once every backend has been probed once
@@ -78,7 +80,9 @@ class Placement:
 
         return sorted(candidates, key=score, reverse=True)
 
-    def choose(self, model: str | None, *, exclude: frozenset[str] = frozenset()) -> Backend:
+    def choose(
+        self, model: str | None, *, exclude: frozenset[str] = frozenset(), conversation: Conversation | None = None
+    ) -> Backend:
         now = time.monotonic()
         if len(self.backends) == 1 and not exclude and self.backends[0].available(now):
             return self.backends[0]  # the common single-backend deployment: nothing to weigh
@@ -104,6 +108,10 @@ class Placement:
 
         loaded = [b for b in ranked if self.loaded_on(b, name)]
         ready = [b for b in loaded if self.has_room(b, name)]
+        if conversation is not None and self.conversations is not None:
+            kept = self.conversations.choose(conversation, loaded, ready, wait)
+            if kept is not None:
+                return kept
         if ready:  # loaded with a free slot: start at once
             return min(ready, key=wait)
         copies = 1 + len(self._spilled_to(name))

@@ -647,6 +647,20 @@ class Settings:
         default=10.0,
         metadata=_doc("Queue wait on a model's home backend above which it spills to a second one."),
     )
+    conversation_affinity: bool = field(
+        default=True,
+        metadata=_doc(
+            "Send a conversation's next turn to the backend that served its last one, where Ollama still holds "
+            "its history's KV cache (when its model is loaded on several backends)."
+        ),
+    )
+    conversation_wait: Seconds = field(
+        default=3.0,
+        metadata=_doc(
+            "How much longer a conversation's turn may expect to queue on the backend holding its cache than on "
+            "the best other one; beyond it, the turn goes elsewhere and its history is evaluated again."
+        ),
+    )
     vram_budget: PositiveInt | None = field(
         default=None,
         metadata=_doc("Memory for models per backend when NVML is not available (e.g. 24GiB; None: no guard)."),
