@@ -13,7 +13,7 @@ WORK=${WORK:-/root/ollama-gpu}
 LEAVE_GIB=${LEAVE_GIB:-20}
 LIMIT=${LIMIT:-570}
 mkdir -p "$OUT" "$WORK"
-if ! python3 -c 'import orjson, uvicorn, gguf' 2>/dev/null; then
+if ! python3 -c 'import orjson, uvicorn, gguf, msgspec, aiohttp' 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
