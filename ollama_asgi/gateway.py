@@ -13,7 +13,6 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -23,9 +22,11 @@ from ollama_asgi.admission import PRIORITIES, Admission, Lease, hold_prewarms, q
 from ollama_asgi.affinity import ConversationAffinity, conversation_key
 from ollama_asgi.auth import Authorizer, DefaultAuthorizer, Principal, call_authorizer, model_allowed
 from ollama_asgi.backend import Backend
+from ollama_asgi.control import GatewayEndpoints
 from ollama_asgi.errors import GatewayError, stream_error_line
 from ollama_asgi.gc_tuning import tune_gc
 from ollama_asgi.inference import ModelLifecycle, Prepared
+from ollama_asgi.intake import WATCH_AFTER, ClientGone, DisconnectWatcher, Progress, Request, read_body, stream_body
 from ollama_asgi.openai_relay import relay_openai
 from ollama_asgi.placement import Placement
 from ollama_asgi.protocol import ParsedRequest, canonical_model, is_cloud_model, parse_request
@@ -36,7 +37,7 @@ from ollama_asgi.responses import send_bytes, send_error
 from ollama_asgi.routing import EMBED_ROUTES, Kind, Route, match_route, route_path
 from ollama_asgi.settings import ConfigError, Settings, parse_duration
 from ollama_asgi.telemetry import RequestRecord, Telemetry
-from ollama_asgi.types import Message, Receive, Scope, Send
+from ollama_asgi.types import Receive, Scope, Send
 from ollama_asgi.upstream import Upstream, UpstreamError, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -60,10 +61,6 @@ class _Retryable(Exception):
     def __init__(self, error: GatewayError) -> None:
         super().__init__(error.message)
         self.error = error
-
-
-class _ClientGone(Exception):
-    """The client disconnected before its request body was complete."""
 
 
 class OllamaGateway:
@@ -138,6 +135,15 @@ class OllamaGateway:
             shared=self.shared_state,
         )
         self.backends = self.registry.upstreams  # the clients telemetry checks, changed in place by the registry
+        self._endpoints = GatewayEndpoints(
+            self.settings,
+            registry=self.registry,
+            placement=self.placement,
+            admission=self.admission,
+            shared=self.shared_state,
+            authorize=self._authorize,
+            retry_after=self._retry_after,
+        )
         self.telemetry = Telemetry(self)
         self.shutting_down = False  # set by begin_shutdown(): new and queued requests get 503
         self._drain_timer: asyncio.Task[None] | None = None
@@ -235,7 +241,7 @@ class OllamaGateway:
         anthropic = path == "/v1/messages"  # errors in Anthropic's shape, as its clients read them
         head = method == "HEAD"
         record = self.telemetry.begin(scope, loop)
-        progress = _Progress(record)
+        progress = Progress(record)
         try:
             route = record.route = match_route(path)
             if route is None:
@@ -264,10 +270,10 @@ class OllamaGateway:
                     # Ollama fetches a cloud model's details from ollama.com: the same policy applies.
                     self._check_model(principal, ParsedRequest(body={}, model=name, stream=False, cloud=True))
             if route.streamed_body:
-                request = _Request(scope, path, route, None, principal, _stream_body(receive), head, loop)
+                request = Request(scope, path, route, None, principal, stream_body(receive), head, loop)
                 await self._exchange(request, send, progress)
                 return
-            raw = await _read_body(scope, receive, self.settings.max_body_bytes)
+            raw = await read_body(scope, receive, self.settings.max_body_bytes)
             parsed = None
             if route.json_body:
                 parsed = record.parsed = parse_request(route, raw, max_num_ctx=self.settings.max_num_ctx)
@@ -275,14 +281,14 @@ class OllamaGateway:
                     self._check_model(principal, parsed)
                 if parsed.rewritten:
                     raw = orjson.dumps(parsed.body)  # upstream gets what was checked, not the client's spelling
-            request = _Request(scope, path, route, parsed, principal, raw or None, head, loop)
+            request = Request(scope, path, route, parsed, principal, raw or None, head, loop)
             # The body is read: the next ASGI message can only be http.disconnect. A listener for it
-            # starts after _WATCH_AFTER (see _DisconnectWatcher); written out here, not as a wrapper
+            # starts after WATCH_AFTER (see DisconnectWatcher); written out here, not as a wrapper
             # coroutine, since it is on every request.
-            watcher = _DisconnectWatcher(receive, progress)
+            watcher = DisconnectWatcher(receive, progress)
             task = asyncio.current_task(loop)
             assert task is not None
-            timer = loop.call_later(_WATCH_AFTER, watcher.start, task)
+            timer = loop.call_later(WATCH_AFTER, watcher.start, task)
             try:
                 await self._exchange(request, send, progress)
             except asyncio.CancelledError:
@@ -302,7 +308,7 @@ class OllamaGateway:
                 await send({"type": "http.response.body", "body": tail, "more_body": False})
             else:
                 await send_error(record.capture(send), exc, openai=openai, anthropic=anthropic, head=head)
-        except _ClientGone:
+        except ClientGone:
             return
         finally:
             self.telemetry.end(record)
@@ -344,7 +350,7 @@ class OllamaGateway:
         allowed = principal.cloud_models
         return self.settings.cloud_models if allowed is None else allowed
 
-    def _exchange(self, request: _Request, send: Send, progress: _Progress) -> Coroutine[None, None, None]:
+    def _exchange(self, request: Request, send: Send, progress: Progress) -> Coroutine[None, None, None]:
         """The exchange on the chosen backend (the coroutine to await); with several backends, one
         that failed before any byte is retried once elsewhere.
 
@@ -371,7 +377,7 @@ class OllamaGateway:
             return self._exchange_on(self.placement.choose(model), request, send, progress)
         return self._exchange_retrying(model, request, send, progress)
 
-    async def _exchange_retrying(self, model: str | None, request: _Request, send: Send, progress: _Progress) -> None:
+    async def _exchange_retrying(self, model: str | None, request: Request, send: Send, progress: Progress) -> None:
         tried: set[str] = set()
         conversations = self.placement.conversations
         conversation = None
@@ -397,7 +403,7 @@ class OllamaGateway:
                     raise exc.error from exc.error.__cause__
                 logger.warning("retrying on another backend after %s failed: %s", backend.name, exc.error.message)
 
-    async def _exchange_on(self, chosen: Backend, request: _Request, send: Send, progress: _Progress) -> None:
+    async def _exchange_on(self, chosen: Backend, request: Request, send: Send, progress: Progress) -> None:
         backend = chosen.upstream
         scope = request.scope
         principal = request.principal
@@ -518,7 +524,7 @@ class OllamaGateway:
         if isinstance(name, str) and name:
             models.forget(name)
 
-    async def _merged_listing(self, request: _Request, send: Send, progress: _Progress) -> None:
+    async def _merged_listing(self, request: Request, send: Send, progress: Progress) -> None:
         """``/api/tags``, ``/api/ps`` and ``/v1/models`` over every available backend, one entry per model."""
         now = time.monotonic()
         backends = [b for b in self.placement.backends if b.available(now)]
@@ -574,7 +580,7 @@ class OllamaGateway:
             or self.settings.rate_limit_tpm
         )
 
-    def _take_slot_now(self, request: _Request, backend: Upstream) -> tuple[Lease | None, Prepared | None]:
+    def _take_slot_now(self, request: Request, backend: Upstream) -> tuple[Lease | None, Prepared | None]:
         """The common case without a coroutine: no rate limit to ask, the model's facts known, its
         runner loaded, a slot free. ``(None, prepared)`` sends the request through ``_before_upstream``
         (with what was already prepared, so nothing is counted twice)."""
@@ -610,7 +616,7 @@ class OllamaGateway:
         )
 
     async def _before_upstream(
-        self, request: _Request, backend: Upstream, send: Send, progress: _Progress, prepared: Prepared | None
+        self, request: Request, backend: Upstream, send: Send, progress: Progress, prepared: Prepared | None
     ) -> tuple[Lease, Prepared | None]:
         """Rate limit, size the context, load the model and take a slot: everything before Ollama."""
         principal = request.principal
@@ -719,7 +725,7 @@ class OllamaGateway:
             )
 
     async def _admit(
-        self, backend: Upstream, request: _Request, send: Send, progress: _Progress, prepared: Prepared | None
+        self, backend: Upstream, request: Request, send: Send, progress: Progress, prepared: Prepared | None
     ) -> Lease:
         principal = request.principal
         assert principal is not None
@@ -754,126 +760,17 @@ class OllamaGateway:
         told = partial(self.admission.describe, request_id)
         return await _with_sse_keepalive(admit, send, progress, interval, lambda: _queue_comment(told()))
 
-    async def _queue_endpoint(self, scope: Scope, send: Send) -> None:
-        """Where a waiting request stands (``GET /_gateway/queue/{request_id}``), for its own principal
-        or an administrator; any other caller, and a request not waiting, gets 404."""
-        principal = await call_authorizer(self._authorize, scope)
-        if principal is None:
-            raise GatewayError(401, "authentication required", [(b"www-authenticate", b'Bearer realm="ollama"')])
-        request_id = route_path(scope).rsplit("/", 1)[-1]
-        told = self.admission.describe(request_id, None if principal.is_admin else principal.id)
-        if told is None:
-            raise GatewayError(404, f"request {request_id!r} is not waiting in the queue")
-        await send_bytes(send, 200, orjson.dumps(told))
-
-    async def _backends_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Admin view and control of backends: list, add, remove, drain and undrain."""
-        principal = await call_authorizer(self._authorize, scope)
-        if principal is None:
-            raise GatewayError(401, "authentication required", [(b"www-authenticate", b'Bearer realm="ollama"')])
-        if not principal.is_admin:
-            raise GatewayError(403, "backends are managed by administrators", reason="forbidden")
-        method = scope["method"]
-        parts = route_path(scope).split("/")[3:]  # after /_gateway/backends
-        name = parts[0] if parts else ""
-        action = parts[1] if len(parts) > 1 else ""
-        registry = self.registry
-        if method == "POST" and action in ("drain", "undrain"):
-            registry.drain(name, action == "drain")
-        elif method == "POST" and not name:
-            raw = await _read_body(scope, receive, 64 * 1024)
-            try:
-                spec = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                raise GatewayError(400, "expected a JSON object with at least a url") from None
-            registry.add(spec)
-        elif method == "DELETE" and name and not action:
-            registry.remove(name)
-        elif method != "GET" or action:
-            raise GatewayError(405, "405 method not allowed")
-        if method != "GET":
-            await registry.publish()
-        await send_bytes(send, 200, orjson.dumps({"backends": [view.listed() for view in registry.views()]}))
-
     async def _gateway_endpoint(
         self, route: Route, scope: Scope, receive: Receive, send: Send, record: RequestRecord
     ) -> None:
         if route.name == "backends":
-            await self._backends_endpoint(scope, receive, send)
-            return
-        if route.name == "queue":
-            await self._queue_endpoint(scope, send)
-            return
-        if route.name != "health":  # status and metrics: the telemetry module checks who may see them
+            await self._endpoints.backends(scope, receive, send)
+        elif route.name == "queue":
+            await self._endpoints.queue(scope, send)
+        elif route.name == "health":
+            await self._endpoints.health(scope, send, shutting_down=self.shutting_down)
+        else:  # status and metrics: the telemetry module checks who may see them
             await self.telemetry.endpoint(route.name, scope, send, record, self._authorize)
-            return
-        await self._health(scope, send)
-
-    async def _health(self, scope: Scope, send: Send) -> None:
-        """``/_gateway/health`` for load balancers, from the state the gateway keeps.
-
-        It needs no login, so it never calls Ollama itself: the placement's background probes (one
-        per backend per ``health_interval``, however many ask) and the requests' own outcomes say
-        which backends are up. ``ok`` (200): every backend in service is up with its breaker
-        closed; ``degraded`` (200): some are not, requests go to the rest; ``unavailable`` (503,
-        Retry-After): none can take a request, or Redis is down with ``redis_fail_open`` off;
-        ``shutting_down`` (503). It names backends but not their URLs.
-        """
-        placement = self.placement
-        if any(b.up is None for b in placement.backends):
-            await placement.checked(within=2.5)  # a gateway's first moments: the first probes' answers
-        now = time.monotonic()
-        backends = []
-        usable = in_service = 0
-        for b in placement.backends:
-            backends.append({"name": b.name, "up": b.up, "breaker": b.breaker, "draining": b.draining})
-            if not b.draining:
-                in_service += 1
-                usable += bool(b.up and b.available(now))
-        healthy = usable > 0 and not self.shutting_down
-        status = "shutting_down" if self.shutting_down else "unavailable" if not healthy else "ok"
-        if healthy and usable < in_service:
-            status = "degraded"
-        report: dict[str, object] = {"status": status, "backends": backends}
-        if self.shared_state is not None:
-            report["redis"] = "up" if self.shared_state.healthy else "down"
-            if not self.shared_state.healthy and not self.settings.redis_fail_open:
-                healthy = False
-                report["status"] = "unavailable"
-        body = orjson.dumps(report)
-        headers = [] if healthy else [(b"retry-after", self._retry_after)]
-        await send_bytes(send, 200 if healthy else 503, body, headers=headers, head=scope["method"] == "HEAD")
-
-
-@dataclass(slots=True)
-class _Request:
-    """Everything known about a request once it is parsed and authenticated; passed forward only."""
-
-    scope: Scope
-    path: str  # below the mount point
-    route: Route
-    parsed: ParsedRequest | None
-    principal: Principal | None
-    body: bytes | AsyncIterator[bytes] | None
-    head: bool
-    loop: asyncio.AbstractEventLoop
-    rate_checked: bool = False
-
-
-@dataclass(slots=True)
-class _Progress:
-    record: RequestRecord  # what is logged and counted when the request ends
-    started: bool = False  # the response head went out (SSE keep-alive while queued)
-    relaying: asyncio.Future[RelayResult] | None = None  # a stream's relay task (``relay.in_own_task``)
-
-    def answered(self) -> bool:
-        """The whole answer went out: an ``http.disconnect`` now ends the exchange, not a generation.
-
-        A stream's relay task finishes a loop turn before the request's task resumes, and the
-        server reports the finished response to ``receive`` as ``http.disconnect`` meanwhile.
-        """
-        relaying = self.relaying
-        return self.record.result is not None or (relaying is not None and relaying.done())
 
 
 _LISTINGS = frozenset({"tags", "ps", "openai_models"})
@@ -896,7 +793,7 @@ def _queue_comment(told: dict[str, object] | None) -> bytes:
 async def _with_sse_keepalive(
     admit: Coroutine[None, None, Lease],
     send: Send,
-    progress: _Progress,
+    progress: Progress,
     interval: float,
     comment: Callable[[], bytes] | None = None,
 ) -> Lease:
@@ -946,7 +843,7 @@ def _request_refused(body: bytes | None) -> bool:
     return body is not None and len(body) < 4096 and any(refusal in body for refusal in _REFUSALS)
 
 
-def _slot_model(request: _Request, prepared: Prepared | None) -> str:
+def _slot_model(request: Request, prepared: Prepared | None) -> str:
     """Whose runner's slots a request takes: its model, canonical ("" when it names none)."""
     if prepared is not None:
         return prepared.info.name
@@ -967,83 +864,3 @@ def _header_seconds(value: bytes, cap: float) -> float:
     if seconds <= 0:
         raise GatewayError(400, "X-Request-Timeout must be greater than zero")
     return min(seconds, cap)
-
-
-_WATCH_AFTER = 0.05  # seconds before a request's client is watched for disconnects
-
-
-class _DisconnectWatcher:
-    """Cancel the exchange when the client goes away, so Ollama stops generating.
-
-    The request body has been read by the time this runs, so the next ASGI message can only be
-    ``http.disconnect``; cancelling the task closes the upstream connection within one loop turn.
-
-    The exchange runs in the request's own task; a listener task, started by a timer after
-    ``_WATCH_AFTER``, cancels it on disconnect. Requests that end sooner (listings, model facts,
-    short embeddings) never pay for a second task and the loop turns it costs, which was 20 of the
-    gateway's 240 CPU µs per request at one client; a generation left by its client in its
-    first moments runs at most that long before it is cancelled.
-    """
-
-    __slots__ = ("gone", "_listener", "_progress", "_receive")
-
-    def __init__(self, receive: Receive, progress: _Progress) -> None:
-        self._receive = receive
-        self._progress = progress
-        self.gone = False
-        self._listener: asyncio.Task[None] | None = None
-
-    def start(self, task: asyncio.Task[object]) -> None:
-        """Start listening (the timer calls this once the exchange has run for ``_WATCH_AFTER``)."""
-        if not task.done():
-            self._listener = task.get_loop().create_task(self._listen(task))
-
-    def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-
-    async def _listen(self, task: asyncio.Task[object]) -> None:
-        while True:
-            message: Message = await self._receive()
-            if message["type"] == "http.disconnect":
-                if not self._progress.answered():
-                    self.gone = True
-                    task.cancel()
-                return
-
-
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                declared = int(value)
-            except ValueError:
-                raise GatewayError(400, "invalid Content-Length header") from None
-            if declared > limit:
-                raise GatewayError(413, f"request body is larger than the {limit} bytes allowed")
-            break
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise GatewayError(413, f"request body is larger than the {limit} bytes allowed")
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks) if len(chunks) != 1 else chunks[0]
-
-
-async def _stream_body(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        if message.get("body"):
-            yield message["body"]
-        if not message.get("more_body", False):
-            return
