@@ -237,39 +237,37 @@ def candidates(python: Path, workdir: Path, runs: int) -> dict[str, dict[str, An
 
 _OURS = """
 import json, sys, time, timeit
-start = time.perf_counter()
 from ollama_asgi.settings import Settings
 env = json.loads(sys.argv[1])
 start = time.perf_counter()
 Settings.from_env(environ=env)
 first = time.perf_counter() - start
 settings = Settings.from_env(environ=env)
-def per(fn, number):
-    return min(timeit.repeat(fn, number=number, repeat=5)) / number
+def per(stmt, number):
+    return min(timeit.repeat(stmt, number=number, repeat=5, globals=globals())) / number
 print(json.dumps({
     "first_from_env_us": first * 1e6,
-    "settings_us": per(Settings, 200) * 1e6,
-    "from_env_us": per(lambda: Settings.from_env(environ=env), 200) * 1e6,
-    "attribute_ns": per(lambda: settings.parallel, 1_000_000) * 1e9,
+    "settings_us": per("Settings()", 200) * 1e6,
+    "from_env_us": per("Settings.from_env(environ=env)", 200) * 1e6,
+    "attribute_ns": per("settings.parallel", 1_000_000) * 1e9,
 }))
 """
 
 
 def ours(baseline: str, workdir: Path, runs: int) -> dict[str, dict[str, float]]:
-    """This project's Settings at ``baseline`` and now, in this interpreter."""
+    """This project's Settings at ``baseline`` and now, in this interpreter, taking turns."""
     from bench.run import baseline_copy
 
-    out: dict[str, dict[str, float]] = {}
-    for label, path in (("baseline", baseline_copy(baseline, workdir)), ("now", ROOT)):
-        rows = []
-        for _ in range(runs):
+    paths = {"baseline": baseline_copy(baseline, workdir), "now": ROOT}
+    rows: dict[str, list[dict[str, float]]] = {label: [] for label in paths}
+    for _ in range(runs):
+        for label, path in paths.items():
             env = {**os.environ, "PYTHONPATH": str(path)}
             done = subprocess.run(
                 [sys.executable, "-c", _OURS, json.dumps(ENV)], capture_output=True, text=True, env=env, check=True
             )
-            rows.append(json.loads(done.stdout))
-        out[label] = {key: _median(rows, key) for key in rows[0]}
-    return out
+            rows[label].append(json.loads(done.stdout))
+    return {label: {key: _median(found, key) for key in found[0]} for label, found in rows.items()}
 
 
 def main() -> None:
