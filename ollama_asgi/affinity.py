@@ -37,7 +37,7 @@ from ollama_asgi.protocol import canonical_model
 __all__ = ["PROMPT_WINDOW", "Conversation", "ConversationAffinity", "conversation_key"]
 
 PROMPT_WINDOW = 512  # characters of a bare prompt that identify its conversation
-_HASHED = 64 * 1024  # bytes of an opening that are hashed: a bounded cost per request (images, documents)
+_HALF = 32 * 1024  # an opening longer than twice this is hashed by its two ends: a bounded cost per request
 _encode = msgspec.json.Encoder(order="sorted").encode  # key order in a client's JSON does not matter
 
 
@@ -67,7 +67,9 @@ def conversation_key(body: Mapping[str, Any], model: str) -> Conversation | None
         opening, continues = prompt[:PROMPT_WINDOW], True
     system = body.get("system")
     raw = _encode([canonical_model(model), system, opening])
-    return Conversation(hashlib.blake2b(raw[:_HASHED], digest_size=16).digest(), continues)
+    if len(raw) > 2 * _HALF:  # the start (system prompt) and the end (first question) tell openings apart
+        raw = raw[:_HALF] + raw[-_HALF:]
+    return Conversation(hashlib.sha256(raw).digest()[:16], continues)  # SHA-256: in hardware on most CPUs
 
 
 def _score(key: bytes, backend: Backend) -> float:

@@ -73,6 +73,12 @@ def test_another_system_prompt_or_first_question_is_another_conversation() -> No
     assert _key({"messages": other_question}) != key
 
 
+def test_conversations_under_one_long_system_prompt_are_told_apart_by_their_first_question() -> None:
+    system = {"role": "system", "content": "the sky is blue " * 10_000}  # far longer than the hashed ends
+    first, other = ({"messages": [system, {"role": "user", "content": q}]} for q in ("Why?", "What?"))
+    assert _key(first) != _key(other)
+
+
 def test_the_order_of_keys_in_a_clients_json_does_not_matter() -> None:
     reordered = [{"content": m["content"], "role": m["role"]} for m in _turn(3)]
     assert _key({"messages": reordered}) == _key({"messages": _turn(3)})
