@@ -703,7 +703,11 @@ class Settings:
         ),
     )
     prewarm: bool = field(
-        default=True, metadata=_doc("Load the predicted next model ahead of time when memory allows.")
+        default=True,
+        metadata=_doc(
+            "Load the model each principal is predicted to ask for next into free memory while the loader is "
+            "idle; the same predictions choose which idle model a load evicts."
+        ),
     )
     prewarm_threshold: NonNegativeFloat = field(
         default=0.6, metadata=_doc("Confidence (share of observed transitions) needed before pre-warming.")
