@@ -20,7 +20,7 @@ import orjson
 
 from ollama_asgi.admission import PRIORITIES, Admission, Lease, hold_prewarms, queue_headers
 from ollama_asgi.affinity import ConversationAffinity, conversation_key
-from ollama_asgi.auth import Authorizer, DefaultAuthorizer, Principal, call_authorizer, model_allowed
+from ollama_asgi.auth import Authorizer, DefaultAuthorizer, Principal, call_authorizer
 from ollama_asgi.backend import Backend
 from ollama_asgi.control import GatewayEndpoints
 from ollama_asgi.errors import GatewayError, stream_error_line
@@ -29,8 +29,9 @@ from ollama_asgi.inference import ModelLifecycle, Prepared
 from ollama_asgi.intake import WATCH_AFTER, ClientGone, DisconnectWatcher, Progress, Request, read_body, stream_body
 from ollama_asgi.openai_relay import relay_openai
 from ollama_asgi.placement import Placement
+from ollama_asgi.policy import Policy
 from ollama_asgi.protocol import ParsedRequest, canonical_model, is_cloud_model, parse_request
-from ollama_asgi.ratelimit import MemoryRateLimiter, rate_limit_headers
+from ollama_asgi.ratelimit import MemoryRateLimiter
 from ollama_asgi.registry import BackendRegistry
 from ollama_asgi.relay import RelayResult, SendWatch, relay, stream_headers
 from ollama_asgi.responses import send_bytes, send_error
@@ -87,6 +88,7 @@ class OllamaGateway:
                 self.settings.redis_url, prefix=self.settings.redis_prefix, lease_ttl=self.settings.lease_ttl
             )
             self.rate_limiter = RedisRateLimiter(self.shared_state, fallback=self.rate_limiter)
+        self.policy = Policy(self.settings, self.rate_limiter)
         self.lifecycle: ModelLifecycle | None = None
         if self.settings.lifecycle:
             lock = None
@@ -259,7 +261,7 @@ class OllamaGateway:
                     principal = self._default_authorizer.resolve(scope)
                 else:
                     principal = await call_authorizer(self._authorize, scope)
-                principal = record.principal = self._authorized(principal, route)
+                principal = record.principal = self.policy.authorized(principal, route)
                 if route.account and not self.settings.cloud_account_routes:
                     raise GatewayError(
                         403,
@@ -268,7 +270,7 @@ class OllamaGateway:
                     )
                 if route.name == "openai_model" and is_cloud_model(name := path[11:]):
                     # Ollama fetches a cloud model's details from ollama.com: the same policy applies.
-                    self._check_model(principal, ParsedRequest(body={}, model=name, stream=False, cloud=True))
+                    self.policy.check_model(principal, ParsedRequest(body={}, model=name, stream=False, cloud=True))
             if route.streamed_body:
                 request = Request(scope, path, route, None, principal, stream_body(receive), head, loop)
                 await self._exchange(request, send, progress)
@@ -278,7 +280,7 @@ class OllamaGateway:
             if route.json_body:
                 parsed = record.parsed = parse_request(route, raw, max_num_ctx=self.settings.max_num_ctx)
                 if principal is not None:
-                    self._check_model(principal, parsed)
+                    self.policy.check_model(principal, parsed)
                 if parsed.rewritten:
                     raw = orjson.dumps(parsed.body)  # upstream gets what was checked, not the client's spelling
             request = Request(scope, path, route, parsed, principal, raw or None, head, loop)
@@ -319,37 +321,6 @@ class OllamaGateway:
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
 
-    @staticmethod
-    def _authorized(principal: Principal | None, route: Route) -> Principal:
-        if principal is None:
-            raise GatewayError(401, "authentication required", [(b"www-authenticate", b'Bearer realm="ollama"')])
-        if route.kind is Kind.MANAGE and not principal.is_admin:
-            raise GatewayError(403, f"{route.name} is restricted to administrators")
-        return principal
-
-    def _check_model(self, principal: Principal, parsed: ParsedRequest) -> None:
-        model = parsed.model
-        if model is None:
-            return
-        if not model_allowed(principal.models, model) or not model_allowed(self.settings.allowed_models, model):
-            raise GatewayError(
-                403,
-                f"model {model!r} is not allowed for {principal.display_name or principal.id}",
-                reason="forbidden_model",
-            )
-        if parsed.cloud and not self._cloud_allowed(principal):
-            # Ollama relays it to ollama.com: prompts would leave through a gateway taken for local.
-            raise GatewayError(
-                403,
-                f"model {model!r} is a cloud model (run on ollama.com), which this gateway does not allow "
-                "(setting cloud_models)",
-                reason="forbidden_model",
-            )
-
-    def _cloud_allowed(self, principal: Principal) -> bool:
-        allowed = principal.cloud_models
-        return self.settings.cloud_models if allowed is None else allowed
-
     def _exchange(self, request: Request, send: Send, progress: Progress) -> Coroutine[None, None, None]:
         """The exchange on the chosen backend (the coroutine to await); with several backends, one
         that failed before any byte is retried once elsewhere.
@@ -364,12 +335,12 @@ class OllamaGateway:
         restricted = principal is not None and (
             principal.models is not None
             or self.settings.allowed_models is not None
-            or not self._cloud_allowed(principal)  # Ollama lists cloud models; this caller may not use them
+            or not self.policy.cloud_allowed(principal)  # Ollama lists cloud models; this caller may not use them
         )
         several = len(self.placement.backends) > 1
         if request.route.name in _LISTINGS and (several or restricted) and not request.head:
             return self._merged_listing(request, send, progress)
-        if request.route.name == "cloud_status" and principal is not None and not self._cloud_allowed(principal):
+        if request.route.name == "cloud_status" and principal is not None and not self.policy.cloud_allowed(principal):
             # What Ollama says with cloud off: this caller's cloud requests never leave the gateway.
             return send_bytes(progress.record.capture(send), 200, _CLOUD_REFUSED, head=request.head)
         model = request.parsed.model if request.parsed is not None else None
@@ -420,9 +391,9 @@ class OllamaGateway:
             and request.parsed.cloud
         ):
             # Run on ollama.com, not in one of Ollama's runner slots: rate limits apply, no slot is taken.
-            if not request.rate_checked and self._rate_limited(principal):
+            if not request.rate_checked and self.policy.rate_limited(principal):
                 request.rate_checked = True
-                await self._check_rate(principal)
+                await self.policy.check_rate(principal)
         elif request.route.kind is Kind.INFERENCE and principal is not None:
             try:
                 lease, prepared = self._take_slot_now(request, backend)
@@ -548,20 +519,12 @@ class OllamaGateway:
             for entry in body.get(key) or []:
                 if isinstance(entry, dict):
                     name = str(entry.get(field) or entry.get("name"))
-                    if self._may_see(request.principal, name):
+                    if self.policy.may_see(request.principal, name):
                         merged.setdefault(name, entry)
         payload: dict[str, object] = {key: list(merged.values())}
         if request.route.name == "openai_models":
             payload = {"object": "list", "data": list(merged.values()) or None}
         await send_bytes(progress.record.capture(send), 200, orjson.dumps(payload))
-
-    def _may_see(self, principal: Principal | None, model: str) -> bool:
-        """Listings show a caller only the models it may use."""
-        if principal is None:
-            return True
-        if is_cloud_model(model) and not self._cloud_allowed(principal):
-            return False  # it would be refused: a listing must not offer it
-        return model_allowed(principal.models, model) and model_allowed(self.settings.allowed_models, model)
 
     def _upstream_failure(self, backend: Upstream, exc: UpstreamError) -> GatewayError:
         logger.warning("upstream %s failed before answering: %s", backend.name, exc)
@@ -572,21 +535,13 @@ class OllamaGateway:
         error.__cause__ = exc  # telemetry tells an unreachable upstream from other 503s by this
         return error
 
-    def _rate_limited(self, principal: Principal) -> bool:
-        return bool(
-            principal.requests_per_minute
-            or principal.tokens_per_minute
-            or self.settings.rate_limit_rpm
-            or self.settings.rate_limit_tpm
-        )
-
     def _take_slot_now(self, request: Request, backend: Upstream) -> tuple[Lease | None, Prepared | None]:
         """The common case without a coroutine: no rate limit to ask, the model's facts known, its
         runner loaded, a slot free. ``(None, prepared)`` sends the request through ``_before_upstream``
         (with what was already prepared, so nothing is counted twice)."""
         principal = request.principal
         assert principal is not None
-        if not request.rate_checked and self._rate_limited(principal):
+        if not request.rate_checked and self.policy.rate_limited(principal):
             return None, None
         prepared = None
         parsed = request.parsed
@@ -623,8 +578,8 @@ class OllamaGateway:
         assert principal is not None
         if not request.rate_checked:
             request.rate_checked = True
-            if self._rate_limited(principal):
-                await self._check_rate(principal)
+            if self.policy.rate_limited(principal):
+                await self.policy.check_rate(principal)
         parsed = request.parsed
         if (
             prepared is None
@@ -711,18 +666,6 @@ class OllamaGateway:
             "expected_wait": round(left, 3),
             "waited": round(time.monotonic() - since, 3),
         }
-
-    async def _check_rate(self, principal: Principal) -> None:
-        """Ask the rate limiter (only called when ``_rate_limited``); 429 when over a limit."""
-        rpm = principal.requests_per_minute or self.settings.rate_limit_rpm
-        tpm = principal.tokens_per_minute or self.settings.rate_limit_tpm
-        decision = await self.rate_limiter.check(principal.id, rpm, tpm)
-        if decision is not None and not decision.allowed:
-            raise GatewayError(
-                429,
-                f"rate limit exceeded: {decision.limit} {decision.kind} per minute for {principal.id}",
-                rate_limit_headers(decision),
-            )
 
     async def _admit(
         self, backend: Upstream, request: Request, send: Send, progress: Progress, prepared: Prepared | None
