@@ -64,6 +64,7 @@ def _run(
             env=env,
             stdout=subprocess.PIPE,
             text=True,
+            cwd=package_path,  # ``-c`` puts the working directory first on the path
         )
         for _ in range(workers)
     ]

@@ -68,10 +68,10 @@ def _gateway(env: dict[str, str], log: Path, package_path: str | None) -> tuple[
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_ASGI_")}
     environ.update(env)
-    if package_path:
+    if package_path:  # run from there: ``-m`` puts the working directory first on the path
         environ["PYTHONPATH"] = package_path
     cmd = [sys.executable, "-m", "ollama_asgi.cli", "serve", "--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(cmd, env=environ, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+    process = subprocess.Popen(cmd, env=environ, stdout=subprocess.DEVNULL, stderr=log.open("ab"), cwd=package_path)
     url = f"http://127.0.0.1:{port}/llm"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and process.poll() is None:

@@ -81,11 +81,15 @@ def _start(upstream: str, log: Path, package_path: str | None) -> tuple[subproce
             "OLLAMA_ASGI_QUEUE_TIMEOUT": "120",
         }
     )
-    if package_path:
+    if package_path:  # run from there: ``-m`` puts the working directory first on the path
         environ["PYTHONPATH"] = package_path
     cmd = [sys.executable, "-m", "ollama_asgi.cli", "serve", "--host", "0.0.0.0", "--port", str(port)]
     process = subprocess.Popen(
-        cmd + ["--log-level", "warning"], env=environ, stdout=subprocess.DEVNULL, stderr=log.open("ab")
+        cmd + ["--log-level", "warning"],
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
+        cwd=package_path,
     )
     url = f"http://127.0.0.1:{port}/llm"
     deadline = time.monotonic() + 30

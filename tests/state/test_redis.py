@@ -143,11 +143,11 @@ async def test_rate_limits_are_shared_by_workers(redis_server: RedisServer) -> N
         await limiter.state.aclose()
 
 
-async def test_a_healthy_redis_under_256_concurrent_requests_is_never_taken_for_unavailable(
+async def test_a_healthy_redis_under_512_concurrent_requests_is_never_taken_for_unavailable(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     # More requests at once than either worker has connections: they wait for one, as for a slot.
-    workers = _workers(redis_server.url, 2, parallel=4, max_queue=512)
+    workers = _workers(redis_server.url, 2, parallel=4, max_queue=1024)
     active = peak = 0
 
     async def job(admission: Admission) -> None:
@@ -160,7 +160,7 @@ async def test_a_healthy_redis_under_256_concurrent_requests_is_never_taken_for_
         lease.release()
 
     with caplog.at_level(logging.WARNING, logger="ollama_asgi.state"):
-        await asyncio.gather(*(job(workers[i % 2]) for i in range(256)))
+        await asyncio.gather(*(job(workers[i % 2]) for i in range(512)))
     assert [r.getMessage() for r in caplog.records] == []
     assert all(worker.shared.healthy for worker in workers)  # type: ignore[union-attr]
     assert peak <= 4  # the shared limit held throughout: no worker fell back to its local one
