@@ -322,3 +322,23 @@ def test_from_mapping_reads_a_whole_float_as_an_integer() -> None:
     assert Settings.from_mapping({"parallel": 2.0}).parallel == 2
     with pytest.raises(ConfigError, match="parallel"):
         Settings.from_mapping({"parallel": 2.5})
+
+
+def test_a_backend_spec_built_in_python_is_checked_where_it_is_built() -> None:
+    with pytest.raises(ConfigError) as info:
+        BackendSpec("ftp://gpu-a", "gpu-a")
+    assert info.value.field == "upstreams"
+    with pytest.raises(ConfigError) as info:
+        BackendSpec("http://gpu-a:11434", "gpu-a", weight=0.0)
+    assert info.value.field == "BackendSpec.weight"
+
+
+def test_an_api_key_built_in_python_holds_a_sha256_digest() -> None:
+    with pytest.raises(ConfigError) as info:
+        ApiKey(id="ci", sha256="not-a-digest")
+    assert info.value.field == "ApiKey.sha256"
+
+
+def test_replace_with_backends_reads_back_their_urls() -> None:
+    settings = Settings().replace(backends=(BackendSpec("http://gpu-a:11434", "gpu-a"),))
+    assert settings.upstreams == ("http://gpu-a:11434",)
