@@ -51,11 +51,15 @@ class Conversation(NamedTuple):
 def conversation_key(body: Mapping[str, Any], model: str) -> Conversation | None:
     """The conversation that ``body`` belongs to, or None (no conversation).
 
-    Chat bodies (Ollama's, OpenAI's and Anthropic's ``messages``) are keyed by their opening up to the
-    first user message; bodies with a ``prompt`` by its first ``PROMPT_WINDOW`` characters, and not at
+    Chat bodies (Ollama's, OpenAI's and Anthropic's ``messages``, the Responses API's ``input`` list) are
+    keyed by their opening up to the first user message; bodies with a ``prompt`` by its first ``PROMPT_WINDOW`` characters, and not at
     all while shorter (too little to be worth a cache, and the next turn's window would differ).
     """
     messages = body.get("messages")
+    if messages is None:
+        items = body.get("input")  # the Responses API's items (an embedding's inputs are text)
+        if isinstance(items, list) and items and isinstance(items[0], dict):
+            messages = items
     if isinstance(messages, list) and messages:
         end = next((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"), None)
         opening: object = messages if end is None else messages[: end + 1]
@@ -65,7 +69,7 @@ def conversation_key(body: Mapping[str, Any], model: str) -> Conversation | None
         if not isinstance(prompt, str) or len(prompt) < PROMPT_WINDOW:
             return None
         opening, continues = prompt[:PROMPT_WINDOW], True
-    system = body.get("system")
+    system = body.get("system", body.get("instructions"))
     raw = _encode([canonical_model(model), system, opening])
     if len(raw) > 2 * _HALF:  # the start (system prompt) and the end (first question) tell openings apart
         raw = raw[:_HALF] + raw[-_HALF:]

@@ -100,9 +100,16 @@ def test_a_turn_continues_a_conversation_once_it_carries_a_history() -> None:
     assert later is not None and later.continues
 
 
+def test_a_responses_api_conversation_is_keyed_by_its_instructions_and_first_input_message() -> None:
+    first = {"instructions": "Be terse.", "input": [FIRST]}
+    later = {"instructions": "Be terse.", "input": [FIRST, {"role": "assistant", "content": "a"}, FIRST]}
+    assert _key(first) == _key(later) != _key({"instructions": "Be verbose.", "input": [FIRST]})
+
+
 def test_a_short_prompt_or_a_body_without_one_is_no_conversation() -> None:
     assert conversation_key({"prompt": "hello"}, "m") is None
     assert conversation_key({"input": "embed me"}, "m") is None
+    assert conversation_key({"input": ["embed me", "and me"]}, "m") is None
     assert conversation_key({"messages": []}, "m") is None
 
 
