@@ -30,7 +30,7 @@ class GatewayProcess:
             stderr=subprocess.PIPE,
         )
 
-    def wait_ready(self, timeout: float = 20.0) -> None:
+    def wait_ready(self, timeout: float = 60.0) -> None:  # a loaded 2-core machine starts Python slowly
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
