@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING
 
@@ -27,6 +26,7 @@ from ollama_asgi.errors import GatewayError, stream_error_line
 from ollama_asgi.gc_tuning import tune_gc
 from ollama_asgi.inference import ModelLifecycle
 from ollama_asgi.intake import WATCH_AFTER, ClientGone, DisconnectWatcher, Progress, Request, read_body, stream_body
+from ollama_asgi.listing import LISTINGS, merged_listing
 from ollama_asgi.openai_relay import relay_openai
 from ollama_asgi.placement import Placement
 from ollama_asgi.policy import Policy
@@ -338,8 +338,10 @@ class OllamaGateway:
             or not self.policy.cloud_allowed(principal)  # Ollama lists cloud models; this caller may not use them
         )
         several = len(self.placement.backends) > 1
-        if request.route.name in _LISTINGS and (several or restricted) and not request.head:
-            return self._merged_listing(request, send, progress)
+        if request.route.name in LISTINGS and (several or restricted) and not request.head:
+            return merged_listing(
+                request, send, progress, placement=self.placement, policy=self.policy, retry_after=self._retry_after
+            )
         if request.route.name == "cloud_status" and principal is not None and not self.policy.cloud_allowed(principal):
             # What Ollama says with cloud off: this caller's cloud requests never leave the gateway.
             return send_bytes(progress.record.capture(send), 200, _CLOUD_REFUSED, head=request.head)
@@ -495,37 +497,6 @@ class OllamaGateway:
         if isinstance(name, str) and name:
             models.forget(name)
 
-    async def _merged_listing(self, request: Request, send: Send, progress: Progress) -> None:
-        """``/api/tags``, ``/api/ps`` and ``/v1/models`` over every available backend, one entry per model."""
-        now = time.monotonic()
-        backends = [b for b in self.placement.backends if b.available(now)]
-        if not backends:
-            raise GatewayError(503, "no Ollama backend is available right now", [(b"retry-after", self._retry_after)])
-        path = request.path
-        answers = await asyncio.gather(
-            *(b.upstream.call_json("GET", path, within=10.0) for b in backends), return_exceptions=True
-        )
-        key, field = ("data", "id") if request.route.name == "openai_models" else ("models", "model")
-        merged: dict[str, object] = {}
-        for backend, answer in zip(backends, answers, strict=True):
-            if isinstance(answer, BaseException):
-                if isinstance(answer, UpstreamError):
-                    self.placement.record_failure(backend, str(answer))
-                    continue
-                raise answer
-            status, body = answer
-            if status != 200 or not isinstance(body, dict):
-                continue
-            for entry in body.get(key) or []:
-                if isinstance(entry, dict):
-                    name = str(entry.get(field) or entry.get("name"))
-                    if self.policy.may_see(request.principal, name):
-                        merged.setdefault(name, entry)
-        payload: dict[str, object] = {key: list(merged.values())}
-        if request.route.name == "openai_models":
-            payload = {"object": "list", "data": list(merged.values()) or None}
-        await send_bytes(progress.record.capture(send), 200, orjson.dumps(payload))
-
     def _upstream_failure(self, backend: Upstream, exc: UpstreamError) -> GatewayError:
         logger.warning("upstream %s failed before answering: %s", backend.name, exc)
         if exc.kind == "timeout":
@@ -548,7 +519,6 @@ class OllamaGateway:
             await self.telemetry.endpoint(route.name, scope, send, record, self._authorize)
 
 
-_LISTINGS = frozenset({"tags", "ps", "openai_models"})
 # Routes that change a backend's model store, and the body key naming the model they change.
 _STORE_CHANGES = {"pull": "model", "create": "model", "delete": "model", "copy": "destination"}
 _NONE: frozenset[str] = frozenset()
