@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -252,7 +253,11 @@ def run(
         raise SystemExit("no Ollama binary: set OLLAMA_BIN=/path/to/ollama")
     plan = shape(conversations, turns, system_words, user_words)
     work = Path(tempfile.mkdtemp(prefix="affinity-trace-"))
-    servers = start_backends(binary, backends, work / "models", work / "fixtures")
+    try:
+        servers = start_backends(binary, backends, work / "models", work / "fixtures")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     names = {}
     gateways: dict[bool, tuple[subprocess.Popen[bytes], str, Path]] = {}
     all_turns: list[Turn] = []
@@ -287,6 +292,7 @@ def run(
             stop_process(process)
         for server in servers:
             server.stop()
+        shutil.rmtree(work, ignore_errors=True)  # the model files: some hundreds of MB a run
     rows = summary(all_turns)
     for row in rows:
         row["wall_s"] = round(walls[bool(row["conversation_affinity"])], 1)
