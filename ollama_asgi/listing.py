@@ -16,7 +16,7 @@ from ollama_asgi.errors import GatewayError
 from ollama_asgi.intake import Progress, Request
 from ollama_asgi.placement import Placement
 from ollama_asgi.policy import Policy
-from ollama_asgi.responses import send_bytes
+from ollama_asgi.responses import JSON, send_bytes
 from ollama_asgi.types import Send
 from ollama_asgi.upstream import UpstreamError
 
@@ -54,6 +54,8 @@ async def merged_listing(
                 if policy.may_see(request.principal, name):
                     merged.setdefault(name, entry)
     payload: dict[str, object] = {key: list(merged.values())}
+    content_type = JSON
     if request.route.name == "openai_models":
         payload = {"object": "list", "data": list(merged.values()) or None}
-    await send_bytes(progress.record.capture(send), 200, orjson.dumps(payload))
+        content_type = b"application/json"  # as Ollama's OpenAI layer writes it (no charset)
+    await send_bytes(progress.record.capture(send), 200, orjson.dumps(payload), content_type)
