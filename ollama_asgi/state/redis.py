@@ -43,6 +43,8 @@ _NOW_MS = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[
 # ARGV: capacity, lease ms, holder, backend cap (0: none), worker, queue place to enter ('' none),
 # queue limit, place ttl ms, queue place to leave once granted ('' none).
 # Returns 1 (granted), 0 (not granted; the place entered if asked) or -1 (not granted, queue full).
+# A refused worker is listed as waiting for the backend (releases then publish) until a take of its
+# own is granted or two seconds pass.
 _ACQUIRE = (
     _NOW_MS
     + """
@@ -61,6 +63,7 @@ if free then
     redis.call('PEXPIRE', KEYS[2], lease * 3)
   end
   if ARGV[9] ~= '' then redis.call('ZREM', KEYS[4], ARGV[9]) end
+  redis.call('ZREM', KEYS[3], ARGV[5])
   return 1
 end
 redis.call('ZADD', KEYS[3], now + 2000, ARGV[5])
