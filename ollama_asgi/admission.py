@@ -867,6 +867,14 @@ class Admission:
             return None
         return {"request_id": request_id, **entry[1]()}
 
+    def forget(self, backend: str) -> list[Pool]:
+        """A removed backend's pools, slot caps and turns dropped; returns the pools, whose requests finish."""
+        self.capacities.pop(backend, None)
+        self.turns.pop(backend, None)
+        self.backends.pop(backend, None)
+        keys = [key for key in self.pools if key[0] == backend]
+        return [self.pools.pop(key) for key in keys]
+
     def close(self, error: Callable[[], GatewayError]) -> int:
         """Refuse new requests and fail every queued one with ``error()``; slots in use stay until released."""
         self.closing = error

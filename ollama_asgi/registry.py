@@ -113,7 +113,7 @@ class BackendRegistry:
         self._placement.forget(name)
         if self._lifecycle is not None:
             self._lifecycle.remove_backend(name)
-        pools = _forget_slots(self._admission, name)
+        pools = self._admission.forget(name)
         try:
             task = asyncio.get_running_loop().create_task(self._close_when_idle(backend, pools))
         except RuntimeError:  # no loop: nothing can be in flight on it either
@@ -190,17 +190,3 @@ class BackendRegistry:
             if self.by_name(name) is None:
                 self.add({k: v for k, v in entry.items() if k != "draining"})
             self.drain(name, bool(entry.get("draining")))
-
-
-def _forget_slots(admission: Admission, name: str) -> list[Pool]:
-    """Drop a removed backend's pools and configured slots; return the pools, whose requests finish."""
-    admission.capacities.pop(name, None)
-    admission.turns.pop(name, None)
-    keys = [key for key in admission.pools if _backend_of(key) == name]
-    return [admission.pools.pop(key) for key in keys]
-
-
-def _backend_of(key: object) -> str:
-    if isinstance(key, tuple):
-        return str(key[0])
-    return str(key).rpartition("#")[0]

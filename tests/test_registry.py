@@ -45,6 +45,7 @@ def test_a_removed_backend_is_forgotten_by_every_part_and_its_client_closed(
             {"url": two[1].url, "name": "b", "parallel": 2, "vram_budget": 10**10},
         ),
         ps_interval=0.1,
+        backend_parallel=4,
     )
     gateway = _gateway(server)
     backends = gateway.placement.backends
@@ -58,8 +59,8 @@ def test_a_removed_backend_is_forgotten_by_every_part_and_its_client_closed(
     lifecycle = gateway.lifecycle
     assert lifecycle is not None
     assert "b" not in lifecycle.models and "b" not in lifecycle.guard.budgets
-    assert "b" not in gateway.admission.capacities
-    assert not [key for key in gateway.admission.pools if "b" in (key if isinstance(key, tuple) else (key,))]
+    assert "b" not in gateway.admission.capacities and "b" not in gateway.admission.backends
+    assert not [key for key in gateway.admission.pools if key[0] == "b"]
     assert removed.upstream not in gateway.backends
     seen = len(two[1].emulator.requests)
     time.sleep(0.5)  # five /api/ps polling intervals
