@@ -239,9 +239,9 @@ async def test_the_page_renders_live_numbers_in_chromium(emulator: EmulatorServe
         try:
             await client.post("/api/embed", json={"model": "nomic-embed-text", "input": "warm up"})
             busy += [asyncio.ensure_future(client.post("/api/generate", json=body)) for _ in range(5)]
-            for _ in range(200):  # two generating, three waiting for a slot
-                queue = (await client.get("/_gateway/status")).json()["queues"][0]
-                if (queue["in_flight"], queue["waiting"]) == (2, 3):
+            for _ in range(200):  # two generating, three waiting for a slot of llama3.2's runner
+                queues = (await client.get("/_gateway/status")).json()["queues"]
+                if [(q["in_flight"], q["waiting"]) for q in queues if q["model"] == "llama3.2:latest"] == [(2, 3)]:
                     break
                 await asyncio.sleep(0.02)
             url = llm + "/_gateway/status"
@@ -257,6 +257,7 @@ async def test_the_page_renders_live_numbers_in_chromium(emulator: EmulatorServe
             server.stop()
 
     assert "2 / 2 in flight" in dom and "3 / 64 waiting" in dom, dom[-3000:]
+    assert "backend-0 · llama3.2:latest · " in dom and "backend-0 · nomic-embed-text:latest · " in dom  # a row each
     assert "llama3.2:latest" in dom and "nomic-embed-text:latest" in dom and "GiB VRAM" in dom
     assert ">live<" in dom
 
