@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import shutil
 import statistics
@@ -32,16 +31,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, cast
 
 import httpx
 
-from bench.procs import free_port, stop_process
-from ollama_asgi.testing.real import RealOllama, die_with_parent, find_ollama_binary
+from bench.procs import start_gateway_process, stop_process
+from ollama_asgi.testing.real import RealOllama, find_ollama_binary
 
 API_KEY = "bench-affinity-key-1"
 MODEL = "medium"
@@ -123,32 +120,17 @@ def start_backends(binary: str, count: int, models_dir: Path, fixtures_dir: Path
 
 def start_gateway(urls: list[str], affinity: bool, log: IO[bytes]) -> tuple[subprocess.Popen[bytes], str]:
     """``ollama-asgi serve`` with its access log (one JSON line per request) on ``log``."""
-    port = free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_ASGI_")}
-    environ.update(
-        OLLAMA_ASGI_UPSTREAMS=",".join(urls),
-        OLLAMA_ASGI_API_KEYS=f"bench={API_KEY}",
-        OLLAMA_ASGI_PARALLEL="2",
-        OLLAMA_ASGI_MAX_QUEUE="100",
-        OLLAMA_ASGI_QUEUE_TIMEOUT="600",
-        OLLAMA_ASGI_PS_INTERVAL="1",
-        OLLAMA_ASGI_PREWARM="false",
-        OLLAMA_ASGI_CONVERSATION_AFFINITY="true" if affinity else "false",
-    )
-    cmd = [sys.executable, "-c", _HOST, "serve", "--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(cmd, env=environ, stdout=subprocess.DEVNULL, stderr=log, preexec_fn=die_with_parent)
-    url = f"http://127.0.0.1:{port}/llm"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(url + "/_gateway/health", timeout=1):
-                return process, url
-        except urllib.error.HTTPError:
-            return process, url
-        except OSError:
-            time.sleep(0.1)
-    stop_process(process)
-    raise RuntimeError("the gateway did not start")
+    env = {
+        "OLLAMA_ASGI_UPSTREAMS": ",".join(urls),
+        "OLLAMA_ASGI_API_KEYS": f"bench={API_KEY}",
+        "OLLAMA_ASGI_PARALLEL": "2",
+        "OLLAMA_ASGI_MAX_QUEUE": "100",
+        "OLLAMA_ASGI_QUEUE_TIMEOUT": "600",
+        "OLLAMA_ASGI_PS_INTERVAL": "1",
+        "OLLAMA_ASGI_PREWARM": "false",
+        "OLLAMA_ASGI_CONVERSATION_AFFINITY": "true" if affinity else "false",
+    }
+    return start_gateway_process(env, stderr=log, command=(sys.executable, "-c", _HOST))
 
 
 def backends_of(log_path: Path, names: dict[str, str]) -> dict[str, str]:

@@ -10,7 +10,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 from ollama_asgi.testing.real import die_with_parent
 
@@ -193,28 +195,39 @@ def python_server(
     return Server(name, args, port, log=log)
 
 
-def start_gateway_process(env: dict[str, str], timeout: float = 30.0) -> tuple[subprocess.Popen[bytes], str]:
+def start_gateway_process(
+    env: dict[str, str],
+    timeout: float = 30.0,
+    *,
+    stderr: IO[bytes] | int = subprocess.DEVNULL,
+    package_path: str | None = None,
+    command: Sequence[str] = (sys.executable, "-m", "ollama_asgi.cli"),
+    serve_args: Sequence[str] = (),
+) -> tuple[subprocess.Popen[bytes], str]:
     """``ollama-asgi serve`` on a free port with these ``OLLAMA_ASGI_*`` settings (the caller's own are
-    dropped); returns the process, which dies with its harness, and the gateway's base URL."""
+    dropped); returns the process, which dies with its harness, and the gateway's base URL.
+
+    ``package_path``: import the package from there (an earlier version), run from there too, since
+    ``-m`` puts the working directory first on the path. ``command``: what runs ``serve`` (a host
+    script, say); ``serve_args``: more of its options.
+    """
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_ASGI_")}
     environ.update(env)
-    cmd = [sys.executable, "-m", "ollama_asgi.cli", "serve", "--port", str(port), "--log-level", "warning"]
+    if package_path:
+        environ["PYTHONPATH"] = package_path
+    cmd = [*command, "serve", "--port", str(port), "--log-level", "warning", *serve_args]
     process = subprocess.Popen(
-        cmd, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent
+        cmd, env=environ, stdout=subprocess.DEVNULL, stderr=stderr, cwd=package_path, preexec_fn=die_with_parent
     )
     url = f"http://127.0.0.1:{port}/llm"
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
+    while time.monotonic() < deadline and process.poll() is None:
         try:
             with urllib.request.urlopen(url + "/_gateway/health", timeout=1):
                 return process, url
-        except urllib.error.HTTPError as exc:
-            if exc.code == 503:  # up, but no backend answers yet
-                return process, url
-            time.sleep(0.05)
+        except urllib.error.HTTPError:  # it answers (503: no backend answers yet)
+            return process, url
         except OSError:
             time.sleep(0.05)
     stop_process(process)

@@ -19,20 +19,17 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.load import Request, closed_loop
-from bench.procs import cpu_seconds, free_port, python_server, tree
+from bench.procs import cpu_seconds, free_port, python_server, start_gateway_process, stop_process, tree
 from bench.run import MESSAGES, MODEL
 
 _KEY = "bench-redis-0123456789"
@@ -65,34 +62,7 @@ def _redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
 
 
 def _gateway(env: dict[str, str], log: Path, package_path: str | None) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_ASGI_")}
-    environ.update(env)
-    if package_path:  # run from there: ``-m`` puts the working directory first on the path
-        environ["PYTHONPATH"] = package_path
-    cmd = [sys.executable, "-m", "ollama_asgi.cli", "serve", "--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(cmd, env=environ, stdout=subprocess.DEVNULL, stderr=log.open("ab"), cwd=package_path)
-    url = f"http://127.0.0.1:{port}/llm"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(url + "/_gateway/health", timeout=1):
-                return process, url
-        except urllib.error.HTTPError:
-            return process, url
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"the gateway did not start; see {log}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
+    return start_gateway_process(env, stderr=log.open("ab"), package_path=package_path)
 
 
 async def _load(urls: list[str], concurrency: int, seconds: float) -> tuple[int, int, float]:
@@ -127,7 +97,7 @@ def _run(target: Target, emulator: str, redis_url: str, args: argparse.Namespace
         cpu = cpu_seconds(pids) - cpu_before
     finally:
         for process, _ in gateways:
-            _stop(process)
+            stop_process(process)
     target.rates.append(answered / seconds)
     target.cpu_per_answer.append(cpu / max(1, answered))
     target.failures += failed

@@ -21,21 +21,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench.procs import free_port, python_server
+from bench.procs import free_port, python_server, start_gateway_process
 
 _KEY = "bench-retry-0123456789"
 _BODY = json.dumps(
@@ -70,39 +67,16 @@ def _gateway(upstream: str, log: Path, package_path: str | None) -> tuple[subpro
 
 
 def _start(upstream: str, log: Path, package_path: str | None) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_ASGI_")}
-    environ.update(
-        {
-            "OLLAMA_ASGI_UPSTREAMS": upstream,
-            "OLLAMA_ASGI_API_KEYS": f"bench={_KEY}",
-            "OLLAMA_ASGI_PARALLEL": "2",
-            "OLLAMA_ASGI_MAX_QUEUE": "8",
-            "OLLAMA_ASGI_QUEUE_TIMEOUT": "120",
-        }
+    env = {
+        "OLLAMA_ASGI_UPSTREAMS": upstream,
+        "OLLAMA_ASGI_API_KEYS": f"bench={_KEY}",
+        "OLLAMA_ASGI_PARALLEL": "2",
+        "OLLAMA_ASGI_MAX_QUEUE": "8",
+        "OLLAMA_ASGI_QUEUE_TIMEOUT": "120",
+    }
+    return start_gateway_process(
+        env, stderr=log.open("ab"), package_path=package_path, serve_args=("--host", "0.0.0.0")
     )
-    if package_path:  # run from there: ``-m`` puts the working directory first on the path
-        environ["PYTHONPATH"] = package_path
-    cmd = [sys.executable, "-m", "ollama_asgi.cli", "serve", "--host", "0.0.0.0", "--port", str(port)]
-    process = subprocess.Popen(
-        cmd + ["--log-level", "warning"],
-        env=environ,
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-        cwd=package_path,
-    )
-    url = f"http://127.0.0.1:{port}/llm"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(url + "/_gateway/health", timeout=1):
-                return process, url
-        except urllib.error.HTTPError:
-            return process, url
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"the gateway did not start; see {log}")
 
 
 async def _client(url: str, host: str, obeys: bool, stop_at: float, tally: Tally, once: bool = False) -> None:
