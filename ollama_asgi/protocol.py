@@ -39,7 +39,7 @@ _MODEL_NAME = re.compile(
 _MAX_MODEL_LEN = 350
 # Ollama's api.Options and api.Runner (v0.24), as Options.FromMap reads them: key -> Go kind. It
 # looks keys up exactly (``NUM_CTX`` is ignored) and skips nulls.
-OPTION_KINDS: dict[str, str] = {
+_READ_OPTION_KINDS: dict[str, str] = {
     "num_keep": "int",
     "seed": "int",
     "num_predict": "int",
@@ -77,10 +77,9 @@ LEGACY_OPTION_KINDS: dict[str, str] = {
     "use_mlock": "bool",
     "logits_all": "bool",
 }
-_INT_OPTIONS = frozenset(key for key, kind in OPTION_KINDS.items() if kind == "int")
-_FLOAT_OPTIONS = frozenset(key for key, kind in OPTION_KINDS.items() if kind == "float")
-OPTION_KINDS.update(LEGACY_OPTION_KINDS)  # one table for settings; requests check the current ones only
-_CHECKED_OPTIONS = frozenset(OPTION_KINDS) - frozenset(LEGACY_OPTION_KINDS)
+OPTION_KINDS: dict[str, str] = {**_READ_OPTION_KINDS, **LEGACY_OPTION_KINDS}  # what settings read kinds from
+_INT_OPTIONS = frozenset(key for key, kind in _READ_OPTION_KINDS.items() if kind == "int")
+_FLOAT_OPTIONS = frozenset(key for key, kind in _READ_OPTION_KINDS.items() if kind == "float")
 # Options fixed when a model is loaded: a request whose value differs from the loaded runner's makes
 # Ollama reload the model for everyone (``shift`` is a request field with the same effect on newer
 # versions). The gateway owns them, as it owns num_ctx.
@@ -235,8 +234,8 @@ def check_options(options: object, max_num_ctx: int) -> dict[str, Any]:
                 _FLOAT32_MIN <= value <= _FLOAT32_MAX
             ):
                 _raise_if_bad(key, value, "float")
-        elif key in _CHECKED_OPTIONS:
-            _raise_if_bad(key, value, OPTION_KINDS[key])
+        elif key in _READ_OPTION_KINDS:
+            _raise_if_bad(key, value, _READ_OPTION_KINDS[key])
     if nulls:
         options = {key: value for key, value in options.items() if value is not None}
     num_ctx = options.get("num_ctx")
