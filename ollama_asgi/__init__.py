@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from ollama_asgi._version import __version__
 from ollama_asgi.auth import Authorizer, Principal
-from ollama_asgi.errors import GatewayError
+from ollama_asgi.errors import ConfigError, GatewayError
 from ollama_asgi.gateway import OllamaGateway
 from ollama_asgi.mount import PrefixDispatcher
-from ollama_asgi.settings import ApiKey, ConfigError, Settings
+from ollama_asgi.settings import ApiKey, Settings
 
 __all__ = [
     "ApiKey",

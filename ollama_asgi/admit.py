@@ -15,14 +15,15 @@ from functools import partial
 
 from ollama_asgi.admission import PRIORITIES, Admission, Lease
 from ollama_asgi.auth import Principal
-from ollama_asgi.errors import GatewayError
+from ollama_asgi.durations import parse_duration
+from ollama_asgi.errors import ConfigError, GatewayError
 from ollama_asgi.inference import ModelLifecycle, Prepared
 from ollama_asgi.intake import Progress, Request
 from ollama_asgi.policy import Policy
 from ollama_asgi.protocol import canonical_model
 from ollama_asgi.relay import stream_headers
 from ollama_asgi.routing import EMBED_ROUTES, Route
-from ollama_asgi.settings import ConfigError, Settings, parse_duration
+from ollama_asgi.settings import Settings
 from ollama_asgi.types import Send
 from ollama_asgi.upstream import Upstream
 

@@ -28,9 +28,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:
         return _missing_uvicorn("serve")
 
+    from ollama_asgi.errors import ConfigError
     from ollama_asgi.gateway import OllamaGateway
     from ollama_asgi.mount import PrefixDispatcher
-    from ollama_asgi.settings import ConfigError, Settings
+    from ollama_asgi.settings import Settings
 
     try:
         settings = Settings.from_env()

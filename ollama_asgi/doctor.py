@@ -17,7 +17,8 @@ from typing import Any, Literal, TextIO
 
 import orjson
 
-from ollama_asgi.settings import ConfigError, Settings
+from ollama_asgi.errors import ConfigError
+from ollama_asgi.settings import Settings
 from ollama_asgi.upstream import Upstream, UpstreamError
 
 __all__ = ["Check", "run_checks", "run_doctor"]

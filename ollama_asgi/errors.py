@@ -1,10 +1,13 @@
-"""Gateway errors and their wire shapes: Ollama's ``{"error": "..."}``, OpenAI's nested object and
-Anthropic's typed one.
+"""The package's errors: a setting's, and the gateway's with their wire shapes: Ollama's
+``{"error": "..."}``, OpenAI's nested object and Anthropic's typed one.
 
 Ollama clients read ``error`` as a string; OpenAI clients expect an object with ``message`` and
 ``type``; the anthropic client reads ``{"type": "error", "error": {"type", "message"}}``. One
 exception type carries status, message and headers, and is rendered for the API family the
 request came in on, so no handler has to know which shape to write.
+
+:class:`ConfigError` lives here, below every module, because settings are not the only ones to
+raise it: the parsers of their values (durations) serve the request path too.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import secrets
 
 import orjson
 
-__all__ = ["GatewayError", "error_body", "stream_error_line"]
+__all__ = ["ConfigError", "GatewayError", "error_body", "stream_error_line"]
 
 _OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -37,6 +40,15 @@ _ANTHROPIC_TYPES = {
     503: "overloaded_error",
     529: "overloaded_error",
 }
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or invalid; ``field`` names it, ``detail`` says what is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"ollama-asgi setting {field!r}: {message}")
+        self.field = field
+        self.detail = message
 
 
 class GatewayError(Exception):

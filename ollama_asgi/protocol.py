@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 
+from ollama_asgi.durations import parse_duration
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.openai_compat import check_field_types
 from ollama_asgi.routing import Route
-from ollama_asgi.settings import parse_duration
 
 __all__ = [
     "MAX_JSON_DEPTH",

@@ -28,27 +28,15 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta
 
-__all__ = ["ApiKey", "BackendSpec", "ConfigError", "Settings", "parse_duration"]
+from ollama_asgi.durations import DURATION, go_duration, parse_duration
+from ollama_asgi.errors import ConfigError
+from ollama_asgi.protocol import OPTION_KINDS, RUNNER_OPTIONS
+
+__all__ = ["ApiKey", "BackendSpec", "Settings"]
 
 _T = TypeVar("_T")
 AuthMode = Literal["host", "api_key", "none"]
 Priority = Literal["interactive", "batch"]
-
-
-class ConfigError(ValueError):
-    """A setting is missing, unknown or invalid; ``field`` names it, ``detail`` says what is wrong."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"ollama-asgi setting {field!r}: {message}")
-        self.field = field
-        self.detail = message
-
-
-class _Duration:
-    """Marks seconds that the loaders also read from Go-style text such as ``30s`` or ``1h30m``."""
-
-
-_DURATION = _Duration()
 
 # The declared types, with the bounds construction checks.
 PositiveInt = Annotated[int, Meta(ge=1)]
@@ -57,39 +45,10 @@ ContextSize = Annotated[int, Meta(ge=256)]
 Port = Annotated[int, Meta(ge=1, le=65535)]
 Weight = Annotated[float, Meta(ge=0.001)]
 NonNegativeFloat = Annotated[float, Meta(ge=0.0)]
-Seconds = Annotated[float, Meta(ge=0.0), _DURATION]
-PositiveSeconds = Annotated[float, Meta(gt=0.0), _DURATION]
+Seconds = Annotated[float, Meta(ge=0.0), DURATION]
+PositiveSeconds = Annotated[float, Meta(gt=0.0), DURATION]
 Text = Annotated[str, Meta(min_length=1)]
 Sha256 = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")
-_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-
-
-def parse_duration(value: object, *, field: str = "duration") -> float:
-    """Seconds from ``30``, ``2.5``, ``"30s"``, ``"5m"``, ``"1h30m"`` or ``"250ms"`` (Go-style units)."""
-    if isinstance(value, bool):
-        raise ConfigError(field, f"expected a duration such as 30s or 5m, got {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip().lower()
-        try:
-            seconds = float(text)
-        except ValueError:
-            pos, seconds = 0, 0.0
-            for match in _DURATION_PART.finditer(text):
-                if match.start() != pos:
-                    break
-                seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-                pos = match.end()
-            if pos != len(text) or not text:
-                raise ConfigError(field, f"expected a duration such as 30s or 5m, got {value!r}") from None
-    else:
-        raise ConfigError(field, f"expected a duration such as 30s or 5m, got {type(value).__name__}")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ConfigError(field, f"must be a finite, non-negative duration, got {value!r}")
-    return seconds
 
 
 # -- checking a constructed object against its declared types ---------------------------------------
@@ -115,7 +74,7 @@ def _shape(cls: type) -> _Shape:
         hints = get_type_hints(cls, include_extras=True)  # evaluated once: they are text until then
         names = tuple(f.name for f in dataclasses.fields(cls))
         checked = cast(Any, TypedDict)(f"{cls.__name__}Fields", {name: hints[name] for name in names})
-        durations = tuple(name for name in names if _DURATION in getattr(hints[name], "__metadata__", ()))
+        durations = tuple(name for name in names if DURATION in getattr(hints[name], "__metadata__", ()))
         owner = "" if cls is Settings else f"{cls.__name__}."
         shape = _SHAPES[cls] = _Shape(checked, hints, names, durations, owner)
     return shape
@@ -293,7 +252,7 @@ def _read(value: object, tp: Any, field: str) -> object:
         return _read(value, arms[0], field) if len(arms) == 1 else value
     if isinstance(value, str):
         text = value.strip()
-        if _DURATION in metadata:
+        if DURATION in metadata:
             return parse_duration(text, field=field)
         if tp is bool:
             if text.lower() not in _BOOL_WORDS:
@@ -793,7 +752,7 @@ class Settings:
         for name in ("model_max_num_ctx", "tokenizers", "warm_prompts"):
             pairs = getattr(self, name)
             set_(self, name, tuple((p.strip().lower(), v.strip() if isinstance(v, str) else v) for p, v in pairs))
-        set_(self, "keep_alive", _go_duration(self.keep_alive, "keep_alive"))
+        set_(self, "keep_alive", go_duration(self.keep_alive, "keep_alive"))
         if self.redis_url == "":
             set_(self, "redis_url", None)
         _check_runner_options(self.runner_options, "runner_options")
@@ -882,17 +841,8 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-def _go_duration(value: str, field: str) -> str:
-    """A keep_alive as Ollama reads it: Go-style, a bare number is seconds, a negative one forever."""
-    text = value.strip()
-    parse_duration(text.removeprefix("-"), field=field)
-    return f"{text}s" if text.replace(".", "").removeprefix("-").isdigit() else text
-
-
 def _runner_option_kind(name: str, field: str) -> str:
     """The Go kind Ollama reads a runner option as: ``bool`` or ``int``; num_ctx is the buckets' business."""
-    from ollama_asgi.protocol import OPTION_KINDS, RUNNER_OPTIONS  # protocol reads settings: imported late
-
     if name not in RUNNER_OPTIONS or name == "num_ctx":
         allowed = sorted(RUNNER_OPTIONS - {"num_ctx"})
         raise ConfigError(field, f"{name!r} is not a runner option{_suggest(name, allowed, noun='runner options')}")

@@ -6,7 +6,7 @@ import types
 import pytest
 
 from ollama_asgi import ApiKey, ConfigError, Settings
-from ollama_asgi.settings import BackendSpec, parse_duration
+from ollama_asgi.settings import BackendSpec
 
 
 def test_defaults_are_usable_without_configuration() -> None:
@@ -14,20 +14,6 @@ def test_defaults_are_usable_without_configuration() -> None:
     assert settings.upstreams == ("http://127.0.0.1:11434",)
     assert settings.auth == "host"
     assert settings.redis_url is None
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("30", 30.0), (2.5, 2.5), ("30s", 30.0), ("5m", 300.0), ("1h30m", 5400.0), ("250ms", 0.25), ("1.5s", 1.5)],
-)
-def test_durations_accept_numbers_and_go_style_units(text: object, seconds: float) -> None:
-    assert parse_duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("text", ["", "5 minutes", "m5", "-3s", "1h-2m", True, None, "nan"])
-def test_bad_durations_are_rejected(text: object) -> None:
-    with pytest.raises(ConfigError):
-        parse_duration(text, field="queue_timeout")
 
 
 def test_from_mapping_is_case_insensitive_and_coerces_strings() -> None:

@@ -8,7 +8,7 @@ from django.conf import settings as django_settings  # type: ignore[import-untyp
 from django.core.checks import Error  # type: ignore[import-untyped]
 
 from ollama_asgi.contrib.django.conf import MODEL_GROUPS, SETTING, load_settings, parse_model_groups
-from ollama_asgi.settings import ConfigError
+from ollama_asgi.errors import ConfigError
 
 __all__ = ["check_settings", "check_tables"]
 

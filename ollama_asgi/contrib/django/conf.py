@@ -14,8 +14,9 @@ from typing import Any
 
 from django.conf import settings as django_settings  # type: ignore[import-untyped]
 
+from ollama_asgi.errors import ConfigError
 from ollama_asgi.gateway import OllamaGateway
-from ollama_asgi.settings import ConfigError, Settings
+from ollama_asgi.settings import Settings
 
 __all__ = [
     "MODEL_GROUPS",

@@ -18,8 +18,9 @@ from litestar.types import Guard
 
 from ollama_asgi.contrib.litestar.handler import mount_handler
 from ollama_asgi.contrib.principals import UserAuthorizer, UserToPrincipal
+from ollama_asgi.errors import ConfigError
 from ollama_asgi.gateway import OllamaGateway
-from ollama_asgi.settings import ConfigError, Settings
+from ollama_asgi.settings import Settings
 
 __all__ = ["OllamaGatewayPlugin"]
 
