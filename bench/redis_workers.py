@@ -5,6 +5,10 @@ port) in front of the fast emulator, with enough slots that nothing queues (``pa
 worker without Redis runs beside them for reference. 64 closed-loop clients are spread evenly over
 the workers' ports. Targets are interleaved round by round, so each sees the same machine.
 
+On a machine with cores to spare, ``--emulators K`` gives worker *i* emulator *i mod K* of its own and
+``--load-processes P`` drives the clients from P processes, so that neither the emulator nor the
+load generator (each one Python process) is what limits several workers.
+
 Reported per target: answers per second (the median over rounds), the gateway processes' CPU
 seconds per answer, failures, and how many times a worker logged Redis as unavailable (which would
 mean it served on local limits for a while). ``--baseline DIR`` runs the same Redis targets with
@@ -24,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,21 +70,40 @@ def _gateway(env: dict[str, str], log: Path, package_path: str | None) -> tuple[
     return start_gateway_process(env, stderr=log.open("ab"), package_path=package_path)
 
 
-async def _load(urls: list[str], concurrency: int, seconds: float) -> tuple[int, int, float]:
-    share = concurrency // len(urls)
+async def _load_clients(clients: list[tuple[str, int]], seconds: float) -> tuple[int, int, float]:
+    """Closed loops of (URL, clients) at once in this process: answers, failures, the measured window."""
     headers = {"Authorization": f"Bearer {_KEY}", "Content-Type": "application/json"}
     results = await asyncio.gather(
         *(
             closed_loop(Request(url + "/api/chat", _BODY, headers), concurrency=share, seconds=seconds, warmup=1.0)
-            for url in urls
+            for url, share in clients
+            if share
         )
     )
     return sum(r.requests for r in results), sum(r.errors for r in results), max(r.seconds for r in results)
 
 
-def _run(target: Target, emulator: str, redis_url: str, args: argparse.Namespace, workdir: Path) -> None:
+def _load_part(clients: list[tuple[str, int]], seconds: float) -> tuple[int, int, float]:
+    return asyncio.run(_load_clients(clients, seconds))
+
+
+def _load(urls: list[str], concurrency: int, seconds: float, processes: int = 1) -> tuple[int, int, float]:
+    """``concurrency`` clients spread evenly over ``urls``, driven from ``processes`` processes."""
+    share = concurrency // len(urls)
+    if processes <= 1:
+        return asyncio.run(_load_clients([(url, share) for url in urls], seconds))
+    parts: list[list[tuple[str, int]]] = [[] for _ in range(processes)]
+    for u, url in enumerate(urls):  # each URL's clients dealt over the processes
+        for p in range(processes):
+            count = share // processes + (1 if p < share % processes else 0)
+            parts[(p + u) % processes].append((url, count))
+    with ProcessPoolExecutor(processes) as pool:
+        results = list(pool.map(_load_part, parts, [seconds] * processes))
+    return sum(r[0] for r in results), sum(r[1] for r in results), max(r[2] for r in results)
+
+
+def _run(target: Target, emulators: list[str], redis_url: str, args: argparse.Namespace, workdir: Path) -> None:
     env = {
-        "OLLAMA_ASGI_UPSTREAMS": emulator,
         "OLLAMA_ASGI_API_KEYS": f"bench={_KEY}",
         "OLLAMA_ASGI_PARALLEL": str(args.parallel),
         "OLLAMA_ASGI_MAX_QUEUE": "1024",
@@ -88,12 +112,16 @@ def _run(target: Target, emulator: str, redis_url: str, args: argparse.Namespace
         env["OLLAMA_ASGI_REDIS_URL"] = redis_url
     log = workdir / f"{target.name}.log"
     before = log.read_text() if log.exists() else ""
-    gateways = [_gateway(env, log, target.package_path) for _ in range(target.workers)]
+    gateways = [
+        _gateway({**env, "OLLAMA_ASGI_UPSTREAMS": emulators[i % len(emulators)]}, log, target.package_path)
+        for i in range(target.workers)
+    ]
     try:
         pids = [pid for process, _ in gateways for pid in tree(process.pid)]
-        asyncio.run(_load([url for _, url in gateways], args.concurrency, 1.0))  # warm: models, connections
+        urls = [url for _, url in gateways]
+        _load(urls, args.concurrency, 1.0, args.load_processes)  # warm: models, connections
         cpu_before = cpu_seconds(pids)
-        answered, failed, seconds = asyncio.run(_load([url for _, url in gateways], args.concurrency, args.seconds))
+        answered, failed, seconds = _load(urls, args.concurrency, args.seconds, args.load_processes)
         cpu = cpu_seconds(pids) - cpu_before
     finally:
         for process, _ in gateways:
@@ -111,25 +139,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--parallel", type=int, default=128, help="slots per worker's backend (nothing queues)")
     parser.add_argument("--baseline", default=None, help="a directory holding an earlier ollama_asgi")
+    parser.add_argument("--emulators", type=int, default=1, help="emulator processes; worker i uses i mod K")
+    parser.add_argument("--load-processes", type=int, default=1, help="processes driving the clients")
+    parser.add_argument("--workers", default="1,2,4", help="the worker counts sharing Redis")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bench-redis-workers-"))
-    targets = [Target("1 worker, no Redis", 1, False)] + [Target(f"{n} with Redis", n, True) for n in (1, 2, 4)]
+    counts = [int(n) for n in args.workers.split(",")]
+    targets = [Target("1 worker, no Redis", 1, False)] + [Target(f"{n} with Redis", n, True) for n in counts]
+    if 2 in counts:  # what a second worker gains without shared state, on this machine
+        targets.insert(1, Target("2 workers, no Redis", 2, False))
     if args.baseline:
         targets += [Target(f"{n} with Redis (baseline)", n, True, args.baseline) for n in (1, 2)]
-    emulator = python_server("emulator", "emulator", free_port(), "--parallel", "512", log=workdir / "emulator.log")
-    emulator.launch()
+    emulators = [
+        python_server(f"emulator{i}", "emulator", free_port(), "--parallel", "512", log=workdir / f"emulator{i}.log")
+        for i in range(args.emulators)
+    ]
+    for emulator in emulators:
+        emulator.launch()
     redis_port = free_port()
     redis = _redis(redis_port, workdir)
     try:
-        emulator.wait_ready()
+        for emulator in emulators:
+            emulator.wait_ready()
         for _ in range(args.rounds):
             for target in targets:
-                _run(target, emulator.url, f"redis://127.0.0.1:{redis_port}/0", args, workdir)
+                _run(target, [e.url for e in emulators], f"redis://127.0.0.1:{redis_port}/0", args, workdir)
                 print(f"{target.name}: {target.rates[-1]:.0f}/s", file=sys.stderr)
     finally:
         redis.terminate()
         redis.wait(10)
-        emulator.stop()
+        for emulator in emulators:
+            emulator.stop()
     rate = {t.name: statistics.median(t.rates) for t in targets}
     one = rate["1 with Redis"]
     report: dict[str, Any] = {
@@ -137,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "concurrency": args.concurrency,
         "cpus": os.cpu_count(),
+        "emulators": args.emulators,
+        "load_processes": args.load_processes,
         "targets": [
             {
                 "name": t.name,

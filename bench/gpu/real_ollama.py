@@ -26,6 +26,10 @@ Phases (each writes ``PHASE.json`` under ``--out``):
                its own churn trace at once: directly (each model on its rendezvous home) and through
                one gateway with both servers as backends and the guard reading NVML; failures,
                partial CPU offload, runner starts, NVML peak.
+``affinity``   (c) two Ollama servers on one card, each holding a copy of one model; several long
+               conversations at once, through one gateway with ``conversation_affinity`` on and off
+               and directly turn by turn round the servers; time to first token and Ollama's prompt
+               evaluation of later turns, and how many moved to the other server.
 
 The card's usable memory is set by a ballast allocation held by another process (``ballast``),
 which Ollama and NVML both see as memory in use, as when the card is shared.
@@ -344,8 +348,8 @@ class Gateway:
     def prewarm(self, model: str, timeout: float = 300.0) -> None:
         """Load ``model`` the way the gateway's pre-warming does (its loader, guard and warm prompt)."""
         lifecycle = self.lifecycle
-        models = next(iter(lifecycle.models.values()))
-        future = asyncio.run_coroutine_threadsafe(lifecycle._prewarm(models, model), self.thread.loop)
+        backend = lifecycle.backends[0]
+        future = asyncio.run_coroutine_threadsafe(lifecycle._prewarm(backend, model), self.thread.loop)
         future.result(timeout)
 
     def stop(self) -> None:
@@ -1106,6 +1110,222 @@ def phase_shared(ctx: Ctx) -> None:
         )
 
 
+# -- (c) conversations over two servers on one card: conversation affinity ---------------------------------
+
+# Words that are one token each in the generator's vocabulary: a text of n words is n tokens.
+ONE_TOKEN_WORDS = ("Why", "is", "the", "sky", "blue", "Hello", "hello", "world", "weather", "Paris", "What")
+
+
+class _ServedBy(logging.Handler):
+    """The backend of each request id, from the gateway's access-log records."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.backend: dict[str, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = getattr(record, "ollama_asgi", None)
+        if isinstance(fields, dict) and fields.get("backend"):
+            self.backend[str(fields.get("request_id"))] = str(fields["backend"])
+
+
+def stream_chat(url: str, body: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
+    """A streamed chat turn: time to the first chunk with text, the answer, the final chunk, the request id."""
+    data = json.dumps({**body, "stream": True}).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
+    started = now()
+    first: float | None = None
+    text: list[str] = []
+    last: dict[str, Any] = {}
+    request_id = ""
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, request_id = response.status, response.headers.get("x-request-id", "")
+            for line in response:
+                if not line.strip():
+                    continue
+                chunk = json.loads(line)
+                piece = (chunk.get("message") or {}).get("content") or ""
+                if first is None and piece:
+                    first = now() - started
+                text.append(piece)
+                last = chunk
+    except urllib.error.HTTPError as exc:
+        status, last = exc.code, {"error": exc.read()[:300].decode(errors="replace")}
+    except OSError as exc:
+        status, last = 0, {"error": f"{type(exc).__name__}: {exc}"}
+    return {
+        "status": status,
+        "ttft_s": first,
+        "total_s": now() - started,
+        "answer": "".join(text),
+        "final": last,
+        "request_id": request_id,
+    }
+
+
+def run_affinity_pass(
+    ctx: Ctx, label: str, seed: int, model: str, targets: Callable[[int, int], str], served: _ServedBy | None
+) -> list[dict[str, Any]]:
+    """``--conversations`` conversations at once, each a system prompt and ``--turns`` turns; the
+    lengths and pauses are the same in every pass, the words of each pass its own (no pass finds
+    another's prefix cached). ``targets(conversation, turn)`` is the base URL of that turn."""
+    args = ctx.args
+    pauses = random.Random(7)
+    think = [
+        [pauses.uniform(0.0, 0.5)] + [pauses.uniform(0.3, 2.0) for _ in range(args.turns - 1)]
+        for _ in range(args.conversations)
+    ]
+    rows: list[dict[str, Any]] = []
+
+    def converse(c: int) -> None:
+        rng = random.Random(f"{seed}-{c}")
+
+        def words(n: int) -> str:
+            return " ".join(rng.choice(ONE_TOKEN_WORDS) for _ in range(n))
+
+        messages = [{"role": "system", "content": words(args.system_words)}]
+        for n in range(args.turns):
+            time.sleep(think[c][n])
+            if ctx.left() < 20:
+                return
+            messages.append({"role": "user", "content": words(args.user_words)})
+            base = targets(c, n)
+            body = {"model": model, "messages": messages, "options": {"num_ctx": args.num_ctx, "num_predict": 8}}
+            row = stream_chat(base + "/api/chat", body)
+            final = row.pop("final")
+            messages.append({"role": "assistant", "content": row.pop("answer")})
+            row.update(
+                pass_label=label,
+                conversation=c,
+                turn=n + 1,
+                target=base,
+                prompt_eval_count=final.get("prompt_eval_count"),
+                prompt_eval_s=(final.get("prompt_eval_duration") or 0) / 1e9,
+                error=final.get("error"),
+            )
+            rows.append(row)
+
+    threads = [threading.Thread(target=converse, args=(c,)) for c in range(args.conversations)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for row in rows:
+        row["backend"] = served.backend.get(row["request_id"], "?") if served else row["target"]
+    return rows
+
+
+def affinity_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in rows if r["status"] == 200 and r["ttft_s"] is not None]
+    by_turn = {(r["conversation"], r["turn"]): r for r in ok}
+    later = [r for r in ok if r["turn"] >= 2]
+    moved = sum(
+        1
+        for r in later
+        if (r["conversation"], r["turn"] - 1) in by_turn
+        and by_turn[(r["conversation"], r["turn"] - 1)]["backend"] != r["backend"]
+    )
+    return {
+        "turns": len(rows),
+        "failed": len(rows) - len(ok),
+        "later_turns": len(later),
+        "moved": moved,
+        "ttft_later": summary([r["ttft_s"] for r in later]),
+        "prompt_eval_later": summary([r["prompt_eval_s"] for r in later]),
+        "prompt_eval_total_s": sum(r["prompt_eval_s"] for r in later),
+        "ttft_first": summary([r["ttft_s"] for r in ok if r["turn"] == 1]),
+        "prompt_eval_count_mean": statistics.fmean(r["prompt_eval_count"] or 0 for r in later) if later else None,
+    }
+
+
+def phase_affinity(ctx: Ctx) -> None:
+    """Two Ollama servers on one card, each holding a copy of one model; conversations through one
+    gateway with ``conversation_affinity`` on and off, and directly with each turn sent to the next
+    server in turn (a round-robin balancer); passes paired (on, off, direct, direct, off, on)."""
+    args = ctx.args
+    model = NEEDS["affinity"][0]
+    parallel = str(args.parallel)
+    with (
+        ollama(ctx, "affinity-one", OLLAMA_NUM_PARALLEL=parallel) as server_a,
+        ollama(ctx, "affinity-two", OLLAMA_NUM_PARALLEL=parallel) as server_b,
+    ):
+        servers = (server_a, server_b)
+        for server in servers:  # a copy on each, as spill or an operator would leave it
+            status, answer, seconds = post(
+                server.url + "/api/generate", {"model": model, "options": {"num_ctx": args.num_ctx}}
+            )
+            ctx.say(f"affinity: {model} loaded on {server.url} in {seconds:.1f}s ({status})")
+        from ollama_asgi.settings import BackendSpec
+
+        backends = tuple(BackendSpec(server.url, name) for name, server in zip(SHARED_BACKENDS, servers, strict=True))
+        served = _ServedBy()
+        access = logging.getLogger("ollama_asgi.access")
+        access.setLevel(logging.INFO)
+        access.addHandler(served)
+        gateways = {
+            on: Gateway(
+                server_a.url,
+                upstreams=tuple(b.url for b in backends),
+                backends=backends,
+                nvml=ctx.gpu,
+                gpu_devices=(0,),
+                parallel=args.parallel,
+                max_queue=64,
+                queue_timeout=120.0,
+                ps_interval=1.0,
+                num_ctx_buckets=(args.num_ctx,),
+                default_num_ctx=args.num_ctx,
+                conversation_affinity=on,
+            )
+            for on in (True, False)
+        }
+        time.sleep(3)  # each gateway's /api/ps poll sees the model on both servers
+        urls = {b.url: b.name for b in backends}
+        loads_before = sum(server.loads() for server in servers)
+        runs: list[dict[str, Any]] = []
+        order = ["on", "off", "direct", "direct", "off", "on"]
+        try:
+            for i, label in enumerate(order):
+                if ctx.left() < 60:
+                    ctx.say(f"affinity: no time for pass {i + 1} ({label})")
+                    break
+                if label == "direct":
+                    rows = run_affinity_pass(ctx, label, 100 + i, model, lambda c, n: servers[(c + n) % 2].url, None)
+                    for row in rows:
+                        row["backend"] = urls.get(row["backend"], row["backend"])
+                else:
+                    gw = gateways[label == "on"]
+                    rows = run_affinity_pass(ctx, label, 100 + i, model, lambda c, n, gw=gw: gw.url, served)
+                runs.append({"pass": i + 1, "label": label, "rows": rows, "summary": affinity_summary(rows)})
+                ctx.say(f"affinity pass {i + 1} {label}: {json.dumps(runs[-1]['summary'], default=str)}")
+                totals = {
+                    name: affinity_summary([r for run in runs if run["label"] == name for r in run["rows"]])
+                    for name in ("on", "off", "direct")
+                    if any(run["label"] == name for run in runs)
+                }
+                ctx.write(
+                    "affinity",
+                    {
+                        "model": model,
+                        "parallel": args.parallel,
+                        "num_ctx": args.num_ctx,
+                        "conversations": args.conversations,
+                        "turns": args.turns,
+                        "system_words": args.system_words,
+                        "user_words": args.user_words,
+                        "runner_starts_during_passes": sum(server.loads() for server in servers) - loads_before,
+                        "totals": totals,
+                        "runs": runs,
+                    },
+                )
+        finally:
+            access.removeHandler(served)
+            access.setLevel(logging.ERROR)
+            for gw in gateways.values():
+                gw.stop()
+
+
 # -- the ballast: another process's share of the card ----------------------------------------------------
 
 
@@ -1156,6 +1376,7 @@ PHASES: dict[str, Callable[[Ctx], None]] = {
     "overload": phase_overload,
     "prefix": phase_prefix,
     "shared": phase_shared,
+    "affinity": phase_affinity,
 }
 NEEDS = {
     "loads": list(SHAPES),
@@ -1164,6 +1385,7 @@ NEEDS = {
     "overload": ["llama8b"],
     "prefix": ["llama8b"],
     "shared": ["llama3b", "phi4b", "llama8b", "qwen14b"],
+    "affinity": ["llama8b"],
 }
 
 
@@ -1201,6 +1423,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--models", default=None, help="the models of loads, churn and shared (default: each phase's own)")
     r.add_argument("--load-models", default=None, help="the models of loads (default: --models)")
     r.add_argument("--shared-from", type=int, default=0, help="skip the first N passes of shared")
+    r.add_argument("--affinity-model", default=None, help="the model of affinity (default llama8b)")
+    r.add_argument("--conversations", type=int, default=8, help="affinity: conversations at once")
+    r.add_argument("--turns", type=int, default=8, help="affinity: turns of each conversation")
+    r.add_argument("--system-words", type=int, default=2500, help="affinity: system prompt, in tokens")
+    r.add_argument("--user-words", type=int, default=200, help="affinity: each question, in tokens")
     args = parser.parse_args(argv)
     if args.command == "ballast":
         ballast(args)
@@ -1221,6 +1448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 NEEDS[phase] = args.models.split(",")
         if args.load_models:
             NEEDS["loads"] = args.load_models.split(",")
+        if args.affinity_model:
+            NEEDS["affinity"] = [args.affinity_model]
         needed = sorted({n for p in args.phases for n in NEEDS[p]}, key=list(SHAPES).index)
         make_models(ctx, needed)
         ctx.models = {n: ctx.models[n] for n in needed}
