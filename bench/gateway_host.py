@@ -20,8 +20,7 @@ ADMIN_KEY = "bench-admin-0123456789"
 
 
 def build(upstream: str, *, parallel: int, max_queue: int, queue_timeout: float = 30.0) -> Any:
-    from ollama_asgi import OllamaGateway, Settings
-    from ollama_asgi.settings import ApiKey
+    from ollama_asgi import ApiKey, OllamaGateway, Settings
 
     settings = Settings(
         upstreams=(upstream,),

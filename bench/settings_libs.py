@@ -140,7 +140,8 @@ def _spell(tp: Any, names: dict[type, str]) -> str:
 
 def shape_source() -> str:
     """Plain frozen dataclasses shaped like Settings, BackendSpec and ApiKey (bounds left out)."""
-    from ollama_asgi.settings import ApiKey, BackendSpec, Settings
+    from ollama_asgi.settings import Settings
+    from ollama_asgi.specs import ApiKey, BackendSpec
 
     names: dict[type, str] = {ApiKey: "Key", BackendSpec: "Backend", Settings: "Shape"}
     lines = ["import dataclasses", "from typing import Literal", ""]

@@ -11,7 +11,8 @@ from ollama_asgi.auth import Authorizer, Principal
 from ollama_asgi.errors import ConfigError, GatewayError
 from ollama_asgi.gateway import OllamaGateway
 from ollama_asgi.mount import PrefixDispatcher
-from ollama_asgi.settings import ApiKey, Settings
+from ollama_asgi.settings import Settings
+from ollama_asgi.specs import ApiKey
 
 __all__ = [
     "ApiKey",

@@ -17,7 +17,8 @@ from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 from ollama_asgi.protocol import canonical_model
-from ollama_asgi.settings import ApiKey, Settings
+from ollama_asgi.settings import Settings
+from ollama_asgi.specs import ApiKey
 from ollama_asgi.types import Scope
 
 __all__ = [

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ollama_asgi.catalog import BackendModels
-from ollama_asgi.settings import BackendSpec, Settings
+from ollama_asgi.settings import Settings
+from ollama_asgi.specs import BackendSpec
 from ollama_asgi.upstream import Upstream
 
 __all__ = ["Backend", "BackendView", "BreakerState"]

@@ -2,418 +2,68 @@
 
 A field's declared type is what ``Settings(...)`` takes, so a type checker checks a host's call.
 Text ("30s", "2MiB", "a,b", JSON lists, ``id=secret`` keys) is the loaders' business: they read it
-into those types first. Construction then holds every value to its declared type and bounds once
-(msgspec checks the annotations), so the request path never re-checks configuration. Every error is
-a :class:`ConfigError` that names the field, so a host's settings mistake reads as a settings
-mistake and not as a traceback from deep inside the gateway.
+into those types first (:mod:`ollama_asgi.settings_text`). Construction then holds every value to
+its declared type and bounds once (:mod:`ollama_asgi.settings_types`), so the request path never
+re-checks configuration. Every error is a :class:`ConfigError` that names the field, so a host's
+settings mistake reads as a settings mistake and not as a traceback from deep inside the gateway.
+
+The module is long because ``Settings`` declares every setting with its default and the line that
+documents it (``describe``, ``doctor`` and the README table read them); they are one list, kept in
+one place. The parts a host builds, ``ApiKey`` and ``BackendSpec``, live in :mod:`ollama_asgi.specs`
+and are importable from here as well, where the README shows them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import functools
-import hashlib
 import importlib
-import json
-import math
 import os
-import re
-import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, TypedDict, TypeVar, Union, cast, get_args, get_origin, get_type_hints
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal
 
-import msgspec
 from msgspec import Meta
 
-from ollama_asgi.durations import DURATION, go_duration, parse_duration
+from ollama_asgi.durations import go_duration
 from ollama_asgi.errors import ConfigError
-from ollama_asgi.protocol import OPTION_KINDS, RUNNER_OPTIONS
+from ollama_asgi.settings_text import (
+    read_as,
+    read_keep_alive,
+    read_pairs,
+    read_runner_options,
+    runner_option_kind,
+    suggest,
+)
+from ollama_asgi.settings_types import (
+    AuthMode,
+    ContextSize,
+    NonNegativeFloat,
+    NonNegativeInt,
+    Port,
+    PositiveInt,
+    PositiveSeconds,
+    Seconds,
+    Text,
+    check,
+    field_types,
+)
+from ollama_asgi.specs import ApiKey, BackendSpec, base_url, read_backends, read_keys
 
+# ApiKey and BackendSpec are re-exported: a host builds them for Settings(...) and imports them from here.
 __all__ = ["ApiKey", "BackendSpec", "Settings"]
 
-_T = TypeVar("_T")
-AuthMode = Literal["host", "api_key", "none"]
-Priority = Literal["interactive", "batch"]
 
-# The declared types, with the bounds construction checks.
-PositiveInt = Annotated[int, Meta(ge=1)]
-NonNegativeInt = Annotated[int, Meta(ge=0)]
-ContextSize = Annotated[int, Meta(ge=256)]
-Port = Annotated[int, Meta(ge=1, le=65535)]
-Weight = Annotated[float, Meta(ge=0.001)]
-NonNegativeFloat = Annotated[float, Meta(ge=0.0)]
-Seconds = Annotated[float, Meta(ge=0.0), DURATION]
-PositiveSeconds = Annotated[float, Meta(gt=0.0), DURATION]
-Text = Annotated[str, Meta(min_length=1)]
-Sha256 = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
-
-
-# -- checking a constructed object against its declared types ---------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Shape:
-    """A settings class's fields as msgspec checks them (one TypedDict: one pass, types cached)."""
-
-    checked: Any
-    hints: dict[str, Any]
-    names: tuple[str, ...]
-    durations: tuple[str, ...]
-    owner: str
-
-
-_SHAPES: dict[type, _Shape] = {}
-
-
-def _shape(cls: type) -> _Shape:
-    shape = _SHAPES.get(cls)
-    if shape is None:
-        hints = get_type_hints(cls, include_extras=True)  # evaluated once: they are text until then
-        names = tuple(f.name for f in dataclasses.fields(cls))
-        checked = cast(Any, TypedDict)(f"{cls.__name__}Fields", {name: hints[name] for name in names})
-        durations = tuple(name for name in names if DURATION in getattr(hints[name], "__metadata__", ()))
-        owner = "" if cls is Settings else f"{cls.__name__}."
-        shape = _SHAPES[cls] = _Shape(checked, hints, names, durations, owner)
-    return shape
-
-
-_AT = re.compile(r" - at `\$\.?(.*)`$")
-
-
-def _check(obj: object) -> None:
-    """Hold every field to its declared type and bounds; ints become floats and lists tuples, as declared."""
-    shape = _shape(type(obj))
-    values = {name: getattr(obj, name) for name in shape.names}
-    try:
-        checked = msgspec.convert(values, shape.checked)
-    except msgspec.ValidationError as exc:
-        raise _config_error(str(exc), shape, values) from None
-    for name in shape.durations:
-        if not math.isfinite(checked[name]):
-            raise ConfigError(shape.owner + name, f"must be a finite duration, got {checked[name]!r}")
-    for name, value in checked.items():
-        if value is not values[name]:
-            object.__setattr__(obj, name, value)
-
-
-_BOUND = re.compile(r"^Expected `\w+` (>=|>|<=|<) (\S+)$")
-_BOUND_WORDS = {">=": "at least", ">": "greater than", "<=": "at most", "<": "less than"}
-
-
-def _config_error(message: str, shape: _Shape, values: dict[str, Any]) -> ConfigError:
-    """msgspec's complaint in the words of the other settings errors, naming the field."""
-    at = _AT.search(message)
-    path = at.group(1) if at else ""
-    name = re.split(r"[.\[]", path, maxsplit=1)[0]
-    detail = message[: at.start()] if at else message
-    got = f", got {values.get(name)!r}" if path == name else f" (at {path})"
-    bound = _BOUND.match(detail)
-    if path == name and get_origin(shape.hints.get(name)) is Literal:
-        detail = f"must be one of {', '.join(map(str, get_args(shape.hints[name])))}{got}"
-    elif bound:
-        detail = f"must be {_BOUND_WORDS[bound[1]]} {bound[2]}{got}"
-    elif path != name:
-        detail += got
-    if "got `str`" in detail:
-        detail += "; text such as '30s' or 'id=secret' is read by Settings.from_mapping and from_env"
-    return ConfigError(shape.owner + name, detail)
-
-
-def _base_url(url: str, field: str) -> str:
-    if "://" not in url:
-        url = "http://" + url  # OLLAMA_HOST is often given as host:port
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(field, f"{url!r} is not an http(s) URL")
-    if parts.query or parts.fragment:
-        raise ConfigError(field, f"{url!r} must not carry a query or fragment")
-    return url.rstrip("/")
-
-
-# -- the parts of a setting --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    """A machine client's key. Only its SHA-256 is kept, so settings dumps and memory hold no secret."""
-
-    id: Text
-    sha256: Sha256
-    admin: bool = False
-    models: tuple[Text, ...] | None = None
-    weight: Weight = 1.0
-    priority: Priority = "interactive"
-    requests_per_minute: PositiveInt | None = None
-    tokens_per_minute: PositiveInt | None = None
-    cloud_models: bool | None = None  # None: Settings.cloud_models decides
-
-    def __post_init__(self) -> None:
-        _check(self)
-
-    @staticmethod
-    def digest(secret: str) -> str:
-        return hashlib.sha256(secret.encode()).hexdigest()
-
-    @classmethod
-    def parse(cls, spec: object, *, admin: bool = False, field: str = "api_keys") -> ApiKey:
-        """Accept ``"secret"``, ``"id=secret"``, ``"id=sha256:<hex>"`` or a mapping with the same parts."""
-        if isinstance(spec, ApiKey):
-            return spec
-        if isinstance(spec, str):
-            ident, sep, secret = spec.strip().partition("=")
-            if not sep:
-                ident, secret = "", ident
-            return _within(field, lambda: cls._build(ident, secret, field, {"admin": admin}))
-        if isinstance(spec, Mapping):
-            entry = {str(k): v for k, v in spec.items()}
-            _reject_unknown(entry, _KEY_ENTRY, field, "an API key entry")
-            if "key_sha256" in entry:
-                secret = "sha256:" + str(entry["key_sha256"])
-            elif "key" in entry:
-                secret = str(entry["key"])
-            else:
-                raise ConfigError(field, "an API key entry needs 'key' or 'key_sha256'")
-            hints = _shape(cls).hints
-            parts = {k: _read(v, hints[k], field) for k, v in entry.items() if k in hints}
-            if entry.get("models") is not None:  # an empty list allows no model, unlike None
-                parts["models"] = _read(entry["models"], tuple[str, ...], field)
-            parts.setdefault("admin", admin)
-            return _within(field, lambda: cls._build(str(parts.pop("id", "")), secret, field, parts))
-        raise ConfigError(field, f"an API key must be a string or a mapping, got {type(spec).__name__}")
-
-    @classmethod
-    def _build(cls, ident: str, secret: str, field: str, parts: dict[str, Any]) -> ApiKey:
-        if secret.startswith("sha256:"):
-            digest = secret[7:].lower()
-            if not re.fullmatch(r"[0-9a-f]{64}", digest):
-                raise ConfigError(field, "a sha256: key must be 64 hex digits")
-        else:
-            if len(secret) < 8:
-                raise ConfigError(field, "an API key must be at least 8 characters long")
-            digest = cls.digest(secret)
-        return cls(id=ident or f"key-{digest[:8]}", sha256=digest, **parts)
-
-
-_KEY_ENTRY = (
-    "id",
-    "key",
-    "key_sha256",
-    "admin",
-    "models",
-    "weight",
-    "priority",
-    "requests_per_minute",
-    "tokens_per_minute",
-    "cloud_models",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class BackendSpec:
-    """One Ollama backend and what the gateway should know about it."""
-
-    url: str
-    name: Text
-    weight: Weight = 1.0
-    parallel: PositiveInt | None = None  # None: Settings.parallel
-    vram_budget: PositiveInt | None = None  # None: Settings.vram_budget
-    labels: tuple[tuple[str, str], ...] = ()
-    # This host's GPUs that are this backend's own, read through NVML; None: those of `gpu_devices`
-    # for a backend on this host (a loopback URL), none for a remote one (its budget decides).
-    gpus: tuple[NonNegativeInt, ...] | None = None
-
-    def __post_init__(self) -> None:
-        _check(self)
-        object.__setattr__(self, "url", _base_url(self.url, "upstreams"))
-
-
-_BACKEND_ENTRY = ("url", "name", "weight", "parallel", "vram_budget", "labels", "gpus")
-
-
-# -- the loaders' readers: text and loose forms into the declared types ------------------------------
-
-_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
-_SIZE_SUFFIXES = (("kib", 1024), ("mib", 1024**2), ("gib", 1024**3), ("tib", 1024**4), ("k", 1024))
-
-
-def _read(value: object, tp: Any, field: str) -> object:
-    """``value`` as a loader got it, in the shape of ``tp``; its bounds are checked at construction."""
-    metadata: tuple[object, ...] = ()
-    if get_origin(tp) is Annotated:
-        metadata, tp = tp.__metadata__, tp.__origin__
-    origin, args = get_origin(tp), get_args(tp)
-    if origin is Union or origin is types.UnionType:
-        if value is None or value == "":
-            return None
-        arms = [arm for arm in args if arm is not type(None)]
-        return _read(value, arms[0], field) if len(arms) == 1 else value
-    if isinstance(value, str):
-        text = value.strip()
-        if DURATION in metadata:
-            return parse_duration(text, field=field)
-        if tp is bool:
-            if text.lower() not in _BOOL_WORDS:
-                raise ConfigError(field, f"expected true or false, got {value!r}")
-            return _BOOL_WORDS[text.lower()]
-        if tp is int:
-            return _read_int(text, field)
-        if tp is float:
-            try:
-                return float(text)
-            except ValueError:
-                raise ConfigError(field, f"expected a number, got {value!r}") from None
-        if origin is tuple:
-            value = _items(text)
-    if origin is tuple and isinstance(value, list | tuple):
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_read(item, args[0], field) for item in value)
-        if len(args) == len(value):
-            return tuple(_read(item, arg, field) for item, arg in zip(value, args, strict=True))
-    if tp is int and isinstance(value, float) and value.is_integer():
-        return int(value)  # 2.0 from a YAML or JSON file
-    return value
-
-
-def _read_int(text: str, field: str) -> int:
-    """``4``, ``1_000``, ``512k`` or ``24GiB``: sizes in bytes are common settings."""
-    digits, multiplier = text.replace("_", ""), 1
-    for suffix, factor in _SIZE_SUFFIXES:
-        if digits.lower().endswith(suffix):
-            digits, multiplier = digits[: -len(suffix)], factor
-            break
-    try:
-        return int(digits) * multiplier
-    except ValueError:
-        raise ConfigError(field, f"expected an integer, got {text!r}") from None
-
-
-def _items(text: str) -> list[object]:
-    """A JSON list, or comma-separated parts."""
-    if text.startswith("["):
-        try:
-            decoded = json.loads(text)
-        except ValueError:
-            decoded = None
-        if isinstance(decoded, list):
-            return decoded
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _entries(value: object) -> list[object]:
-    """The entries of a list-valued setting: a JSON list or object, comma-separated text, or a sequence."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("{"):
-            try:
-                return _entries(json.loads(text))
-            except ValueError:
-                pass
-        return _items(text)
-    if isinstance(value, Mapping):
-        return [value]
-    if isinstance(value, Iterable) and not isinstance(value, bytes):
-        return list(value)
-    return [value]
-
-
-def _pairs(value: object, field: str) -> list[tuple[str, object]]:
-    """``name=value`` pairs from a mapping, a list of pairs or ``a=1,b=2`` text."""
-    if isinstance(value, str) and value.strip().startswith("{"):
-        value = _entries(value)[0]
-    items = list(value.items()) if isinstance(value, Mapping) else _entries(value)
-    pairs: list[tuple[str, object]] = []
-    for item in items:
-        if isinstance(item, tuple | list) and len(item) == 2:
-            name, raw = item
-        elif isinstance(item, str) and "=" in item:
-            name, _, raw = item.partition("=")
-        else:
-            raise ConfigError(field, f"expected name=value, got {item!r}")
-        pairs.append((str(name).strip(), raw))
-    return pairs
-
-
-def _reject_unknown(entry: Mapping[str, object], known: tuple[str, ...], field: str, what: str) -> None:
-    for key in entry:
-        if key not in known:
-            raise ConfigError(field, f"unknown key {key!r} in {what}{_suggest(key, known, noun='keys')}")
-
-
-def _within(field: str, build: Callable[[], _T]) -> _T:
-    """Build a part of ``field``; its own errors are reported as that setting's."""
-    try:
-        return build()
-    except ConfigError as exc:
-        if exc.field == field:
-            raise
-        raise ConfigError(field, f"{exc.field.rpartition('.')[2]}: {exc.detail}") from None
-
-
-def _read_backends(value: object, field: str) -> tuple[BackendSpec, ...]:
-    """Backends from URLs or mappings ``{"url", "name", "weight", "parallel", "vram_budget", "labels", "gpus"}``."""
-    hints = _shape(BackendSpec).hints
-    specs: list[BackendSpec] = []
-    for i, item in enumerate(_entries(value)):
-        if isinstance(item, BackendSpec):
-            specs.append(item)
-            continue
-        if isinstance(item, str):
-            item = {"url": item}
-        if not isinstance(item, Mapping):
-            raise ConfigError(field, f"a backend is a URL or a mapping, got {item!r}")
-        entry = {str(k): v for k, v in item.items()}
-        _reject_unknown(entry, _BACKEND_ENTRY, field, "a backend entry")
-        if not isinstance(entry.get("url"), str):
-            raise ConfigError(field, "a backend entry needs a 'url'")
-        labels = entry.pop("labels", None) or {}
-        if not isinstance(labels, Mapping):
-            raise ConfigError(field, "labels must be a mapping")
-        parts: dict[str, Any] = {k: _read(v, hints[k], field) for k, v in entry.items()}
-        parts["name"] = parts.get("name") or f"backend-{i}"
-        parts["labels"] = tuple(sorted((str(k), str(v)) for k, v in labels.items()))
-        specs.append(_within(field, functools.partial(BackendSpec, **parts)))
-    if not specs:
-        raise ConfigError(field, "at least one Ollama base URL is required")
-    return tuple(specs)
-
-
-def _read_keys(value: object, field: str) -> tuple[ApiKey, ...]:
-    if isinstance(value, str) and value.strip().startswith("{"):
-        value = _entries(value)[0]
-    if isinstance(value, Mapping):  # {"id": "secret"} is a common, readable form
-        value = [{"id": k, "key": v} if isinstance(v, str) else {"id": k, **v} for k, v in value.items()]
-    return tuple(ApiKey.parse(item, admin=field == "admin_api_keys", field=field) for item in _entries(value))
-
-
-def _read_runner_options(value: object, field: str) -> tuple[tuple[str, object], ...]:
-    if value is None or value == "":
-        return ()
-    kinds = {"bool": bool, "int": int}
-    return tuple(
-        (name, _read(raw, kinds[_runner_option_kind(name, field)], field)) for name, raw in _pairs(value, field)
-    )
-
-
-def _read_keep_alive(value: object, field: str) -> object:
-    """Numbers are seconds, and a negative one means forever, as Ollama reads them."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return f"{value}s" if value >= 0 else "-1s"
-    return value
-
-
+# The settings that take more reading than their declared type gives: entries, pairs, runner options.
 _READERS: dict[str, Callable[[object, str], object]] = {
-    "upstreams": _read_backends,
-    "api_keys": _read_keys,
-    "admin_api_keys": _read_keys,
-    "allowed_models": lambda v, f: None if v in (None, "", "*") else _read(v, tuple[str, ...], f),
-    "keep_alive": _read_keep_alive,
-    "model_max_num_ctx": lambda v, f: tuple((p, _read(n, int, f)) for p, n in _pairs(v, f)),
-    "tokenizers": lambda v, f: tuple((p, str(path)) for p, path in _pairs(v, f)),
-    "warm_prompts": lambda v, f: tuple((p, str(prompt)) for p, prompt in _pairs(v, f)),
-    "runner_options": _read_runner_options,
+    "upstreams": read_backends,
+    "api_keys": read_keys,
+    "admin_api_keys": read_keys,
+    "allowed_models": lambda v, f: None if v in (None, "", "*") else read_as(v, tuple[str, ...], f),
+    "keep_alive": read_keep_alive,
+    "model_max_num_ctx": lambda v, f: tuple((p, read_as(n, int, f)) for p, n in read_pairs(v, f)),
+    "tokenizers": lambda v, f: tuple((p, str(path)) for p, path in read_pairs(v, f)),
+    "warm_prompts": lambda v, f: tuple((p, str(prompt)) for p, prompt in read_pairs(v, f)),
+    "runner_options": read_runner_options,
 }
 
 
@@ -739,7 +389,7 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
-        _check(self)
+        check(self, owner="")
         set_ = object.__setattr__
         self._set_backends()
         # A key in admin_api_keys is an admin's, however it was built.
@@ -761,7 +411,7 @@ class Settings:
 
     def _set_backends(self) -> None:
         """``upstreams`` reads back as plain URLs (what most code wants); the full specs live in ``backends``."""
-        urls = tuple(_base_url(url, "upstreams") for url in self.upstreams)
+        urls = tuple(base_url(url, "upstreams") for url in self.upstreams)
         backends = self.backends or tuple(BackendSpec(url, f"backend-{i}") for i, url in enumerate(urls))
         if self.backends and urls not in (tuple(b.url for b in backends), _DEFAULT_UPSTREAMS):
             raise ConfigError("backends", "names other servers than upstreams; give one of the two")
@@ -788,14 +438,14 @@ class Settings:
         if not isinstance(data, Mapping):
             raise ConfigError("OLLAMA_ASGI", f"expected a mapping of settings, got {type(data).__name__}")
         names = cls.field_names()
-        hints = _shape(cls).hints
+        hints = field_types(cls)
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             name = str(key).lower()
             if name not in names:
-                raise ConfigError(str(key), f"unknown setting{_suggest(name, names)}")
+                raise ConfigError(str(key), f"unknown setting{suggest(name, names)}")
             reader = _READERS.get(name)
-            kwargs[name] = reader(value, name) if reader else _read(value, hints[name], name)
+            kwargs[name] = reader(value, name) if reader else read_as(value, hints[name], name)
         if "upstreams" in kwargs:
             kwargs["backends"] = kwargs.pop("upstreams")
         return cls(**kwargs)
@@ -814,7 +464,7 @@ class Settings:
                 continue
             name = key[len(prefix) :].lower()
             if name not in names:
-                raise ConfigError(key, f"unknown setting{_suggest(name, names, prefix.upper())}")
+                raise ConfigError(key, f"unknown setting{suggest(name, names, prefix.upper())}")
             data[name] = value
         if "upstreams" not in data and env.get("OLLAMA_HOST"):
             data["upstreams"] = env["OLLAMA_HOST"]
@@ -841,26 +491,9 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-def _runner_option_kind(name: str, field: str) -> str:
-    """The Go kind Ollama reads a runner option as: ``bool`` or ``int``; num_ctx is the buckets' business."""
-    if name not in RUNNER_OPTIONS or name == "num_ctx":
-        allowed = sorted(RUNNER_OPTIONS - {"num_ctx"})
-        raise ConfigError(field, f"{name!r} is not a runner option{_suggest(name, allowed, noun='runner options')}")
-    return "bool" if OPTION_KINDS[name] == "bool" else "int"
-
-
 def _check_runner_options(options: tuple[tuple[str, int | bool], ...], field: str) -> None:
     for name, value in options:
-        if _runner_option_kind(name, field) == "bool" and not isinstance(value, bool):
+        if runner_option_kind(name, field) == "bool" and not isinstance(value, bool):
             raise ConfigError(field, f"{name} takes true or false, got {value!r}")
-        if _runner_option_kind(name, field) == "int" and (isinstance(value, bool) or value < -1):
+        if runner_option_kind(name, field) == "int" and (isinstance(value, bool) or value < -1):
             raise ConfigError(field, f"{name} takes an integer of -1 or more, got {value!r}")
-
-
-def _suggest(name: str, names: Iterable[str], prefix: str = "", *, noun: str = "settings") -> str:
-    names = list(names)
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-    if close:
-        shown = prefix + close[0].upper() if prefix else close[0]
-        return f"; did you mean {shown!r}?"
-    return f"; valid {noun} are: {', '.join(names)}"

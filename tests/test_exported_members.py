@@ -27,6 +27,7 @@ PROMISED = {
         "Settings",
         "__version__",
     ],
+    "ollama_asgi.settings": ["ApiKey", "BackendSpec", "Settings"],  # the README builds backends from here
     "ollama_asgi.testing": [
         "DEFAULT_MODELS",
         "EmulatedModel",

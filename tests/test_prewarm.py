@@ -7,7 +7,7 @@ import httpx
 from ollama_asgi import OllamaGateway
 from ollama_asgi.inference import ModelLifecycle
 from ollama_asgi.prewarm import TrafficModel
-from ollama_asgi.settings import ApiKey
+from ollama_asgi.specs import ApiKey
 from ollama_asgi.testing import EmulatorServer
 from tests.support.rawhttp import wait_until
 from tests.support.server import ServerThread

@@ -1006,7 +1006,7 @@ def run_shared(ctx: Ctx, label: str, traces: Sequence[Sequence[str]], *, gateway
         servers = dict(zip(SHARED_BACKENDS, (server_a, server_b), strict=True))
         gw = None
         if gateway:
-            from ollama_asgi.settings import BackendSpec
+            from ollama_asgi.specs import BackendSpec
 
             backends = tuple(BackendSpec(server.url, name) for name, server in servers.items())
             urls = tuple(b.url for b in backends)
