@@ -1256,7 +1256,7 @@ def phase_affinity(ctx: Ctx) -> None:
                 server.url + "/api/generate", {"model": model, "options": {"num_ctx": args.num_ctx}}
             )
             ctx.say(f"affinity: {model} loaded on {server.url} in {seconds:.1f}s ({status})")
-        from ollama_asgi.settings import BackendSpec
+        from ollama_asgi.specs import BackendSpec
 
         backends = tuple(BackendSpec(server.url, name) for name, server in zip(SHARED_BACKENDS, servers, strict=True))
         served = _ServedBy()
