@@ -1,8 +1,10 @@
 """One Ollama server as the gateway knows it: the unit that backend state belongs to.
 
 A ``Backend`` owns everything kept about one server: its configuration (``BackendSpec``), its HTTP
-client, its health and circuit breaker, and its model catalog. It is created when the backend is
-configured or added and closed when it is removed, so nothing of a removed backend lingers.
+client, its health and circuit breaker, its model catalog, where its free memory is known from
+(``BackendMemory``, whose domain and load lock it shares with the backends on the same GPUs of this
+host), and the traffic model that pre-warms its next model. It is created when the backend is
+configured or added and dropped when it is removed, so nothing of a removed backend lingers.
 ``BackendView`` is what a backend looks like from outside, at one moment.
 """
 
@@ -13,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ollama_asgi.catalog import BackendModels
+from ollama_asgi.prewarm import TrafficModel
 from ollama_asgi.settings import Settings
 from ollama_asgi.specs import BackendSpec
 from ollama_asgi.upstream import Upstream
+from ollama_asgi.vram import BackendMemory
 
 __all__ = ["Backend", "BackendView", "BreakerState"]
 
@@ -24,11 +28,15 @@ BreakerState = Literal["closed", "open", "half-open"]
 
 @dataclass(slots=True, eq=False)
 class Backend:
-    """One upstream with its health, breaker and model catalog."""
+    """One upstream with its health, breaker, model catalog, memory and traffic."""
 
     spec: BackendSpec
     upstream: Upstream
+    traffic: TrafficModel = field(default_factory=TrafficModel)  # its principals' model sequences
+    budget: int | None = None  # memory its models may use: its own ``vram_budget``, else the gateway's
     models: BackendModels = field(init=False)  # what is known of its models: facts, loaded, in flight
+    memory: BackendMemory = field(init=False)  # its free memory: its budget, or GPU readings (``use_memory``)
+    num_ctx: dict[str, int] = field(default_factory=dict)  # model -> context last chosen here, for pre-warms
     breaker: BreakerState = "closed"
     failures: int = 0
     opened_at: float = 0.0
@@ -40,13 +48,15 @@ class Backend:
 
     def __post_init__(self) -> None:
         self.models = BackendModels(self.upstream)
+        self.memory = BackendMemory(self.models, self.budget)
 
     @classmethod
     def from_spec(cls, spec: BackendSpec, settings: Settings) -> Backend:
         upstream = Upstream(
             spec.url, connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout, name=spec.name
         )
-        return cls(spec, upstream)
+        traffic = TrafficModel(threshold=settings.prewarm_threshold)
+        return cls(spec, upstream, traffic, spec.vram_budget or settings.vram_budget)
 
     @property
     def name(self) -> str:

@@ -4,7 +4,9 @@
 body with an explicit ``num_ctx`` and the gateway's ``keep_alive``); ``ensure_loaded`` makes sure
 the model is in memory with that context before the request takes a slot; ``begin``/``end``
 track requests in flight per model, which the VRAM guard reads to never evict a busy model, and
-feed the traffic model that pre-warms what comes next.
+feed the traffic model that pre-warms what comes next. What is kept of a backend (its catalog,
+memory, load lock and traffic model) is the ``Backend``'s own: the lifecycle only holds the
+backends, so one that is removed takes all of it along.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from ollama_asgi.catalog import BackendModels, ModelInfo
 from ollama_asgi.context import TokenCounter, choose_num_ctx, truncate_messages
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.lifecycle import Loader, LoadLock, LoadState
-from ollama_asgi.prewarm import TrafficModel
 from ollama_asgi.protocol import (
     MAX_JSON_DEPTH,
     NUMBER_TYPES,
@@ -41,7 +42,7 @@ from ollama_asgi.protocol import (
 from ollama_asgi.routing import EMBED_ROUTES, Route
 from ollama_asgi.settings import Settings
 from ollama_asgi.upstream import Upstream
-from ollama_asgi.vram import NvmlSource, VramGuard, VramSource
+from ollama_asgi.vram import BackendMemory, MemoryDomain, NvmlSource, VramGuard, VramSource
 
 __all__ = ["ModelLifecycle", "Prepared"]
 
@@ -66,6 +67,7 @@ class Prepared:
     model: str  # as the client spelled it (Ollama echoes it back)
     info: ModelInfo
     models: BackendModels
+    backend: Backend  # the backend it goes to, whose catalog ``models`` is
     num_ctx: int
     stream: bool
     openai_route: str | None = None  # set when a /v1 request is served through the native API
@@ -79,7 +81,7 @@ class Prepared:
 
 
 class ModelLifecycle:
-    """Per-backend model state, the single-flight loader, the VRAM guard and pre-warming."""
+    """The backends' models: the single-flight loader, the VRAM guard and pre-warming."""
 
     def __init__(
         self,
@@ -90,7 +92,7 @@ class ModelLifecycle:
         vram_source: VramSource | None = None,
     ) -> None:
         self.settings = settings
-        self.models = {b.name: b.models for b in backends}
+        self._backends = {b.name: b for b in backends}  # the backends in service, by name
         self.guard = VramGuard(
             budget=settings.vram_budget,
             margin=settings.vram_margin,
@@ -99,9 +101,9 @@ class ModelLifecycle:
             unload=self._unload,
             max_loaded=settings.max_loaded_models,
         )
-        # ``vram_source`` stands for this host's GPUs (tests); otherwise NVML, one reader per GPU set.
-        self._host_gpus = vram_source
-        self._nvml: dict[tuple[int, ...] | None, VramSource | None] = {}
+        # ``vram_source`` stands for this host's GPUs (tests); otherwise NVML, one domain per GPU set.
+        self._host_gpus = None if vram_source is None else MemoryDomain(vram_source)
+        self._nvml: dict[tuple[int, ...] | None, MemoryDomain | None] = {}
         for backend in backends:
             self._attach_memory(backend)
         self.loader = Loader(
@@ -112,15 +114,16 @@ class ModelLifecycle:
         )
         self.loader.warm_prompt = self._warm_prompt
         self.loader.runner_options = dict(settings.runner_options)
-        # Servers on this host's GPUs share their memory: their loads take turns and may evict each other's idle models.
+        # The guard and the loader ask each backend for its memory; servers on this host's GPUs share
+        # one domain: their loads take turns and may evict each other's idle models.
+        self.guard.memory_of = self._memory_of
+        self.guard.memories = lambda: [b.memory for b in list(self._backends.values())]
         self.guard.peers = self._memory_peers
-        self.loader.memory_domain = lambda models: self.guard.domain(models.backend.name)
-        self.traffic = {b.name: TrafficModel(threshold=settings.prewarm_threshold) for b in backends}
+        self.loader.domain_lock = lambda models: self._memory_of(models).domain.load_lock
         self.tokens = TokenCounter(settings.tokenizers)
         self.context_choices: Counter[str] = Counter()  # "bucket", "sticky", "client", "cap"
         self.context_sizes: Counter[int] = Counter()
         self.reloads_avoided = 0
-        self.last_num_ctx: dict[tuple[str, str], int] = {}
         self._poller: asyncio.Task[None] | None = None
         self._prewarming: set[asyncio.Task[None]] = set()
         # Requests for a model let through and not yet finished (admission's swap gate, when on): a
@@ -137,42 +140,57 @@ class ModelLifecycle:
         started = [state.started for (name, _), state in self.loader.loading.items() if name == backend]
         return time.monotonic() - min(started) if started else 5.0
 
+    @property
+    def models(self) -> dict[str, BackendModels]:
+        """Each backend's catalog, by backend name (a copy: the backends own them)."""
+        return {name: backend.models for name, backend in self._backends.items()}
+
+    @property
+    def backends(self) -> list[Backend]:
+        return list(self._backends.values())
+
+    def _owner(self, models: BackendModels) -> Backend | None:
+        """The backend in service whose catalog ``models`` is (None: removed meanwhile)."""
+        backend = self._backends.get(models.backend.name)
+        return backend if backend is not None and backend.models is models else None
+
+    def _memory_of(self, models: BackendModels) -> BackendMemory:
+        backend = self._owner(models)
+        if backend is not None:
+            return backend.memory
+        return BackendMemory(models, self.settings.vram_budget)  # a removed backend's: nothing of it is kept
+
     def _memory_peers(self, models: BackendModels) -> list[BackendModels]:
-        domain = self.guard.domain(models.backend.name)
-        return [peer for peer in self.models.values() if self.guard.domain(peer.backend.name) == domain]
+        domain = self._memory_of(models).domain
+        return [b.models for b in list(self._backends.values()) if b.memory.domain is domain]
 
     def _attach_memory(self, backend: Backend) -> None:
-        """Tell the guard where ``backend``'s memory is known from: its budget, and the GPUs of this
-        host that are its own (those it names, or ``gpu_devices`` for a backend on this host)."""
+        """Give ``backend`` the memory domain of the GPUs of this host that are its own (those it
+        names, or ``gpu_devices`` for a backend on this host), shared with every backend on them;
+        any other backend has a domain of its own, where its budget and Ollama's sizes decide."""
         spec = backend.spec
-        if spec.vram_budget:
-            self.guard.budgets[spec.name] = spec.vram_budget
-        gpus = spec.gpus
-        if gpus is None and not _on_this_host(spec.url):
-            return  # a remote backend's GPUs are another machine's: its budget and Ollama's sizes decide
+        backend.memory.domain = self._gpu_domain(spec.gpus, spec.url) or MemoryDomain()
+
+    def _gpu_domain(self, gpus: tuple[int, ...] | None, url: str) -> MemoryDomain | None:
+        if gpus is None and not _on_this_host(url):
+            return None  # a remote backend's GPUs are another machine's
         if gpus is None:
             gpus = self.settings.gpu_devices
-        source = self._host_gpus
-        if source is None and self.settings.nvml:
-            if gpus not in self._nvml:
-                self._nvml[gpus] = NvmlSource.available(gpus)
-            source = self._nvml[gpus]
-        if source is not None:
-            self.guard.sources[spec.name] = source
+        if self._host_gpus is not None or not self.settings.nvml:
+            return self._host_gpus
+        if gpus not in self._nvml:
+            source = NvmlSource.available(gpus)
+            self._nvml[gpus] = None if source is None else MemoryDomain(source)
+        return self._nvml[gpus]
 
     def add_backend(self, backend: Backend) -> None:
-        self.models[backend.name] = backend.models
+        self._backends[backend.name] = backend
         self._attach_memory(backend)
-        self.traffic[backend.name] = TrafficModel(threshold=self.settings.prewarm_threshold)
 
     def remove_backend(self, name: str) -> None:
-        """Forget a removed backend: no more polling, sizing or pre-warming there."""
-        self.models.pop(name, None)
-        self.traffic.pop(name, None)
-        self.guard.budgets.pop(name, None)
-        self.guard.sources.pop(name, None)
-        for key in [key for key in self.last_num_ctx if key[0] == name]:
-            del self.last_num_ctx[key]
+        """Forget a removed backend: no more polling, sizing or pre-warming there (what was kept
+        of it, its memory, load lock and traffic model, was the backend's own and goes with it)."""
+        self._backends.pop(name, None)
 
     # -- background -------------------------------------------------------------------------------
 
@@ -183,8 +201,8 @@ class ModelLifecycle:
 
     async def _poll(self) -> None:
         while True:
-            for models in list(self.models.values()):  # a backend removed meanwhile is polled no more
-                await models.refresh_ps()
+            for backend in list(self._backends.values()):  # a backend removed meanwhile is polled no more
+                await backend.models.refresh_ps()
             await asyncio.sleep(self.settings.ps_interval)
 
     async def aclose(self) -> None:
@@ -232,7 +250,7 @@ class ModelLifecycle:
         if route.openai:
             to_native(route.name, dict(parsed.body))  # a malformed body is a 400 before the model is looked up
         try:
-            info = await self.models[backend.name].model_info(parsed.model)
+            info = await self._backends[backend.name].models.model_info(parsed.model)
         except GatewayError as exc:
             if exc.status == 404 and route.name in EMBED_ROUTES:  # the embed handlers' own words
                 raise GatewayError(404, f'model "{parsed.model}" not found, try pulling it first') from None
@@ -244,7 +262,7 @@ class ModelLifecycle:
     ) -> Prepared | None:
         """``prepare`` without a coroutine when the model's facts are known (every request but the first)."""
         assert parsed.model is not None
-        info = self.models[backend.name].info.get(canonical_model(parsed.model))
+        info = self._backends[backend.name].models.info.get(canonical_model(parsed.model))
         return None if info is None else self.prepare_known(route, parsed, principal, backend, info)
 
     def prepare_known(
@@ -253,7 +271,8 @@ class ModelLifecycle:
         if self._poller is None or self._poller.done():
             self.start()
         settings = self.settings
-        models = self.models[backend.name]
+        owner = self._backends[backend.name]
+        models = owner.models
         body: dict[str, Any] = dict(parsed.body)
         assert parsed.model is not None
         name = route.name
@@ -274,7 +293,7 @@ class ModelLifecycle:
         if load_only and client_keep_alive is not None and parse_keep_alive(client_keep_alive) == 0:
             if not principal.is_admin:
                 raise GatewayError(403, "unloading models is restricted to administrators")
-            return Prepared(prepared_path, _dumps(body), parsed.model, info, models, 0, False, load_only=True)
+            return Prepared(prepared_path, _dumps(body), parsed.model, info, models, owner, 0, False, load_only=True)
         if client_keep_alive is None or not principal.is_admin:
             body["keep_alive"] = settings.keep_alive  # the gateway owns model lifetimes
 
@@ -326,19 +345,20 @@ class ModelLifecycle:
                     break
         options["num_ctx"] = num_ctx
         body["options"] = options
-        key = (backend.name, info.name)
         # Cold: this request finds its model neither loaded nor already on its way in.
+        key = (backend.name, info.name)
         cold = (loaded is None or (loaded_ctx is not None and loaded_ctx != num_ctx)) and key not in self.loader.loading
-        self.last_num_ctx[key] = num_ctx
+        owner.num_ctx[info.name] = num_ctx
         # Seen on arrival, not once served: a request waiting for its load or slot is already its
         # principal's latest, which is what the next load's choice of victim must know.
-        self.traffic[backend.name].observe(info.name, cold=cold, principal=principal.id)
+        owner.traffic.observe(info.name, cold=cold, principal=principal.id)
         return Prepared(
             prepared_path,
             _dumps(body),
             parsed.model,
             info,
             models,
+            owner,
             num_ctx,
             parsed.stream if route.openai else bool(body.get("stream", route.stream_default)),
             openai_route,
@@ -359,7 +379,7 @@ class ModelLifecycle:
     async def ensure_loaded(self, prepared: Prepared, *, wait_limit: float) -> None:
         if prepared.num_ctx:
             if self.settings.prewarm:
-                await self._give_way(prepared.models, prepared.info, prepared.num_ctx)
+                await self._give_way(prepared.backend, prepared.info, prepared.num_ctx)
             await self.loader.ensure_loaded(prepared.models, prepared.info, prepared.num_ctx, wait_limit=wait_limit)
 
     def begin(self, prepared: Prepared) -> None:
@@ -369,7 +389,7 @@ class ModelLifecycle:
         in_flight[name] = in_flight.get(name, 0) + 1  # not ``+= 1``: a Counter's __missing__ is Python
         models.touch(name, time.time())
         if self.settings.prewarm:
-            self._maybe_prewarm(models, self.traffic[models.backend.name], name, prepared.principal)
+            self._maybe_prewarm(prepared.backend, name, prepared.principal)
 
     def end(self, prepared: Prepared) -> None:
         models = prepared.models
@@ -382,31 +402,33 @@ class ModelLifecycle:
             in_flight.pop(name, None)
             if self.settings.prewarm:
                 # A pre-warm put off while a load ran may go now.
-                self._maybe_prewarm(models, self.traffic[models.backend.name], name, prepared.principal)
+                self._maybe_prewarm(prepared.backend, name, prepared.principal)
 
     # -- pre-warming: free memory and an idle loader only, and it gives way to real requests ----------
 
-    def _maybe_prewarm(self, models: BackendModels, traffic: TrafficModel, current: str, principal: str) -> None:
+    def _maybe_prewarm(self, owner: Backend, current: str, principal: str) -> None:
+        traffic = owner.traffic
         prediction = traffic.predict(current, principal)
         if prediction is None or prediction.model == current:
             return
         target = prediction.model
-        backend = models.backend.name
+        models, backend = owner.models, owner.name
         if models.loaded_with(target) is not None or any(b == backend for b, _ in self.loader.loading):
             return  # loaded already, or the loader is busy: a guess never queues beside real loads
         info = models.info.get(target)
-        if info is not None and self._no_room(models, info, self.last_num_ctx.get((backend, target), 0)):
+        if info is not None and self._no_room(models, info, owner.num_ctx.get(target, 0)):
             return
         traffic.issued += 1
         traffic.warmed.add(target)
-        task = asyncio.ensure_future(self._prewarm(models, traffic, target))
+        task = asyncio.ensure_future(self._prewarm(owner, target))
         self._prewarming.add(task)
         task.add_done_callback(self._prewarming.discard)
 
-    async def _prewarm(self, models: BackendModels, traffic: TrafficModel, model: str) -> None:
+    async def _prewarm(self, owner: Backend, model: str) -> None:
+        models, traffic = owner.models, owner.traffic
         try:
             info = await models.model_info(model)
-            num_ctx = self.last_num_ctx.get((models.backend.name, info.name)) or self._default_bucket(info)
+            num_ctx = owner.num_ctx.get(info.name) or self._default_bucket(info)
             await self.loader.ensure_loaded(models, info, num_ctx, wait_limit=self.settings.load_timeout, patient=False)
             logger.info("pre-warmed %s on %s", model, models.backend.name)
         except GatewayError as exc:
@@ -434,7 +456,7 @@ class ModelLifecycle:
             if why is not None:
                 # ``models_busy``: a request that joined this pre-warm loads with a turn of its own.
                 raise GatewayError(503, f"pre-warming '{info.name}' gave way: {why}", reason="models_busy")
-        elif self.settings.prewarm and self.guard.source_for(models.backend.name) is None:
+        elif self.settings.prewarm and self._memory_of(models).source is None:
             await self._evict_furthest(models, info, num_ctx)
         await self.guard.before_load(models, info, num_ctx, patient=patient)
 
@@ -444,8 +466,9 @@ class ModelLifecycle:
         models apart, the VRAM guard chooses as it always does. (With NVML readings freed memory
         shows late, so there the guard alone evicts.)"""
         backend = models.backend.name
+        owner = self._owner(models)
         uses: dict[str, float] | None = None
-        while self._no_room(models, info, num_ctx) is not None:
+        while owner is not None and self._no_room(models, info, num_ctx) is not None:
             idle = [
                 m
                 for m in models.loaded
@@ -454,7 +477,7 @@ class ModelLifecycle:
             if len(idle) < 2:
                 return
             if uses is None:
-                uses = self.traffic[backend].next_uses()
+                uses = owner.traffic.next_uses()
                 uses.update((m, 0.0) for m in idle if self.wanted(backend, m))
             never = float("inf")
             idle.sort(key=lambda m: (-uses.get(m, never), _last_used(models, m)))
@@ -465,12 +488,13 @@ class ModelLifecycle:
             await self.loader.unload(models, victim)
             self.guard.evictions += 1
 
-    async def _give_way(self, models: BackendModels, info: ModelInfo, num_ctx: int) -> None:
+    async def _give_way(self, owner: Backend, info: ModelInfo, num_ctx: int) -> None:
         """Before a request's load: stop pre-warms holding the loader, and unload unused pre-warmed
         models where the request's model needs their place, so it never waits or evicts for a guess."""
+        models = owner.models
         if self.loader.ready(models, info, num_ctx):
             return
-        backend = models.backend.name
+        backend = owner.name
         loading = self.loader.loading
         for (b, m), state in list(loading.items()):
             # Only the pre-warm itself waits on it: no request joined it.
@@ -478,7 +502,7 @@ class ModelLifecycle:
                 self._cancel_load((b, m), state)
         if (backend, info.name) in loading:
             return  # the request joins a load under way, which made its room already
-        warmed = self.traffic[backend].warmed
+        warmed = owner.traffic.warmed
         while self._no_room(models, info, num_ctx):
             unused = [m for m in models.loaded if m in warmed and not models.in_flight.get(m)]
             if not unused:
@@ -534,7 +558,8 @@ class ModelLifecycle:
             "context_choices": dict(self.context_choices),
             "reloads_avoided": self.reloads_avoided,
             "prewarm": {
-                name: {"issued": t.issued, "hits": t.hits, "misses": t.misses} for name, t in self.traffic.items()
+                b.name: {"issued": b.traffic.issued, "hits": b.traffic.hits, "misses": b.traffic.misses}
+                for b in self.backends
             },
         }
 

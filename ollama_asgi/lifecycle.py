@@ -98,9 +98,10 @@ class Loader:
         self.prefix_warms = 0
         # One load at a time per memory domain (a backend, or every backend on this host's GPUs), as
         # Ollama itself loads one at a time: the VRAM guard's reading and the load it allows must not
-        # interleave with another model's, or both would count the same free memory.
-        self.memory_domain: Callable[[BackendModels], str] = lambda models: models.backend.name
-        self._backend_locks: dict[str, asyncio.Lock] = {}
+        # interleave with another model's, or both would count the same free memory. The lock is the
+        # domain's, which the backends own; a loader on its own loads one model at a time.
+        self._own_lock = asyncio.Lock()
+        self.domain_lock: Callable[[BackendModels], asyncio.Lock] = lambda models: self._own_lock
 
     def expected_load_seconds(self, info: ModelInfo) -> float:
         return self.clock.expected(info)
@@ -158,7 +159,7 @@ class Loader:
         try:
             token = await self._lock(lock_key)
             try:
-                async with self._backend_locks.setdefault(self.memory_domain(models), asyncio.Lock()):
+                async with self.domain_lock(models):
                     await models.refresh_ps()  # another worker may have loaded it while we waited
                     loaded = models.loaded_with(info.name)
                     if loaded is None or (loaded.num_ctx and loaded.num_ctx != num_ctx):

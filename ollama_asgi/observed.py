@@ -173,10 +173,11 @@ def _queues(admission: Admission, in_service: Iterable[str]) -> list[QueueSnapsh
 def _lifecycle(lifecycle: ModelLifecycle) -> LifecycleSnapshot:
     loader, guard = lifecycle.loader, lifecycle.guard
     fragmentation = {}
-    for name, models in sorted(lifecycle.models.items()):
-        score = guard.fragmentation(models)
+    backends = sorted(lifecycle.backends, key=lambda b: b.name)
+    for backend in backends:
+        score = guard.fragmentation(backend.models)
         if score is not None:
-            fragmentation[name] = score
+            fragmentation[backend.name] = score
     return LifecycleSnapshot(
         loads=loader.loads,
         load_failures=loader.failures,
@@ -187,11 +188,8 @@ def _lifecycle(lifecycle: ModelLifecycle) -> LifecycleSnapshot:
         reloads_avoided=lifecycle.reloads_avoided,
         context_choices=dict(sorted(lifecycle.context_choices.items())),
         context_sizes=dict(sorted(lifecycle.context_sizes.items())),
-        prewarm={name: (t.issued, t.hits, t.misses) for name, t in sorted(lifecycle.traffic.items())},
-        vram={
-            name: {model.name: model.size_vram for model in list(models.loaded.values())}
-            for name, models in sorted(lifecycle.models.items())
-        },
+        prewarm={b.name: (b.traffic.issued, b.traffic.hits, b.traffic.misses) for b in backends},
+        vram={b.name: {model.name: model.size_vram for model in list(b.models.loaded.values())} for b in backends},
         fragmentation=fragmentation,
         gpus=guard.readings(),
     )

@@ -149,7 +149,7 @@ class Placement:
         """``model`` is no larger than ``backend``'s memory budget (unknown sizes count as yes)."""
         if self.lifecycle is None:
             return True
-        budget = self.lifecycle.guard.budget_for(backend.name)
+        budget = backend.memory.budget
         info = backend.models.info.get(model)
         return budget is None or info is None or info.size <= budget
 
@@ -161,8 +161,7 @@ class Placement:
         info = next((b.models.info[name] for b in self.backends if name in b.models.info), None)
         if info is None:
             return True
-        guard = self.lifecycle.guard
-        return guard.free_bytes(backend.models) >= guard.expected_size(backend.models, info, 0)
+        return backend.memory.free_bytes() >= self.lifecycle.guard.expected_size(backend.models, info, 0)
 
     def _spilled_to(self, model: str) -> list[str]:
         spill = self.spills.get(model)

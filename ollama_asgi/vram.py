@@ -9,12 +9,13 @@ load is refused with a Retry-After rather than queued blindly. Ollama's loaded-m
 memory: a load that only needs a slot among the loaded models waits for one to go idle, as it
 would in Ollama.
 
-Readings are per backend: NVML reads only the GPUs of this host that a backend is told are its own
-(``sources``); a remote backend has none, and its budget and the sizes Ollama reports decide, so it
-is never managed on another machine's GPU. Backends whose memory the same readings count (several
-Ollama servers on this host's GPUs) share one memory domain: their loads take turns, and an idle
-model of any of them may make room, since each server alone sees only its own models and would
-fail its load with an out-of-memory error. Each domain calibrates its own reserve.
+Readings are per backend: each ``Backend`` owns a ``BackendMemory``, and NVML reads only the GPUs
+of this host that the backend is told are its own; a remote backend has none, and its budget and
+the sizes Ollama reports decide, so it is never managed on another machine's GPU. Backends whose
+memory the same readings count (several Ollama servers on this host's GPUs) share one
+``MemoryDomain``: their loads take turns under its lock, and an idle model of any of them may make
+room, since each server alone sees only its own models and would fail its load with an
+out-of-memory error. Each domain calibrates its own reserve.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ollama_asgi.catalog import BackendModels, ModelInfo
 from ollama_asgi.errors import GatewayError
 
-__all__ = ["DeviceMemory", "NvmlSource", "VramGuard", "VramSource"]
+__all__ = ["BackendMemory", "DeviceMemory", "MemoryDomain", "NvmlSource", "VramGuard", "VramSource"]
 
 logger = logging.getLogger("ollama_asgi.vram")
 
@@ -85,8 +86,56 @@ class NvmlSource:
         return out
 
 
+class MemoryDomain:
+    """Memory that loads draw on: this host's GPUs as one reader counts them, shared by every backend
+    served from them, or a backend's own. Loads in one domain take turns (``load_lock``), as Ollama
+    itself loads one at a time: a reading and the load it allows must not interleave with another."""
+
+    __slots__ = ("calibrated", "load_lock", "overhead", "source")
+
+    def __init__(self, source: VramSource | None = None) -> None:
+        self.source = source  # None: nothing is read, budgets and Ollama's sizes decide
+        self.load_lock = asyncio.Lock()
+        self.calibrated: int | None = None  # memory held with nothing loaded, once measured here
+        self.overhead = 0  # what each runner holds beyond its size_vram, as measured here
+
+
+@dataclass(eq=False, slots=True)
+class BackendMemory:
+    """Where one backend's free memory is known from: the GPUs of its domain, else its budget."""
+
+    models: BackendModels
+    budget: int | None = None
+    domain: MemoryDomain = field(default_factory=MemoryDomain)  # its own, unless it shares this host's GPUs
+
+    @property
+    def source(self) -> VramSource | None:
+        return self.domain.source
+
+    def readings(self) -> list[DeviceMemory]:
+        source = self.domain.source
+        return list(source.read()) if source is not None else []
+
+    def free_bytes(self) -> int:
+        accounted = sum(m.size_vram or m.size for m in self.models.loaded.values())
+        budget = self.budget
+        readings = self.readings()
+        if readings:
+            free = sum(d.free for d in readings)
+            if budget is not None:
+                free = min(free, budget - accounted)
+            return free
+        if budget is None:
+            return 1 << 62  # this backend has no budget: anything fits
+        return budget - accounted
+
+
 class VramGuard:
-    """Make room before a load by unloading idle models, least valuable first."""
+    """Make room before a load by unloading idle models, least valuable first.
+
+    It keeps nothing per backend: ``memory_of`` gives the ``BackendMemory`` a backend owns, and
+    ``peers`` the backends of its memory domain (both set by whoever holds the backends).
+    """
 
     def __init__(
         self,
@@ -101,12 +150,9 @@ class VramGuard:
     ) -> None:
         self.max_loaded = max_loaded  # Ollama's OLLAMA_MAX_LOADED_MODELS, when known
         self.budget = budget
-        self.budgets: dict[str, int] = {}  # per-backend budgets (a backend's own `vram_budget`)
         self.margin = margin
         self.reserved = reserved  # memory no model accounts for: CUDA contexts, runner overhead
-        self._host = source  # readings for every backend not in ``sources`` (tests; None in the gateway)
-        self.sources: dict[str, VramSource] = {}  # backend -> readings of this host's GPUs that are its own
-        self._calibrated: dict[int, int] = {}  # id of a source -> the reserve measured on its GPUs
+        self.host = MemoryDomain(source)  # the memory of backends this guard is not told of (a guard on its own)
         self._unload = unload
         self.settle = settle
         self.evictions = 0
@@ -114,38 +160,36 @@ class VramGuard:
         self.history: list[dict[str, object]] = []  # recent decisions, for the status page
         # The backends that share ``models``' memory, itself included; set by whoever knows them all.
         self.peers: Callable[[BackendModels], Sequence[BackendModels]] = lambda models: (models,)
+        # The memory a backend owns, and every managed backend's; set by whoever holds the backends.
+        self.memory_of: Callable[[BackendModels], BackendMemory] = self._unowned
+        self.memories: Callable[[], Iterable[BackendMemory]] = tuple
         self._sizes: dict[tuple[str, int], int] = {}  # (model, num_ctx) -> size_vram when last seen loaded
-        self._overheads: dict[str, int] = {}  # memory domain -> what each runner holds beyond size_vram
+
+    def _unowned(self, models: BackendModels) -> BackendMemory:
+        return BackendMemory(models, self.budget, self.host)
 
     @property
     def active(self) -> bool:
-        return self.budget is not None or self.source is not None or bool(self.budgets) or bool(self.max_loaded)
+        return (
+            self.budget is not None
+            or bool(self.max_loaded)
+            or self.host.source is not None
+            or any(m.budget or m.domain.source is not None for m in self.memories())
+        )
 
     @property
     def source(self) -> VramSource | None:
         """Readings of this host's GPUs, if any backend is managed on them (what status reports)."""
-        return self._host if self._host is not None else next(iter(self.sources.values()), None)
+        if self.host.source is not None:
+            return self.host.source
+        return next((m.domain.source for m in self.memories() if m.domain.source is not None), None)
 
-    @source.setter
-    def source(self, source: VramSource | None) -> None:
-        self._host = source
-
-    def source_for(self, backend: str) -> VramSource | None:
-        """The readings of ``backend``'s own GPUs on this host; None for a remote backend."""
-        return self.sources.get(backend, self._host)
-
-    def reserved_for(self, backend: str) -> int:
-        """Memory of ``backend``'s GPUs that no model accounts for: configured, or as calibrated there."""
-        source = self.source_for(backend)
-        return self.reserved if source is None else self._calibrated.get(id(source), self.reserved)
-
-    def budget_for(self, backend: str) -> int | None:
-        return self.budgets.get(backend, self.budget)
-
-    def domain(self, backend: str) -> str:
-        """The memory a backend's loads draw on: this host's GPUs when they are read, else its own."""
-        source = self.source_for(backend)
-        return f"gpus:{id(source):x}" if source is not None else f"backend:{backend}"
+    def reserved_for(self, models: BackendModels) -> int:
+        """Memory of ``models``' GPUs that no model accounts for: configured, or as calibrated there."""
+        domain = self.memory_of(models).domain
+        if domain.source is None or domain.calibrated is None:
+            return self.reserved
+        return domain.calibrated
 
     def expected_size(self, models: BackendModels, info: ModelInfo, num_ctx: int) -> int:
         """What loading ``info`` will take: its ``size_vram`` at this context when it was last seen loaded
@@ -155,7 +199,7 @@ class VramGuard:
             return seen.size_vram
         known = self._sizes.get((info.name, num_ctx))
         size = known if known is not None else int(info.size * (1.0 + self.margin))
-        return size + self._overheads.get(self.domain(models.backend.name), 0)
+        return size + self.memory_of(models).domain.overhead
 
     def observe(self, models: BackendModels) -> None:
         """Learn from what is loaded now: each model's ``size_vram``, and the memory each runner holds that
@@ -167,63 +211,52 @@ class VramGuard:
                 self._sizes[(loaded.name, loaded.num_ctx)] = loaded.size_vram
         if len(self._sizes) > 1024:  # names come from clients: bounded
             del self._sizes[next(iter(self._sizes))]
-        readings = self.readings_for(models.backend.name)
+        memory = self.memory_of(models)
+        readings = memory.readings()
         if readings and runners:
             used = sum(d.used for d in readings)
             accounted = sum(m.size_vram or m.size for m in runners)
-            extra = (used - accounted - self.reserved_for(models.backend.name)) // len(runners)
-            self._overheads[self.domain(models.backend.name)] = min(max(0, extra), _MAX_RUNNER_OVERHEAD)
+            extra = (used - accounted - self.reserved_for(models)) // len(runners)
+            memory.domain.overhead = min(max(0, extra), _MAX_RUNNER_OVERHEAD)
 
     def readings(self) -> list[DeviceMemory]:
         """This host's GPUs that some backend is managed on (each once)."""
-        sources = {id(s): s for s in (self._host, *self.sources.values()) if s is not None}
+        domains = (self.host, *(m.domain for m in self.memories()))
+        sources = {id(d.source): d.source for d in domains if d.source is not None}
         found: dict[int, DeviceMemory] = {}
         for source in sources.values():
             for device in source.read():
                 found.setdefault(device.index, device)
         return [found[index] for index in sorted(found)]
 
-    def readings_for(self, backend: str) -> list[DeviceMemory]:
-        source = self.source_for(backend)
-        return list(source.read()) if source is not None else []
-
     def calibrate(self, models: BackendModels) -> None:
         """With nothing loaded, whatever NVML counts as used belongs to no model (driver reservation,
         CUDA contexts): take it as the reserve when it is larger than the configured one."""
-        source = self.source_for(models.backend.name)
+        domain = self.memory_of(models).domain
+        source = domain.source
         if source is None or any(peer.loaded for peer in self.peers(models)):
             return
         used = sum(d.used for d in source.read())
-        if used > self.reserved_for(models.backend.name):
+        if used > self.reserved_for(models):
             logger.info(
                 "GPU memory held with no model loaded on %s's GPUs: %s; counting it as reserved there",
                 models.backend.name,
                 _size(used),
             )
-            self._calibrated[id(source)] = used
+            domain.calibrated = used
 
     def free_bytes(self, models: BackendModels) -> int:
-        accounted = sum(m.size_vram or m.size for m in models.loaded.values())
-        budget = self.budget_for(models.backend.name)
-        readings = self.readings_for(models.backend.name)
-        if readings:
-            free = sum(d.free for d in readings)
-            if budget is not None:
-                free = min(free, budget - accounted)
-            return free
-        if budget is None:
-            return 1 << 62  # this backend has no budget: anything fits
-        return budget - accounted
+        return self.memory_of(models).free_bytes()
 
     def fragmentation(self, models: BackendModels) -> float | None:
         """Share of GPU memory used by nothing the loaded models account for (0 is clean)."""
-        readings = self.readings_for(models.backend.name)
+        readings = self.memory_of(models).readings()
         if not readings:
             return None
         total = sum(d.total for d in readings)
         used = sum(d.used for d in readings)
         accounted = sum(m.size_vram for peer in self.peers(models) for m in peer.loaded.values())
-        return max(0.0, (used - accounted - self.reserved_for(models.backend.name)) / total) if total else None
+        return max(0.0, (used - accounted - self.reserved_for(models)) / total) if total else None
 
     async def before_load(self, models: BackendModels, info: ModelInfo, num_ctx: int, *, patient: bool = True) -> None:
         """Make room for ``info``; ``patient=False`` (a pre-warm) is refused where a request would wait."""
@@ -279,11 +312,11 @@ class VramGuard:
             await self._evict(owner, victim)
             evicted.append((owner, victim))
             free += released
-        if evicted and self.source_for(models.backend.name) is not None:
+        memory = self.memory_of(models)
+        if evicted and memory.source is not None:
             await self._wait_for_memory(models, need)
             free = self.free_bytes(models)
-        backend = models.backend.name
-        measured = self.source_for(backend) is not None or self.budget_for(backend) is not None
+        measured = memory.source is not None or memory.budget is not None
         seen = free if measured else None  # a CPU server measures nothing: no made-up figure on the status page
         gone = [name if owner is models else f"{owner.backend.name}/{name}" for owner, name in evicted]
         self.history.append({"time": time.time(), "load": info.name, "need": need, "free": seen, "evicted": gone})

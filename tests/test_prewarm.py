@@ -181,11 +181,11 @@ def test_a_pre_warm_never_evicts_a_loaded_model(
         wait_until(lambda: _settled(lifecycle))
         kept = A if A in emulator.emulator.loaded_models() else B
         assert set(emulator.emulator.loaded_models()) == {kept, C}
-        issued = lifecycle.traffic["backend-0"].issued
+        issued = lifecycle.backends[0].traffic.issued
         _ask(alice, kept)  # the other is predicted next, but only bob's C could make room for it
         wait_until(lambda: _settled(lifecycle))
     assert set(emulator.emulator.loaded_models()) == {kept, C}
-    assert lifecycle.traffic["backend-0"].issued == issued
+    assert lifecycle.backends[0].traffic.issued == issued
     assert lifecycle.guard.evictions == 1  # bob's, none for a guess
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import time
+import weakref
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
-from ollama_asgi import OllamaGateway
+from ollama_asgi import OllamaGateway, Settings
 from ollama_asgi.testing import EmulatorServer
 from tests.conftest import ADMIN, AUTH
 from tests.support.rawhttp import wait_until
@@ -58,7 +60,7 @@ def test_a_removed_backend_is_forgotten_by_every_part_and_its_client_closed(
     wait_until(lambda: removed.upstream.closed, timeout=5)
     lifecycle = gateway.lifecycle
     assert lifecycle is not None
-    assert "b" not in lifecycle.models and "b" not in lifecycle.guard.budgets
+    assert "b" not in lifecycle.models and removed not in lifecycle.backends
     assert "b" not in gateway.admission.capacities and "b" not in gateway.admission.backends
     assert not [key for key in gateway.admission.pools if key[0] == "b"]
     assert removed.upstream not in gateway.backends
@@ -79,3 +81,33 @@ def test_an_unnamed_backend_added_after_a_removal_gets_a_name_of_its_own(
         assert added.status_code == 200
         names = [b["name"] for b in added.json()["backends"]]
         assert len(names) == 2 and len(set(names)) == 2 and names[0] == "backend-1"
+
+
+def test_a_removed_backend_takes_its_memory_load_lock_and_traffic_model_along() -> None:
+    settings = Settings.from_mapping(
+        {
+            "upstreams": [
+                {"url": "http://10.0.0.1:11434", "name": "a"},
+                {"url": "http://10.0.0.2:11434", "name": "b", "vram_budget": 2**30},
+            ]
+        }
+    )
+    gateway = OllamaGateway(settings)
+    removed = gateway.registry.by_name("b")
+    assert removed is not None and removed.memory.budget == 2**30
+    removed.traffic.observe("llama3.2", cold=True, principal="alice")
+    removed.traffic.warmed.add("llama3.2")
+    removed.num_ctx["llama3.2"] = 4096
+    # What a side table keyed by the backend's name would keep alive after the removal.
+    kept = [
+        weakref.ref(removed.traffic.warmed),
+        weakref.ref(removed.memory.domain.load_lock),
+        weakref.ref(removed.models.in_flight),
+    ]
+    gateway.registry.remove("b")  # no event loop: nothing is in flight, its client is not waited for
+    del removed
+    gc.collect()
+    assert [ref() for ref in kept] == [None, None, None]
+    lifecycle = gateway.lifecycle
+    assert lifecycle is not None and [b.name for b in lifecycle.backends] == ["a"]
+    assert list(lifecycle.guard.memories()) == [lifecycle.backends[0].memory]

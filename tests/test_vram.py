@@ -14,7 +14,7 @@ from ollama_asgi.inference import ModelLifecycle
 from ollama_asgi.lifecycle import Loader
 from ollama_asgi.settings import Settings
 from ollama_asgi.upstream import Upstream
-from ollama_asgi.vram import DeviceMemory, VramGuard
+from ollama_asgi.vram import BackendMemory, DeviceMemory, MemoryDomain, VramGuard
 
 GIB = 2**30
 
@@ -204,7 +204,7 @@ def test_memory_held_with_nothing_loaded_counts_as_reserved() -> None:
     guard, _ = _guard(gpu)
     models = _models(gpu, {})
     guard.calibrate(models)
-    assert guard.reserved_for(models.backend.name) == int(1.24 * GIB)
+    assert guard.reserved_for(models) == int(1.24 * GIB)
     gpu.models["a"] = 10 * GIB
     models.loaded["a"] = Loaded("a", 4096, 10 * GIB, 10 * GIB, time.time() + 60)
     assert guard.fragmentation(models) == pytest.approx(0.0)
@@ -275,11 +275,12 @@ def test_backends_on_this_hosts_gpus_share_one_memory_domain_and_take_turns_to_l
     with_gpu = ModelLifecycle(settings, upstreams, vram_source=FakeGpu(80 * GIB, 0))
     one, two = with_gpu.models.values()
     assert list(with_gpu.guard.peers(one)) == [one, two]
-    assert with_gpu.loader.memory_domain(one) == with_gpu.loader.memory_domain(two)
+    assert upstreams[0].memory.domain is upstreams[1].memory.domain
+    assert with_gpu.loader.domain_lock(one) is with_gpu.loader.domain_lock(two)
     without = ModelLifecycle(settings, upstreams)  # no GPU reading: each server's memory is its own
     one, two = without.models.values()
     assert list(without.guard.peers(one)) == [one]
-    assert without.loader.memory_domain(one) != without.loader.memory_domain(two)
+    assert without.loader.domain_lock(one) is not without.loader.domain_lock(two)
 
 
 def _lifecycle(*entries: dict[str, object], gpu: FakeGpu | None = None) -> ModelLifecycle:
@@ -299,7 +300,7 @@ def test_a_remote_backend_is_never_managed_on_this_hosts_gpus() -> None:
     assert guard.free_bytes(here) == 80 * GIB
     assert guard.free_bytes(there) == 8 * GIB  # its own budget, not this host's free memory
     assert guard.fragmentation(there) is None
-    assert guard.domain("here") != guard.domain("there")
+    assert lifecycle.backends[0].memory.domain is not lifecycle.backends[1].memory.domain
 
 
 def test_a_backend_told_its_gpus_is_managed_on_them_wherever_its_url_points() -> None:
@@ -310,13 +311,17 @@ def test_a_backend_told_its_gpus_is_managed_on_them_wherever_its_url_points() ->
 def test_calibrating_one_set_of_gpus_leaves_the_reserve_of_another_as_it_was() -> None:
     busy, clean = FakeGpu(80 * GIB, 2 * GIB), FakeGpu(80 * GIB, 0)
     guard, _ = _guard(None)
-    guard.sources = {"one": busy, "two": clean}
     one = _backend(busy, "one", {})
     two = _backend(clean, "two", {})
+    memories = {
+        "one": BackendMemory(one, domain=MemoryDomain(busy)),
+        "two": BackendMemory(two, domain=MemoryDomain(clean)),
+    }
+    guard.memory_of = lambda models: memories[models.backend.name]
     guard.calibrate(one)
     guard.calibrate(two)
-    assert guard.reserved_for("one") == 2 * GIB
-    assert guard.reserved_for("two") == GIB // 2  # the configured reserve
+    assert guard.reserved_for(one) == 2 * GIB
+    assert guard.reserved_for(two) == GIB // 2  # the configured reserve
 
 
 async def test_a_runners_own_memory_beyond_its_size_vram_counts_in_the_next_load() -> None:
@@ -340,3 +345,14 @@ def test_a_model_seen_loaded_is_expected_at_its_size_vram_not_its_file_size() ->
     info = ModelInfo("m:latest", 8192, ("completion",), 4 * GIB)
     assert guard.expected_size(models, info, 4096) == 6 * GIB  # its KV cache and graph, seen
     assert guard.expected_size(models, info, 8192) == int(4 * GIB * 1.1)  # another context: not seen
+
+
+def test_a_backend_added_on_this_hosts_gpus_joins_their_domain_and_leaves_it_when_removed() -> None:
+    lifecycle = _lifecycle({"url": "http://127.0.0.1:9", "name": "one"}, gpu=FakeGpu(80 * GIB, 0))
+    settings = Settings.from_mapping({"upstreams": [{"url": "http://127.0.0.1:10", "name": "two"}]})
+    (one,), two = lifecycle.backends, Backend.from_spec(settings.backends[0], settings)
+    lifecycle.add_backend(two)
+    assert two.memory.domain is one.memory.domain  # their loads take turns under one lock
+    assert list(lifecycle.guard.peers(one.models)) == [one.models, two.models]
+    lifecycle.remove_backend("two")
+    assert list(lifecycle.guard.peers(one.models)) == [one.models]  # its idle models make no room here any more

@@ -370,7 +370,8 @@ def run_pass(
     lifecycle = gateway.lifecycle
     assert lifecycle is not None
     if guard and bench.args.simulate:
-        lifecycle.guard.source = bench.nvml_source
+        for backend in lifecycle.backends:  # the simulated device is the backend's GPU
+            backend.memory.domain.source = bench.nvml_source
     if guard and lifecycle.guard.source is None:
         raise SystemExit("the guard has no NVML source: is nvidia-ml-py installed and the GPU visible?")
     if guard:

@@ -336,7 +336,7 @@ def test_prewarming_cuts_cold_starts_where_memory_is_free(
                 httpx.post(emulator.url + "/api/generate", json={"model": name, "keep_alive": 0})
             wait_until(lambda models=models: not emulator.emulator.loaded_models() and not models.loaded)
             _replay(server, session, think=0.05)
-        traffic = gateway.lifecycle.traffic["backend-0"]
+        traffic = gateway.registry.by_name("backend-0").traffic
         cold[prewarm] = traffic.misses  # requests that found their model cold
         patterns[prewarm] = "".join("C" if c else "." for _, c in traffic.recent)
     assert cold[False] == 24  # every request of every run
