@@ -74,7 +74,7 @@ class Backend:
         return not self.draining and self.breaker == "closed"
 
     def view(self, now: float | None = None) -> BackendView:
-        spec = self.spec
+        spec, traffic = self.spec, self.traffic
         return BackendView(
             name=spec.name,
             url=spec.url,
@@ -89,6 +89,8 @@ class Backend:
             parallel=spec.parallel,
             vram_budget=spec.vram_budget,
             labels=dict(spec.labels),
+            prewarm=(traffic.issued, traffic.hits, traffic.misses),
+            vram={model.name: model.size_vram for model in list(self.models.loaded.values())},
         )
 
     async def aclose(self) -> None:
@@ -112,6 +114,8 @@ class BackendView:
     parallel: int | None
     vram_budget: int | None
     labels: dict[str, str]
+    prewarm: tuple[int, int, int]  # its traffic model's pre-warm loads, pre-warm hits and cold requests
+    vram: dict[str, int]  # loaded model -> bytes of GPU memory, as Ollama's /api/ps last said
 
     def listed(self) -> dict[str, object]:
         """As ``GET /_gateway/backends`` lists it (no URL: that is for the configuration to say)."""

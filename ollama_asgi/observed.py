@@ -2,7 +2,8 @@
 
 The gateway depends on its telemetry, so its telemetry must not depend on the gateway: it is given
 ``GatewayParts``, the few attributes it reads (which ``OllamaGateway`` has), and ``snapshot`` reads
-them into plain values once per scrape or page refresh. Nothing here runs per request.
+them into plain values once per scrape or page refresh. What it knows of each backend comes from the
+registry's views (``BackendView``). Nothing here runs per request.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ollama_asgi.admission import Admission
+from ollama_asgi.backend import BackendView
 from ollama_asgi.health import BackendState, BackendWatch
 from ollama_asgi.inference import ModelLifecycle
-from ollama_asgi.placement import Placement
+from ollama_asgi.registry import BackendRegistry
 from ollama_asgi.settings import Settings
 from ollama_asgi.upstream import Upstream
 from ollama_asgi.vram import DeviceMemory
@@ -54,7 +56,7 @@ class GatewayParts(Protocol):
     def admission(self) -> Admission: ...
 
     @property
-    def placement(self) -> Placement: ...
+    def registry(self) -> BackendRegistry: ...
 
     @property
     def lifecycle(self) -> ModelLifecycle | None: ...
@@ -125,12 +127,11 @@ class Snapshot:
 def snapshot(parts: GatewayParts, health: BackendWatch) -> Snapshot:
     """Read ``parts`` now; safe from another thread (the metrics port's), since it only reads."""
     admission = parts.admission
-    queues = _queues(admission, [b.name for b in list(parts.backends)])
+    views = parts.registry.views()
+    queues = _queues(admission, [view.name for view in views])
     states = {state.name: state for state in health.current()}
-    now = time.monotonic()
     backends = [
-        BackendSnapshot(b.name, b.available(now), b.breaker, b.draining, b.opens, states.get(b.name))
-        for b in list(parts.placement.backends)
+        BackendSnapshot(v.name, v.available, v.breaker, v.draining, v.breaker_opens, states.get(v.name)) for v in views
     ]
     shared = parts.shared_state
     lifecycle = parts.lifecycle
@@ -140,7 +141,7 @@ def snapshot(parts: GatewayParts, health: BackendWatch) -> Snapshot:
         backends=backends,
         redis_up=None if shared is None else shared.healthy,
         redis_error=None if shared is None or shared.healthy else shared.last_error,
-        lifecycle=None if lifecycle is None else _lifecycle(lifecycle),
+        lifecycle=None if lifecycle is None else _lifecycle(lifecycle, views),
     )
 
 
@@ -170,14 +171,14 @@ def _queues(admission: Admission, in_service: Iterable[str]) -> list[QueueSnapsh
     return queues
 
 
-def _lifecycle(lifecycle: ModelLifecycle) -> LifecycleSnapshot:
+def _lifecycle(lifecycle: ModelLifecycle, views: list[BackendView]) -> LifecycleSnapshot:
     loader, guard = lifecycle.loader, lifecycle.guard
     fragmentation = {}
-    backends = sorted(lifecycle.backends, key=lambda b: b.name)
-    for backend in backends:
+    for backend in sorted(lifecycle.backends, key=lambda b: b.name):
         score = guard.fragmentation(backend.models)
         if score is not None:
             fragmentation[backend.name] = score
+    views = sorted(views, key=lambda view: view.name)
     return LifecycleSnapshot(
         loads=loader.loads,
         load_failures=loader.failures,
@@ -188,8 +189,8 @@ def _lifecycle(lifecycle: ModelLifecycle) -> LifecycleSnapshot:
         reloads_avoided=lifecycle.reloads_avoided,
         context_choices=dict(sorted(lifecycle.context_choices.items())),
         context_sizes=dict(sorted(lifecycle.context_sizes.items())),
-        prewarm={b.name: (b.traffic.issued, b.traffic.hits, b.traffic.misses) for b in backends},
-        vram={b.name: {model.name: model.size_vram for model in list(b.models.loaded.values())} for b in backends},
+        prewarm={view.name: view.prewarm for view in views},
+        vram={view.name: view.vram for view in views},
         fragmentation=fragmentation,
         gpus=guard.readings(),
     )

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from ollama_asgi import OllamaGateway, Settings
+from ollama_asgi.catalog import Loaded
 from ollama_asgi.testing import EmulatorServer
 from tests.conftest import ADMIN, AUTH
 from tests.support.rawhttp import wait_until
@@ -111,3 +112,14 @@ def test_a_removed_backend_takes_its_memory_load_lock_and_traffic_model_along() 
     lifecycle = gateway.lifecycle
     assert lifecycle is not None and [b.name for b in lifecycle.backends] == ["a"]
     assert list(lifecycle.guard.memories()) == [lifecycle.backends[0].memory]
+
+
+def test_a_backends_view_reports_its_pre_warms_and_the_memory_of_its_loaded_models() -> None:
+    gateway = OllamaGateway(Settings(upstreams=("http://10.0.0.1:11434",)))
+    (backend,) = gateway.registry.backends
+    backend.traffic.observe("llama3.2", cold=True)
+    backend.traffic.issued, backend.traffic.hits = 2, 1
+    backend.models.loaded["llama3.2:latest"] = Loaded("llama3.2:latest", 4096, 3 * 2**30, 2 * 2**30, time.time() + 60)
+    (view,) = gateway.registry.views()
+    assert view.prewarm == (2, 1, 1)  # pre-warm loads, hits, cold requests
+    assert view.vram == {"llama3.2:latest": 2 * 2**30}
