@@ -39,11 +39,11 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from heapq import heapify, heappop, heappush
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote
 
 from ollama_asgi.errors import GatewayError
+from ollama_asgi.retry_after import KeptPlaces, retry_after
 from ollama_asgi.state import QueuePlace, SharedSlots, StateUnavailable
 
 if TYPE_CHECKING:
@@ -61,15 +61,9 @@ __all__ = [
     "PRIORITIES",
     "Turn",
     "hold_prewarms",
-    "queue_headers",
 ]
 
 PRIORITIES = {"interactive": 0, "batch": 1}
-_MAX_PROMISED = 4096  # refused requests remembered until the time they were told to come back
-_MAX_ADVICE = 600.0  # seconds: beyond this a Retry-After says nothing a client can plan with
-_EARLY = 0.5  # seconds a refused client may come back before its time and find its place kept
-_GRACE = 2.0  # ... and after it, at least (a client sleeps Retry-After, then connects and sends);
-# as long again as it was told, for longer waits: a loaded client or gateway comes back late
 
 
 @dataclass(slots=True, eq=False)
@@ -171,10 +165,7 @@ class Pool:
         self.shared = False  # grants need a shared lease too; a dispatcher task hands them out
         self.released = asyncio.Event()
         self.dispatcher: asyncio.Task[None] | None = None
-        # Refused requesters and when they were told to come back (see refusal_wait), with a heap
-        # of those times to forget them once the time has passed.
-        self._promised: dict[tuple[str, str], tuple[float, float]] = {}  # requester -> (when, kept until)
-        self._promise_times: list[tuple[float, tuple[str, str]]] = []
+        self.kept = KeptPlaces()  # refused requesters told when to come back (see refusal_wait)
 
     # -- queue --------------------------------------------------------------------------------
 
@@ -299,64 +290,9 @@ class Pool:
         return ahead
 
     def refusal_wait(self, ahead: int, requester: tuple[str, str] | None = None) -> float:
-        """Seconds to advertise in a refused request's ``Retry-After``, and a place kept for then.
-
-        Under sustained overload the queue is full and a place in it frees each time a slot does,
-        about every ``service_time / capacity`` seconds. A refused requester (principal, client host)
-        is promised the place after those promised to requesters refused before it: its advice is
-        its turn among them, and when it comes back at that time (from ``_EARLY`` before to
-        ``_GRACE`` or the wait again after) its place is kept for it (``claim``). So the
-        advice is the wait a client that obeys it sees, whatever the overload; one that asks again
-        sooner is told the time left, keeping its turn and pushing nobody back. Without a requester,
-        only the queue counts.
-        """
-        now = time.monotonic()
-        self._forget_promises(now)
-        if requester is None:
-            return min(self.expected_wait(ahead), _MAX_ADVICE)
-        promised = self._promised
-        kept = promised.get(requester)
-        if kept is not None and now < kept[0] - _EARLY:
-            return kept[0] - now  # back before its time: its turn stays where it was
-        others = len(promised) - (1 if kept is not None else 0)
-        wait = min(self.expected_wait(others), _MAX_ADVICE)
-        if kept is not None or len(promised) < _MAX_PROMISED:
-            told = max(1, math.ceil(wait))  # as Retry-After says it
-            until = now + told + max(_GRACE, told)
-            promised[requester] = (now + told, until)
-            heappush(self._promise_times, (until, requester))
-            if len(self._promise_times) > 4 * _MAX_PROMISED:  # re-promised requesters leave stale entries
-                self._promise_times = [(at[1], key) for key, at in promised.items()]
-                heapify(self._promise_times)
-        return wait
-
-    def _forget_promises(self, now: float) -> None:
-        promised = self._promised
-        times = self._promise_times
-        while times and times[0][0] < now:
-            until, key = heappop(times)
-            kept = promised.get(key)
-            if kept is not None and kept[1] == until:
-                del promised[key]
-
-    def claim(self, requester: tuple[str, str]) -> bool:
-        """``requester`` comes back when it was told to: its kept place is its own (once)."""
-        kept = self._promised.get(requester)
-        if kept is None:
-            return False
-        now = time.monotonic()
-        if kept[0] - _EARLY <= now <= kept[1]:
-            del self._promised[requester]
-            return True
-        return False
-
-    def held(self) -> int:
-        """Places kept for requesters whose time has come and who are not back yet."""
-        if not self._promised:
-            return 0
-        now = time.monotonic()
-        self._forget_promises(now)
-        return sum(1 for when, _ in self._promised.values() if when - _EARLY <= now)
+        """Seconds to advertise in a refused request's ``Retry-After``: ``requester``'s turn among those
+        refused before it, its place kept for then (see ``KeptPlaces``); without one, the queue's wait."""
+        return self.kept.advise(self.expected_wait, ahead, requester)
 
     def release(self, granted_at: float, *, record: bool) -> None:
         self.in_flight -= 1
@@ -384,17 +320,6 @@ class Pool:
                 waiter.future.set_exception(error())
                 failed += 1
         return failed
-
-
-def retry_after(seconds: float) -> list[tuple[bytes, bytes]]:
-    """A ``Retry-After`` header: whole seconds, rounded up, at least 1."""
-    return [(b"retry-after", str(max(1, math.ceil(seconds))).encode())]
-
-
-def queue_headers(waited: float, position: int) -> list[tuple[bytes, bytes]]:
-    """``X-Queue-Wait`` (seconds waited) and ``X-Queue-Position`` (requests ahead on arrival), sent
-    on answers that queued, so a client can see what the wait was made of."""
-    return [(b"x-queue-wait", f"{waited:.3f}".encode()), (b"x-queue-position", str(position).encode())]
 
 
 def _granted(waiter: _Waiter) -> bool:
@@ -1045,13 +970,13 @@ class Admission:
     def _full(self, pool: Pool, ahead: int, requester: tuple[str, str]) -> bool:
         """No queue place for this request: the queue is full, counting places kept for refused
         requesters whose time has come, unless it is one of them (see ``Pool.refusal_wait``)."""
-        if not pool._promised:
+        if not pool.kept:
             return ahead >= self.max_queue
-        if pool.claim(requester):
+        if pool.kept.claim(requester):
             return False  # its place was kept: it may queue beyond max_queue by the places kept
         # Places kept for clients not back yet are not given to newcomers, down to a queue that still
         # keeps every slot busy: a client that comes back late never leaves a slot idle.
-        return ahead >= max(self.max_queue - pool.held(), min(pool.capacity, self.max_queue))
+        return ahead >= max(self.max_queue - pool.kept.held(), min(pool.capacity, self.max_queue))
 
     def _queue_full(self, pool: Pool, ahead: int, requester: tuple[str, str]) -> GatewayError:
         return GatewayError(

@@ -14,7 +14,6 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 
-from ollama_asgi.admission import queue_headers
 from ollama_asgi.admit import Admit
 from ollama_asgi.affinity import conversation_key
 from ollama_asgi.backend import Backend
@@ -29,6 +28,7 @@ from ollama_asgi.protocol import ParsedRequest
 from ollama_asgi.registry import BackendRegistry
 from ollama_asgi.relay import RelayResult, SendWatch, relay
 from ollama_asgi.responses import send_bytes
+from ollama_asgi.retry_after import queue_headers
 from ollama_asgi.routing import Kind, Route
 from ollama_asgi.settings import Settings
 from ollama_asgi.types import Send
