@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -35,6 +34,7 @@ from ollama_asgi.registry import BackendRegistry
 from ollama_asgi.responses import send_error
 from ollama_asgi.routing import Kind, Route, match_route, route_path
 from ollama_asgi.settings import Settings
+from ollama_asgi.shutdown import Drain, serve_lifespan
 from ollama_asgi.telemetry import RequestRecord, Telemetry
 from ollama_asgi.types import Receive, Scope, Send
 
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
     from ollama_asgi.state.redis import RedisRateLimiter, RedisState
 
 __all__ = ["OllamaGateway"]
-
-logger = logging.getLogger("ollama_asgi")
 
 
 class OllamaGateway:
@@ -139,8 +137,13 @@ class OllamaGateway:
             retry_after=self._retry_after,
         )
         self.telemetry = Telemetry(self)
-        self.shutting_down = False  # set by begin_shutdown(): new and queued requests get 503
-        self._drain_timer: asyncio.Task[None] | None = None
+        self._drain = Drain(
+            self.settings,
+            admission=self.admission,
+            lifecycle=self.lifecycle,
+            relaying=self._exchange.relaying,
+            retry_after=self._retry_after,
+        )
         self._gc_pending = self.settings.tune_gc  # done at the first request, once the host app is built
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -161,40 +164,15 @@ class OllamaGateway:
         their upstream connections are closed and their streams end with an error line. Health
         answers 503 from now on. Call ``aclose()`` once the server has no connections left.
         """
-        if self.shutting_down:
-            return
-        self.shutting_down = True
-        refused = self.admission.close(self._shutdown_error)
-        in_flight = sum(pool.in_flight for pool in self.admission.pools.values())
-        logger.warning(
-            "shutting down: %d queued request(s) refused, %d in flight get up to %gs to finish",
-            refused,
-            in_flight,
-            self.settings.drain_timeout,
-        )
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._drain_timer = loop.create_task(self._end_in_flight_after(self.settings.drain_timeout))
+        self._drain.begin()
 
-    def _shutdown_error(self) -> GatewayError:
-        retry = [(b"retry-after", self._retry_after)]
-        return GatewayError(503, "the gateway is shutting down; try again", retry, reason="shutdown")
-
-    async def _end_in_flight_after(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-        relaying = self._exchange.relaying
-        logger.warning("drain timeout of %gs reached: ending %d relayed answer(s)", seconds, len(relaying))
-        for resp in list(relaying):
-            resp.close()  # the relay sees the connection end and closes its stream with an error line
-        if self.lifecycle is not None:
-            await self.lifecycle.loader.aclose()  # requests waiting for a load get 503 with Retry-After
+    @property
+    def shutting_down(self) -> bool:
+        """Set by ``begin_shutdown()``: new and queued requests get 503."""
+        return self._drain.begun
 
     async def aclose(self) -> None:
-        if self._drain_timer is not None:
-            self._drain_timer.cancel()
-            self._drain_timer = None
+        self._drain.cancel()
         self._exchange.close()
         await self.placement.aclose()
         if self.lifecycle is not None:
@@ -204,16 +182,6 @@ class OllamaGateway:
         if self.shared_state is not None:
             await self.shared_state.aclose()
         await self.telemetry.aclose()
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     # -- request path ----------------------------------------------------------------------------
 
@@ -241,8 +209,8 @@ class OllamaGateway:
                 raise GatewayError(404, "404 page not found")
             if method not in route.methods:
                 raise GatewayError(405, "405 method not allowed")
-            if self.shutting_down and route.kind is not Kind.GATEWAY:
-                raise self._shutdown_error()
+            if self._drain.begun and route.kind is not Kind.GATEWAY:
+                raise self._drain.error()
             if route.kind is Kind.GATEWAY:
                 await self._gateway_endpoint(route, scope, receive, record.capture(send), record)
                 return
@@ -308,7 +276,7 @@ class OllamaGateway:
 
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await serve_lifespan(receive, send, self.aclose)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
 
@@ -320,6 +288,6 @@ class OllamaGateway:
         elif route.name == "queue":
             await self._endpoints.queue(scope, send)
         elif route.name == "health":
-            await self._endpoints.health(scope, send, shutting_down=self.shutting_down)
+            await self._endpoints.health(scope, send, shutting_down=self._drain.begun)
         else:  # status and metrics: the telemetry module checks who may see them
             await self.telemetry.endpoint(route.name, scope, send, record, self._authorize)
