@@ -11,7 +11,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from ollama_asgi.admission import Admission, Lease, ModelTurns, Turn
+from ollama_asgi.admission import Admission, Lease
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.testing import EmulatorServer
 from tests.conftest import ADMIN, API_KEY, AUTH
@@ -227,15 +227,6 @@ async def test_an_answer_that_never_queued_says_it_waited_nothing() -> None:
     lease = await _take(admission, "A")
     assert lease.queued_for == 0.0 and lease.position == 0
     lease.release()
-
-
-def test_a_turn_is_given_back_once() -> None:
-    gate = ModelTurns(limit=1, max_delay=1.0)
-    turn = gate.try_enter("A")
-    assert isinstance(turn, Turn) and gate.resident == {"A": 1}
-    turn.release()
-    turn.release()
-    assert gate.resident == {"A": 0}
 
 
 # -- through the gateway ---------------------------------------------------------------------------------
