@@ -1,24 +1,12 @@
-"""Admission control: per-runner slots, a bounded fair queue with deadlines, a truthful Retry-After.
+"""Admission control: the one entry point a request passes on its way to a backend's slots.
 
-Ollama queues requests for a loaded model without bound and without timeout, and its 503 says
-nothing about when to come back. So the gateway keeps at most ``parallel`` requests in flight per
-model on a backend (``OLLAMA_NUM_PARALLEL`` is per loaded model: each runner serves that many at
-once, and two loaded models run side by side), optionally at most ``backend_parallel`` per backend
-across its models, and holds the rest here, where waiting is cheap; Ollama then never queues
-internally. Embeddings run on their model's runner as in Ollama, so they take that model's slots,
-unless ``embed_parallel`` gives them slots of their own.
-
-Fairness is start-time fair queueing across principals: each principal has its own FIFO and a
-virtual time that advances by ``1 / weight`` per request served; the next slot goes to the waiting
-principal with the smallest virtual time, and a principal that was idle starts at the current
-virtual time, so a flood from one user cannot push a newcomer back by more than one service per
-slot. Priority classes are strict: interactive work is served before batch work.
-
-A freed slot is handed straight to the next waiter's future (no polling), and everything a
-request needs before it reaches Ollama (parse, auth, policy, placement) happens before it queues.
-
-On a backend that holds fewer models than are wanted, a request first waits for its model's turn
-(``turns``), so the queue is served grouped by model.
+Everything a request needs before it reaches Ollama (parse, auth, policy, placement) happens before
+it queues; then ``Admission.admit`` finds it a slot of its model's runner (``slots``), waiting in
+the fair queue when none is free and refused with a truthful ``Retry-After`` (``retry_after``) when
+the queue is full or its deadline passes. On a backend that holds fewer models than are wanted, the
+request first waits for its model's turn (``turns``); with shared state, the grant also takes a
+lease in the store. While it waits, its client may ask where it stands
+(``describe``).
 """
 
 from __future__ import annotations
@@ -26,18 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, NamedTuple
-from urllib.parse import quote
+from typing import TYPE_CHECKING
 
 from ollama_asgi.errors import GatewayError
-from ollama_asgi.retry_after import KeptPlaces, retry_after
+from ollama_asgi.retry_after import retry_after
+from ollama_asgi.slots import BackendSlots, Lease, Pool, PoolKey, Waiter, granted
 from ollama_asgi.state import QueuePlace, SharedSlots, StateUnavailable
 from ollama_asgi.turns import ModelTurns, Turn
 
@@ -47,316 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ollama_asgi.admission")
 
-__all__ = [
-    "Admission",
-    "Lease",
-    "Pool",
-    "PoolKey",
-    "PRIORITIES",
-    "hold_prewarms",
-]
-
-PRIORITIES = {"interactive": 0, "batch": 1}
-
-
-@dataclass(slots=True, eq=False)
-class _Waiter:
-    principal: str
-    weight: float
-    priority: int
-    deadline: float
-    future: asyncio.Future[None]
-    enqueued: float = field(default_factory=time.monotonic)
-    granted_at: float = 0.0
-    holder: str = ""  # the shared lease granted to this waiter, when state is shared
-    place: str = ""  # its place in the shared queue bound, until given up
-    position: int = 0  # requests ahead of it when it queued (told to the client)
-
-
-class _ServiceClock:
-    """Exponentially weighted service time, the basis of every Retry-After the gateway sends."""
-
-    __slots__ = ("mean", "samples")
-
-    def __init__(self) -> None:
-        self.mean = 0.0
-        self.samples = 0
-
-    def record(self, seconds: float) -> None:
-        self.samples += 1
-        alpha = max(0.1, 1.0 / self.samples)  # plain average at first, then EWMA
-        self.mean += alpha * (seconds - self.mean)
-
-
-class PoolKey(NamedTuple):
-    """Whose slots a pool holds: a backend's runner of one model, for one kind of work.
-
-    A tuple, so the hot path looks a pool up by a plain ``(backend, model, kind)`` without building
-    one; typed fields, so nothing splits a joined name apart again.
-    """
-
-    backend: str
-    model: str  # canonical model name; "" for requests that name none
-    kind: str  # "generate", or "embed" where embeddings have slots of their own
-
-    @property
-    def name(self) -> str:
-        """One string for the key, unambiguous whatever the parts hold (shared-state keys, logs)."""
-        return "/".join(quote(part, safe="") for part in self)
-
-
-class BackendSlots:
-    """A backend's cap across all its pools (``backend_parallel``) and the pools it spans.
-
-    A slot freed under the cap goes to the pool whose next waiter comes first (priority, then
-    arrival), so the fair order within each pool holds and no model's queue is passed over.
-    """
-
-    __slots__ = ("capacity", "in_flight", "pools")
-
-    def __init__(self, capacity: int | None) -> None:
-        self.capacity = capacity if capacity is not None else 1 << 62  # none: no cap beyond each pool's
-        self.in_flight = 0
-        self.pools: list[Pool] = []
-
-    def dispatch(self) -> None:
-        """Hand slots freed under the cap to waiters of the backend's pools, in arrival order."""
-        while self.in_flight < self.capacity:
-            best: Pool | None = None
-            best_rank = (0, 0.0)
-            for pool in self.pools:
-                if pool.waiting and pool.in_flight < pool.capacity:
-                    head = pool.peek()
-                    if head is not None and (best is None or (head.priority, head.enqueued) < best_rank):
-                        best, best_rank = pool, (head.priority, head.enqueued)
-            if best is None:
-                return
-            if best.shared:
-                best.released.set()
-                return
-            best.dispatch_one()
-
-
-class Pool:
-    """The slots of one model's runner on one backend, and the fair queue in front of them."""
-
-    def __init__(self, name: str | PoolKey, capacity: int, backend: BackendSlots | None = None) -> None:
-        self.key = name if isinstance(name, PoolKey) else PoolKey(name, "", "generate")
-        self.name = self.key.name if isinstance(name, PoolKey) else name
-        self.capacity = capacity
-        self.backend = backend if backend is not None else BackendSlots(None)
-        self.backend.pools.append(self)
-        self.in_flight = 0
-        self.waiting = 0
-        self.clock = _ServiceClock()
-        self.started: deque[float] = deque()  # grant times of requests in flight, oldest first
-        self._classes: list[dict[str, deque[_Waiter]]] = [{} for _ in PRIORITIES]
-        self._vtime: dict[str, float] = {}
-        self._now_v = 0.0
-        self.last_release = 0.0
-        self.refill_gaps: deque[float] = deque(maxlen=1024)  # seconds from a release to the next grant
-        self.shared = False  # grants need a shared lease too; a dispatcher task hands them out
-        self.released = asyncio.Event()
-        self.dispatcher: asyncio.Task[None] | None = None
-        self.kept = KeptPlaces()  # refused requesters told when to come back (see refusal_wait)
-
-    # -- queue --------------------------------------------------------------------------------
-
-    def _enqueue(self, waiter: _Waiter) -> None:
-        queues = self._classes[waiter.priority]
-        queue = queues.get(waiter.principal)
-        if queue is None:
-            queue = queues[waiter.principal] = deque()
-            # An idle principal re-enters at the current virtual time, never earlier.
-            self._vtime[waiter.principal] = max(self._vtime.get(waiter.principal, 0.0), self._now_v)
-        queue.append(waiter)
-        self.waiting += 1
-
-    def peek(self) -> _Waiter | None:
-        """The waiter ``_pop_next`` would serve next (fair order, priority first)."""
-        for queues in self._classes:
-            if queues:
-                return queues[min(queues, key=self._vtime.__getitem__)][0]
-        return None
-
-    def _pop_next(self) -> _Waiter | None:
-        for queues in self._classes:
-            if not queues:
-                continue
-            principal = min(queues, key=self._vtime.__getitem__)
-            queue = queues[principal]
-            waiter = queue.popleft()
-            if not queue:
-                del queues[principal]
-            self.waiting -= 1
-            start = self._vtime[principal]
-            self._now_v = max(self._now_v, start)
-            self._vtime[principal] = start + 1.0 / waiter.weight
-            return waiter
-        return None
-
-    def _remove(self, waiter: _Waiter) -> None:
-        queues = self._classes[waiter.priority]
-        queue = queues.get(waiter.principal)
-        if queue is not None and waiter in queue:
-            queue.remove(waiter)
-            self.waiting -= 1
-            if not queue:
-                del queues[waiter.principal]
-
-    def has_room(self) -> bool:
-        """A slot is free here and under the backend's cap."""
-        return self.in_flight < self.capacity and self.backend.in_flight < self.backend.capacity
-
-    def grant_now(self) -> float | None:
-        """Take a slot at once if one is free and nobody is waiting for it; return the grant time."""
-        if self.in_flight < self.capacity and not self.waiting and self.backend.in_flight < self.backend.capacity:
-            return self._grant()
-        return None
-
-    def _grant(self) -> float:
-        now = time.monotonic()
-        self.in_flight += 1
-        self.backend.in_flight += 1
-        self.started.append(now)
-        return now
-
-    def dispatch(self) -> None:
-        """Hand free slots to waiters, in fair order."""
-        if self.shared:
-            self.released.set()  # the shared dispatcher needs a lease first
-            return
-        while self.waiting and self.has_room():
-            self.dispatch_one()
-
-    def dispatch_one(self) -> None:
-        """Grant the next waiter still waiting (the caller saw a free slot)."""
-        while (waiter := self._pop_next()) is not None:
-            if waiter.future.done():  # cancelled while we looked
-                continue
-            waiter.granted_at = self._grant()
-            if self.last_release:
-                self.refill_gaps.append(waiter.granted_at - self.last_release)
-            waiter.future.set_result(None)
-            return
-
-    # -- estimates ------------------------------------------------------------------------------
-
-    def service_time(self) -> float:
-        """Mean seconds per request; before any finished, the age of the oldest in flight."""
-        if self.clock.samples:
-            return self.clock.mean
-        if self.started:
-            return time.monotonic() - self.started[0]
-        return 0.0
-
-    def expected_wait(self, ahead: int) -> float:
-        """Seconds until a request with ``ahead`` requests in front of it gets a slot."""
-        return (ahead + 1) * self.service_time() / self.capacity
-
-    def position(self, waiter: _Waiter) -> int:
-        """Requests the fair queue will serve before ``waiter``, as it stands (arrivals to come aside).
-
-        Within a priority class, a principal's k-th waiter starts at virtual time ``v + k / weight``;
-        waiters of other principals with an earlier start go first, as ``_pop_next`` would pick them.
-        """
-        ahead = 0
-        for priority, queues in enumerate(self._classes):
-            if priority < waiter.priority:
-                ahead += sum(len(queue) for queue in queues.values())
-                continue
-            own = queues.get(waiter.principal)
-            if own is None or waiter not in own:
-                return ahead  # granted or gone
-            index = own.index(waiter)
-            start = self._vtime[waiter.principal] + index / waiter.weight
-            earlier = True  # ties go to the principal met first, as ``min`` in ``_pop_next`` picks
-            for principal, queue in queues.items():
-                if principal == waiter.principal:
-                    ahead += index
-                    earlier = False
-                    continue
-                span = (start - self._vtime[principal]) * queue[0].weight
-                if span >= 0:
-                    ahead += min(len(queue), math.floor(span) + 1 if earlier else math.ceil(span))
-            return ahead
-        return ahead
-
-    def refusal_wait(self, ahead: int, requester: tuple[str, str] | None = None) -> float:
-        """Seconds to advertise in a refused request's ``Retry-After``: ``requester``'s turn among those
-        refused before it, its place kept for then (see ``KeptPlaces``); without one, the queue's wait."""
-        return self.kept.advise(self.expected_wait, ahead, requester)
-
-    def release(self, granted_at: float, *, record: bool) -> None:
-        self.in_flight -= 1
-        backend = self.backend
-        capped = backend.in_flight >= backend.capacity  # other pools may wait for this slot
-        backend.in_flight -= 1
-        try:
-            self.started.remove(granted_at)
-        except ValueError:
-            pass
-        now = time.monotonic()
-        if record:
-            self.clock.record(now - granted_at)
-        self.last_release = now
-        if capped and len(backend.pools) > 1:
-            backend.dispatch()
-        else:
-            self.dispatch()
-
-    def fail_waiters(self, error: Callable[[], GatewayError]) -> int:
-        """Answer every waiting request with a fresh ``error()`` (the gateway is stopping); return how many."""
-        failed = 0
-        while (waiter := self._pop_next()) is not None:
-            if not waiter.future.done():
-                waiter.future.set_exception(error())
-                failed += 1
-        return failed
-
-
-def _granted(waiter: _Waiter) -> bool:
-    return waiter.future.done() and not waiter.future.cancelled()
-
-
-class Lease:
-    """A granted slot; release it exactly once when the upstream exchange ends."""
-
-    __slots__ = ("_admission", "_pool", "_released", "granted_at", "holder", "position", "queued_for", "turn")
-
-    def __init__(
-        self,
-        pool: Pool,
-        granted_at: float,
-        queued_for: float,
-        holder: str = "",
-        admission: Admission | None = None,
-        position: int = 0,
-    ) -> None:
-        self._pool = pool
-        self._admission = admission
-        self.granted_at = granted_at
-        self.queued_for = queued_for
-        self.holder = holder
-        self.position = position
-        self.turn: Turn | None = None  # the model's turn on a swap-limited backend, given back with the slot
-        self._released = False
-
-    def release(self, *, ok: bool = True) -> None:
-        if not self._released:
-            self._released = True
-            if self.holder and self._admission is not None:
-                self._admission.release_shared(self._pool, self.holder)
-            self._pool.release(self.granted_at, record=ok)
-            if self.turn is not None:
-                self.turn.release()
-
-    def take_turn(self, turn: Turn) -> None:
-        """Hold ``turn`` with the slot; the wait for it counts as queueing, its position as the one told."""
-        self.turn = turn
-        if turn.waited:
-            self.queued_for += turn.waited
-            self.position = turn.position
+__all__ = ["Admission", "hold_prewarms"]
 
 
 class _ResidentLease(Lease):
@@ -504,7 +180,7 @@ class Admission:
             "waited": round(time.monotonic() - turn.enqueued, 3),
         }
 
-    def _describe_slot(self, pool: Pool, waiter: _Waiter, backend: str) -> dict[str, object]:
+    def _describe_slot(self, pool: Pool, waiter: Waiter, backend: str) -> dict[str, object]:
         ahead = pool.position(waiter)
         return {
             "state": "waiting_for_slot",
@@ -603,7 +279,7 @@ class Admission:
         seq = gate.enter_now(model)
         if not seq:
             return None
-        lease = _ResidentLease(pool, pool._grant(), 0.0)
+        lease = _ResidentLease(pool, pool.grant(), 0.0)
         lease.gate, lease.model, lease.seq = gate, model, seq
         return lease
 
@@ -639,8 +315,8 @@ class Admission:
         ahead = self.queued(backend)
         if self._full(pool, ahead, requester):
             raise self._queue_full(pool, ahead, requester)
-        waiter = _Waiter(principal, weight, priority, now + wait_limit, asyncio.get_running_loop().create_future())
-        pool._enqueue(waiter)
+        waiter = Waiter(principal, weight, priority, now + wait_limit, asyncio.get_running_loop().create_future())
+        pool.enqueue(waiter)
         waiter.position = pool.position(waiter)
         describe = None
         if request_id:
@@ -652,8 +328,8 @@ class Admission:
             async with asyncio.timeout(wait_limit):
                 await waiter.future
         except TimeoutError:
-            if not _granted(waiter):
-                pool._remove(waiter)
+            if not granted(waiter):
+                pool.remove(waiter)
                 raise GatewayError(
                     503,
                     f"no slot became free within {wait_limit:g}s; the backend is at capacity",
@@ -661,16 +337,35 @@ class Admission:
                     reason="deadline",
                 ) from None
         except asyncio.CancelledError:
-            if _granted(waiter):
+            if granted(waiter):
                 pool.release(waiter.granted_at, record=False)
             else:
-                pool._remove(waiter)
+                pool.remove(waiter)
                 waiter.future.cancel()
             raise
         finally:
             if describe is not None and self._queued_requests.get(request_id) is describe:
                 del self._queued_requests[request_id]
         return Lease(pool, waiter.granted_at, waiter.granted_at - now, position=waiter.position)
+
+    def _full(self, pool: Pool, ahead: int, requester: tuple[str, str]) -> bool:
+        """No queue place for this request: the queue is full, counting places kept for refused
+        requesters whose time has come, unless it is one of them (see ``Pool.refusal_wait``)."""
+        if not pool.kept:
+            return ahead >= self.max_queue
+        if pool.kept.claim(requester):
+            return False  # its place was kept: it may queue beyond max_queue by the places kept
+        # Places kept for clients not back yet are not given to newcomers, down to a queue that still
+        # keeps every slot busy: a client that comes back late never leaves a slot idle.
+        return ahead >= max(self.max_queue - pool.kept.held(), min(pool.capacity, self.max_queue))
+
+    def _queue_full(self, pool: Pool, ahead: int, requester: tuple[str, str]) -> GatewayError:
+        return GatewayError(
+            503,
+            f"the gateway's queue for this backend is full ({self.max_queue} waiting); try again later",
+            retry_after(pool.refusal_wait(ahead, requester)),
+            reason="queue_full",
+        )
 
     # -- shared (Redis) mode -------------------------------------------------------------------------
     #
@@ -710,25 +405,6 @@ class Admission:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _full(self, pool: Pool, ahead: int, requester: tuple[str, str]) -> bool:
-        """No queue place for this request: the queue is full, counting places kept for refused
-        requesters whose time has come, unless it is one of them (see ``Pool.refusal_wait``)."""
-        if not pool.kept:
-            return ahead >= self.max_queue
-        if pool.kept.claim(requester):
-            return False  # its place was kept: it may queue beyond max_queue by the places kept
-        # Places kept for clients not back yet are not given to newcomers, down to a queue that still
-        # keeps every slot busy: a client that comes back late never leaves a slot idle.
-        return ahead >= max(self.max_queue - pool.kept.held(), min(pool.capacity, self.max_queue))
-
-    def _queue_full(self, pool: Pool, ahead: int, requester: tuple[str, str]) -> GatewayError:
-        return GatewayError(
-            503,
-            f"the gateway's queue for this backend is full ({self.max_queue} waiting); try again later",
-            retry_after(pool.refusal_wait(ahead, requester)),
-            reason="queue_full",
-        )
-
     async def _admit_shared(
         self,
         pool: Pool,
@@ -751,7 +427,7 @@ class Admission:
             taken = await self._shared_take(pool, holder, enter=place)
             if taken == 1:
                 if pool.has_room():
-                    return Lease(pool, pool._grant(), 0.0, holder, self)
+                    return Lease(pool, pool.grant(), 0.0, holder, self.release_shared)
                 self.release_shared(pool, holder)
             elif taken < 0:
                 raise self._queue_full(pool, ahead, requester)
@@ -767,19 +443,19 @@ class Admission:
                     raise GatewayError(
                         503, "shared state is unavailable", retry_after(1.0), reason="state_unavailable"
                     ) from None
-        waiter = _Waiter(principal, weight, priority, now + wait_limit, asyncio.get_running_loop().create_future())
+        waiter = Waiter(principal, weight, priority, now + wait_limit, asyncio.get_running_loop().create_future())
         waiter.place = place.waiter if placed else ""
         try:
             if self.closing is not None:  # the gateway began stopping while this request talked to the store
                 raise self.closing()
-            pool._enqueue(waiter)
+            pool.enqueue(waiter)
             if pool.dispatcher is None or pool.dispatcher.done():
                 pool.dispatcher = asyncio.ensure_future(self._dispatch_shared(pool))
             async with asyncio.timeout(wait_limit):
                 await waiter.future
         except TimeoutError:
-            if not _granted(waiter):
-                pool._remove(waiter)
+            if not granted(waiter):
+                pool.remove(waiter)
                 raise GatewayError(
                     503,
                     f"no slot became free within {wait_limit:g}s; the backend is at capacity",
@@ -787,10 +463,10 @@ class Admission:
                     reason="deadline",
                 ) from None
         except asyncio.CancelledError:
-            if _granted(waiter):
-                Lease(pool, waiter.granted_at, 0.0, waiter.holder, self).release(ok=False)
+            if granted(waiter):
+                Lease(pool, waiter.granted_at, 0.0, waiter.holder, self.release_shared).release(ok=False)
             else:
-                pool._remove(waiter)
+                pool.remove(waiter)
                 waiter.future.cancel()
             raise
         finally:
@@ -799,7 +475,7 @@ class Admission:
                     await asyncio.shield(self.shared.leave_queue(backend, waiter.place))
                 except (StateUnavailable, asyncio.CancelledError):
                     pass
-        return Lease(pool, waiter.granted_at, waiter.granted_at - now, waiter.holder, self)
+        return Lease(pool, waiter.granted_at, waiter.granted_at - now, waiter.holder, self.release_shared)
 
     async def _dispatch_shared(self, pool: Pool) -> None:
         assert self.shared is not None
@@ -823,17 +499,16 @@ class Admission:
                 continue
             if head is not None:
                 head.place = ""  # given up with the grant
-            waiter = pool._pop_next()
+            waiter = pool.pop_next()
             while waiter is not None and waiter.future.done():
-                waiter = pool._pop_next()
+                waiter = pool.pop_next()
             if waiter is None or not pool.has_room():
-                if waiter is not None:  # put it back at the front of its queue
-                    pool._classes[waiter.priority].setdefault(waiter.principal, deque()).appendleft(waiter)
-                    pool.waiting += 1
+                if waiter is not None:
+                    pool.put_back(waiter)
                 self.release_shared(pool, holder)
                 continue
             waiter.holder = holder
-            waiter.granted_at = pool._grant()
+            waiter.granted_at = pool.grant()
             if pool.last_release:
                 pool.refill_gaps.append(waiter.granted_at - pool.last_release)
             waiter.future.set_result(None)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Coroutine
 from functools import partial
 
-from ollama_asgi.admission import PRIORITIES, Admission, Lease
+from ollama_asgi.admission import Admission
 from ollama_asgi.auth import Principal
 from ollama_asgi.durations import parse_duration
 from ollama_asgi.errors import ConfigError, GatewayError
@@ -24,6 +24,7 @@ from ollama_asgi.protocol import canonical_model
 from ollama_asgi.relay import stream_headers
 from ollama_asgi.routing import EMBED_ROUTES, Route
 from ollama_asgi.settings import Settings
+from ollama_asgi.slots import PRIORITIES, Lease
 from ollama_asgi.types import Send
 from ollama_asgi.upstream import Upstream
 

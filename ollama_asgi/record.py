@@ -11,12 +11,12 @@ import random
 import time
 from dataclasses import dataclass
 
-from ollama_asgi.admission import Lease
 from ollama_asgi.auth import Principal
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.protocol import ParsedRequest
 from ollama_asgi.relay import RelayResult
 from ollama_asgi.routing import Route
+from ollama_asgi.slots import Lease
 from ollama_asgi.types import Message, Scope, Send
 from ollama_asgi.upstream import UpstreamError
 from ollama_asgi.usage import Usage, usage_from

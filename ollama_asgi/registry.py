@@ -16,12 +16,13 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from ollama_asgi.admission import Admission, Pool
+from ollama_asgi.admission import Admission
 from ollama_asgi.backend import Backend, BackendView
 from ollama_asgi.errors import ConfigError, GatewayError
 from ollama_asgi.inference import ModelLifecycle
 from ollama_asgi.placement import Placement
 from ollama_asgi.settings import Settings
+from ollama_asgi.slots import Pool
 from ollama_asgi.state import StateUnavailable
 from ollama_asgi.upstream import Upstream
 

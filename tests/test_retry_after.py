@@ -8,9 +8,10 @@ import math
 
 import pytest
 
-from ollama_asgi import admission, retry_after
-from ollama_asgi.admission import Admission, Lease, Pool
+from ollama_asgi import admission, retry_after, slots
+from ollama_asgi.admission import Admission
 from ollama_asgi.errors import GatewayError
+from ollama_asgi.slots import Lease, Pool
 
 
 class _Clock:
@@ -22,9 +23,9 @@ class _Clock:
 
 
 def _frozen_clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
-    """A clock that moves only when the test moves it, for the advice and admission alike."""
+    """A clock that moves only when the test moves it, for the slots, the advice and admission alike."""
     clock = _Clock()
-    for module in (retry_after, admission):
+    for module in (slots, retry_after, admission):
         monkeypatch.setattr(module, "time", clock)
     return clock
 

@@ -11,8 +11,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from ollama_asgi.admission import Admission, Lease
+from ollama_asgi.admission import Admission
 from ollama_asgi.errors import GatewayError
+from ollama_asgi.slots import Lease
 from ollama_asgi.testing import EmulatorServer
 from tests.conftest import ADMIN, API_KEY, AUTH
 from tests.support.rawhttp import RawResponse, request
