@@ -1,8 +1,10 @@
 """``OllamaGateway``: the ASGI app a host mounts at ``/llm``.
 
-One request flows forward through small steps: route, authenticate, read the body (size-limited),
-parse once, apply policy, pick a backend, relay. Each step either passes the request on or answers
-with a ``GatewayError``; nothing after the response started can turn into a 500.
+The gateway builds its parts from the settings and passes each request forward through the stages
+that use them: route, authenticate, policy, read the body (size-limited) and parse it once, then
+the exchange with a backend (``exchange``). Each stage either passes the request on or answers with
+a ``GatewayError``; nothing after the response started can turn into a 500. Stopping is
+``shutdown``'s.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ollama_asgi.inference import ModelLifecycle
 from ollama_asgi.intake import WATCH_AFTER, ClientGone, DisconnectWatcher, Progress, Request, read_body, stream_body
 from ollama_asgi.placement import Placement
 from ollama_asgi.policy import Policy
-from ollama_asgi.protocol import ParsedRequest, is_cloud_model, parse_request
+from ollama_asgi.protocol import parse_request
 from ollama_asgi.ratelimit import MemoryRateLimiter
 from ollama_asgi.registry import BackendRegistry
 from ollama_asgi.responses import send_error
@@ -186,8 +188,13 @@ class OllamaGateway:
     # -- request path ----------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The HTTP path is written out here rather than in a helper coroutine: one frame less on
-        # every request.
+        """One request through its stages, in order, each a call into the module that owns it: route,
+        authenticate, policy, read and parse (intake), then the exchange with a backend (exchange:
+        place, plan, load, admit, relay, record), noted once at the end (telemetry). A stage passes
+        the request on or raises the ``GatewayError`` answered here.
+
+        Written out here rather than in a helper coroutine: one frame less on every request.
+        """
         if scope["type"] != "http":
             await self._not_http(scope, receive, send)
             return
@@ -204,16 +211,18 @@ class OllamaGateway:
         record = self.telemetry.begin(scope, loop)
         progress = Progress(record)
         try:
+            # route
             route = record.route = match_route(path)
             if route is None:
                 raise GatewayError(404, "404 page not found")
             if method not in route.methods:
                 raise GatewayError(405, "405 method not allowed")
-            if self._drain.begun and route.kind is not Kind.GATEWAY:
-                raise self._drain.error()
-            if route.kind is Kind.GATEWAY:
+            if route.kind is Kind.GATEWAY:  # the gateway's own answers, during a shutdown too
                 await self._gateway_endpoint(route, scope, receive, record.capture(send), record)
                 return
+            if self._drain.begun:
+                raise self._drain.error()
+            # authenticate, then policy: may this caller call this route
             principal = None
             if route.kind is not Kind.PUBLIC:
                 if self._default_authorizer is not None:  # no coroutine for the built-in policy
@@ -221,19 +230,12 @@ class OllamaGateway:
                 else:
                     principal = await call_authorizer(self._authorize, scope)
                 principal = record.principal = self.policy.authorized(principal, route)
-                if route.account and not self.settings.cloud_account_routes:
-                    raise GatewayError(
-                        403,
-                        f"{route.name} acts as the Ollama server's ollama.com account, which this gateway does not "
-                        "allow (setting cloud_account_routes)",
-                    )
-                if route.name == "openai_model" and is_cloud_model(name := path[11:]):
-                    # Ollama fetches a cloud model's details from ollama.com: the same policy applies.
-                    self.policy.check_model(principal, ParsedRequest(body={}, model=name, stream=False, cloud=True))
-            if route.streamed_body:
+                self.policy.check_route(principal, route, path)
+            if route.streamed_body:  # an upload, relayed to a backend as it arrives
                 request = Request(scope, path, route, None, principal, stream_body(receive), head, loop)
                 await self._exchange.start(request, send, progress)
                 return
+            # read and parse, then policy: may this caller use this model
             raw = await read_body(scope, receive, self.settings.max_body_bytes)
             parsed = None
             if route.json_body:
@@ -243,6 +245,7 @@ class OllamaGateway:
                 if parsed.rewritten:
                     raw = orjson.dumps(parsed.body)  # upstream gets what was checked, not the client's spelling
             request = Request(scope, path, route, parsed, principal, raw or None, head, loop)
+            # exchange: place, plan, load, admit, relay, record, ended when the client leaves.
             # The body is read: the next ASGI message can only be http.disconnect. A listener for it
             # starts after WATCH_AFTER (see DisconnectWatcher); written out here, not as a wrapper
             # coroutine, since it is on every request.

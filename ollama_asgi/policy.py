@@ -39,6 +39,19 @@ class Policy:
             raise GatewayError(403, f"{route.name} is restricted to administrators")
         return principal
 
+    def check_route(self, principal: Principal, route: Route, path: str) -> None:
+        """What ``route`` at ``path`` asks of ollama.com, refused unless this gateway allows it: the
+        Ollama server's own account (``cloud_account_routes``), a cloud model's details (``cloud_models``)."""
+        if route.account and not self.settings.cloud_account_routes:
+            raise GatewayError(
+                403,
+                f"{route.name} acts as the Ollama server's ollama.com account, which this gateway does not "
+                "allow (setting cloud_account_routes)",
+            )
+        if route.name == "openai_model" and is_cloud_model(name := path[11:]):
+            # Ollama fetches a cloud model's details from ollama.com: the same policy applies.
+            self.check_model(principal, ParsedRequest(body={}, model=name, stream=False, cloud=True))
+
     def check_model(self, principal: Principal, parsed: ParsedRequest) -> None:
         model = parsed.model
         if model is None:

@@ -37,6 +37,22 @@ def test_model_store_changes_are_for_administrators() -> None:
     assert Policy.authorized(admin, _route("/api/pull")) is admin
 
 
+def test_acting_as_the_servers_ollama_com_account_needs_the_setting() -> None:
+    admin = Principal(id="ops", is_admin=True)
+    with pytest.raises(GatewayError) as refused:
+        _policy().check_route(admin, _route("/api/me"), "/api/me")
+    assert refused.value.status == 403 and "cloud_account_routes" in refused.value.message
+    _policy(cloud_account_routes=True).check_route(admin, _route("/api/me"), "/api/me")
+
+
+def test_a_cloud_models_details_are_refused_like_the_model() -> None:
+    path = "/v1/models/gpt-oss:120b-cloud"
+    with pytest.raises(GatewayError) as refused:
+        _policy(cloud_models=False).check_route(Principal(id="user"), _route(path), path)
+    assert (refused.value.status, refused.value.reason) == (403, "forbidden_model")
+    _policy(cloud_models=False).check_route(Principal(id="user"), _route("/v1/models/llama3.2"), "/v1/models/llama3.2")
+
+
 def test_a_model_outside_the_principals_patterns_is_refused() -> None:
     policy = _policy()
     principal = Principal(id="user", models=("llama3*",))
