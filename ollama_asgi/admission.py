@@ -5,7 +5,7 @@ it queues; then ``Admission.admit`` finds it a slot of its model's runner (``slo
 the fair queue when none is free and refused with a truthful ``Retry-After`` (``retry_after``) when
 the queue is full or its deadline passes. On a backend that holds fewer models than are wanted, the
 request first waits for its model's turn (``turns``); with shared state, the grant also takes a
-lease in the store. While it waits, its client may ask where it stands
+lease in the store (``shared_admission``). While it waits, its client may ask where it stands
 (``describe``).
 """
 
@@ -15,15 +15,15 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING
 
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.retry_after import retry_after
+from ollama_asgi.shared_admission import SharedAdmission
 from ollama_asgi.slots import BackendSlots, Lease, Pool, PoolKey, Waiter, granted
-from ollama_asgi.state import QueuePlace, SharedSlots, StateUnavailable
+from ollama_asgi.state import SharedSlots
 from ollama_asgi.turns import ModelTurns, Turn
 
 if TYPE_CHECKING:
@@ -78,8 +78,11 @@ class Admission:
         self.pools: dict[tuple[str, str, str], Pool] = {}
         self.backends: dict[str, BackendSlots] = {}
         self.shared = shared
-        self.fail_open = fail_open
-        self._background: set[asyncio.Task[None]] = set()
+        self._shared_admission = (  # grants take a lease in the shared store too
+            None
+            if shared is None
+            else SharedAdmission(shared, max_queue=max_queue, fail_open=fail_open, backend_parallel=backend_parallel)
+        )
         self.closing: Callable[[], GatewayError] | None = None  # set once the gateway stops taking work
         # Swap-aware gates per backend (see ``configure_turns``); empty: no request pays for them.
         self.turns: dict[str, ModelTurns] = {}
@@ -222,15 +225,15 @@ class Admission:
     def close(self, error: Callable[[], GatewayError]) -> int:
         """Refuse new requests and fail every queued one with ``error()``; slots in use stay until released."""
         self.closing = error
+        if self._shared_admission is not None:
+            self._shared_admission.closing = error
         failed = sum(gate.fail_waiters(error) for gate in self.turns.values())
         return failed + sum(pool.fail_waiters(error) for pool in self.pools.values())
 
     async def aclose(self) -> None:
         """Wait for shared-lease releases still on their way to the store."""
-        loop = asyncio.get_running_loop()
-        pending = [task for task in self._background if task.get_loop() is loop]
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        if self._shared_admission is not None:
+            await self._shared_admission.aclose()
 
     def pool(self, backend: str, kind: str, model: str = "") -> Pool:
         """The slots ``model``'s requests of ``kind`` take on ``backend`` (``model`` canonical)."""
@@ -306,8 +309,14 @@ class Admission:
             raise self.closing()
         pool = self.pool(backend, kind, model)
         requester = (principal, client)
-        if self.shared is not None:
-            return await self._admit_shared(pool, backend, principal, weight, priority, wait_limit, requester)
+        if self._shared_admission is not None:
+            ahead = self.queued(backend)
+            if self._full(pool, ahead, requester):
+                raise self._queue_full(pool, ahead, requester)
+            refuse = partial(self._queue_full, pool, ahead, requester)
+            return await self._shared_admission.admit(
+                pool, backend, principal, weight, priority, wait_limit, requester, refuse
+            )
         now = time.monotonic()
         granted_at = pool.grant_now()
         if granted_at is not None:
@@ -366,152 +375,6 @@ class Admission:
             retry_after(pool.refusal_wait(ahead, requester)),
             reason="queue_full",
         )
-
-    # -- shared (Redis) mode -------------------------------------------------------------------------
-    #
-    # Each worker keeps its own fair queue and never exceeds the capacity locally; a grant also
-    # needs one of the pool's shared leases (and of its backend's, under ``backend_parallel``). A
-    # dispatcher task per pool takes a lease whenever a local slot is free and hands it to the next
-    # waiter in fair order. Fairness therefore holds exactly within a worker and approximately
-    # across workers (a freed lease goes to whichever worker asks first; uvicorn spreads connections
-    # evenly, so shares stay close to equal). A request costs the store one round trip in (the
-    # lease, or else its queue place) and one out; a queued one, one more when it is granted.
-
-    async def _shared_take(self, pool: Pool, holder: str, *, enter: QueuePlace | None = None, leave: str = "") -> int:
-        assert self.shared is not None
-        try:
-            return await self.shared.take(
-                pool.name,
-                pool.capacity,
-                holder,
-                backend=pool.key.backend,
-                backend_capacity=self.backend_parallel or 0,
-                enter=enter,
-                leave=leave,
-            )
-        except StateUnavailable as exc:
-            if self.fail_open:
-                return 1  # local limits only until the shared store is back
-            raise GatewayError(
-                503, f"shared state is unavailable: {exc}", retry_after(1.0), reason="state_unavailable"
-            ) from exc
-
-    def release_shared(self, pool: Pool, holder: str) -> None:
-        assert self.shared is not None
-        release = self.shared.release(
-            pool.name, holder, backend=pool.key.backend, backend_capacity=self.backend_parallel or 0
-        )
-        task = asyncio.ensure_future(release)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _admit_shared(
-        self,
-        pool: Pool,
-        backend: str,
-        principal: str,
-        weight: float,
-        priority: int,
-        wait_limit: float,
-        requester: tuple[str, str],
-    ) -> Lease:
-        assert self.shared is not None
-        now = time.monotonic()
-        ahead = self.queued(backend)
-        if self._full(pool, ahead, requester):
-            raise self._queue_full(pool, ahead, requester)
-        place = QueuePlace(uuid.uuid4().hex, self.max_queue, now + wait_limit)
-        placed = False
-        if pool.has_room() and not pool.waiting:
-            holder = uuid.uuid4().hex
-            taken = await self._shared_take(pool, holder, enter=place)
-            if taken == 1:
-                if pool.has_room():
-                    return Lease(pool, pool.grant(), 0.0, holder, self.release_shared)
-                self.release_shared(pool, holder)
-            elif taken < 0:
-                raise self._queue_full(pool, ahead, requester)
-            else:
-                placed = True
-        if not placed:
-            try:
-                if not await self.shared.enter_queue(backend, place.waiter, self.max_queue, place.deadline):
-                    raise self._queue_full(pool, ahead, requester)
-                placed = True
-            except StateUnavailable:
-                if not self.fail_open:
-                    raise GatewayError(
-                        503, "shared state is unavailable", retry_after(1.0), reason="state_unavailable"
-                    ) from None
-        waiter = Waiter(principal, weight, priority, now + wait_limit, asyncio.get_running_loop().create_future())
-        waiter.place = place.waiter if placed else ""
-        try:
-            if self.closing is not None:  # the gateway began stopping while this request talked to the store
-                raise self.closing()
-            pool.enqueue(waiter)
-            if pool.dispatcher is None or pool.dispatcher.done():
-                pool.dispatcher = asyncio.ensure_future(self._dispatch_shared(pool))
-            async with asyncio.timeout(wait_limit):
-                await waiter.future
-        except TimeoutError:
-            if not granted(waiter):
-                pool.remove(waiter)
-                raise GatewayError(
-                    503,
-                    f"no slot became free within {wait_limit:g}s; the backend is at capacity",
-                    retry_after(pool.refusal_wait(pool.waiting, requester)),
-                    reason="deadline",
-                ) from None
-        except asyncio.CancelledError:
-            if granted(waiter):
-                Lease(pool, waiter.granted_at, 0.0, waiter.holder, self.release_shared).release(ok=False)
-            else:
-                pool.remove(waiter)
-                waiter.future.cancel()
-            raise
-        finally:
-            if waiter.place:  # not given up with a grant: leave the queue now
-                try:
-                    await asyncio.shield(self.shared.leave_queue(backend, waiter.place))
-                except (StateUnavailable, asyncio.CancelledError):
-                    pass
-        return Lease(pool, waiter.granted_at, waiter.granted_at - now, waiter.holder, self.release_shared)
-
-    async def _dispatch_shared(self, pool: Pool) -> None:
-        assert self.shared is not None
-        while pool.waiting:
-            if not pool.has_room():
-                pool.released.clear()
-                await pool.released.wait()
-                continue
-            head = pool.peek()
-            leave = head.place if head is not None else ""
-            holder = uuid.uuid4().hex
-            try:
-                taken = await self._shared_take(pool, holder, leave=leave)
-            except GatewayError as exc:  # fail-closed and the store is gone: no waiter here can be granted
-                pool.fail_waiters(partial(GatewayError, exc.status, exc.message, exc.headers, reason=exc.reason))
-                return
-            if taken != 1:
-                # Woken by the next release on this backend anywhere; the timeout covers leases that
-                # expire instead (a worker that died holding them).
-                await self.shared.wait_release(pool.key.backend, 0.5)
-                continue
-            if head is not None:
-                head.place = ""  # given up with the grant
-            waiter = pool.pop_next()
-            while waiter is not None and waiter.future.done():
-                waiter = pool.pop_next()
-            if waiter is None or not pool.has_room():
-                if waiter is not None:
-                    pool.put_back(waiter)
-                self.release_shared(pool, holder)
-                continue
-            waiter.holder = holder
-            waiter.granted_at = pool.grant()
-            if pool.last_release:
-                pool.refill_gaps.append(waiter.granted_at - pool.last_release)
-            waiter.future.set_result(None)
 
 
 def hold_prewarms(admission: Admission, before_load: BeforeLoad) -> BeforeLoad:
