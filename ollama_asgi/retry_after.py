@@ -5,6 +5,8 @@ gateway or gives up. Every ``Retry-After`` the gateway computes for a full queue
 comes from here: the header itself (``retry_after``), the turn a refused requester is given among
 those refused before it (``KeptPlaces``), and what an answer that queued says of its wait
 (``queue_headers``). The wait behind the advice is a pool's estimate (``Pool.expected_wait``).
+Other refusals name their own wait: a rate limit's (``ratelimit``), no backend able to answer
+(``placement``: its breakers' cooldown) and Ollama's own busy answer (``upstream_retry_after``).
 """
 
 from __future__ import annotations
