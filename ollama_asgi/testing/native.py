@@ -134,7 +134,8 @@ async def prepare_chat(emu: EmulatorState, ex: Exchange, req: dict[str, Any]) ->
     model = emu.lookup(name)
     if model is None:
         raise ApiError(404, f"model '{name}' not found")
-    messages: list[dict[str, Any]] = req.get("messages") or []
+    # A null message decodes to Go's zero Message (no role, no content), as Ollama reads it.
+    messages: list[dict[str, Any]] = [m if isinstance(m, dict) else {} for m in req.get("messages") or []]
     keep_alive = req.get("keep_alive")
     if not messages and keep_alive == 0:
         emu.scheduler.bind()

@@ -125,6 +125,14 @@ CHECKS: tuple[Check, ...] = (
     Check("chat, JSON keys in any case", "POST", "/api/chat", {"Model": "tiny", "MESSAGES": []}),
     Check("chat, a null option", "POST", "/api/chat", {"model": "tiny", "messages": [], "options": {"mirostat": None}}),
     Check(
+        "chat, a null message",
+        "POST",
+        "/api/chat",
+        {"model": "tiny", "messages": [None, *HI], "stream": False},
+        (),
+        _COUNTS,
+    ),
+    Check(
         "chat, options Ollama no longer reads, of any type",
         "POST",
         "/api/chat",
