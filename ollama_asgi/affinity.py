@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from ollama_asgi.backend import Backend
-from ollama_asgi.protocol import canonical_model
+from ollama_asgi.model_names import canonical_model
 
 __all__ = ["PROMPT_WINDOW", "Conversation", "ConversationAffinity", "conversation_key"]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
-from ollama_asgi.protocol import canonical_model
+from ollama_asgi.model_names import canonical_model
 from ollama_asgi.settings import Settings
 from ollama_asgi.specs import ApiKey
 from ollama_asgi.types import Scope

@@ -17,7 +17,7 @@ from datetime import datetime
 from functools import partial
 
 from ollama_asgi.errors import GatewayError
-from ollama_asgi.protocol import canonical_model
+from ollama_asgi.model_names import canonical_model
 from ollama_asgi.upstream import Upstream, UpstreamError
 
 __all__ = ["BackendModels", "Loaded", "ModelInfo"]

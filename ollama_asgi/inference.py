@@ -31,14 +31,9 @@ from ollama_asgi.catalog import BackendModels, ModelInfo
 from ollama_asgi.context import TokenCounter, choose_num_ctx, truncate_messages
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.lifecycle import Loader, LoadLock, LoadState
-from ollama_asgi.protocol import (
-    MAX_JSON_DEPTH,
-    NUMBER_TYPES,
-    RUNNER_OPTIONS,
-    ParsedRequest,
-    canonical_model,
-    parse_keep_alive,
-)
+from ollama_asgi.model_names import canonical_model
+from ollama_asgi.options import NUMBER_TYPES, RUNNER_OPTIONS, parse_keep_alive
+from ollama_asgi.protocol import MAX_JSON_DEPTH, ParsedRequest
 from ollama_asgi.routing import EMBED_ROUTES, Route
 from ollama_asgi.settings import Settings
 from ollama_asgi.upstream import Upstream

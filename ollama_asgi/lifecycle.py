@@ -20,7 +20,7 @@ from typing import Protocol
 
 from ollama_asgi.catalog import BackendModels, ModelInfo
 from ollama_asgi.errors import GatewayError
-from ollama_asgi.protocol import canonical_model
+from ollama_asgi.model_names import canonical_model
 from ollama_asgi.state import LoadLock, StateUnavailable
 from ollama_asgi.upstream import UpstreamError
 

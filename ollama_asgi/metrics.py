@@ -42,8 +42,8 @@ from prometheus_client.registry import Collector
 from ollama_asgi._version import __version__
 from ollama_asgi.errors import ConfigError
 from ollama_asgi.health import BackendWatch
+from ollama_asgi.model_names import canonical_model
 from ollama_asgi.observed import GatewayParts, Snapshot, snapshot
-from ollama_asgi.protocol import canonical_model
 from ollama_asgi.record import RequestRecord
 from ollama_asgi.usage import Usage
 

@@ -28,7 +28,7 @@ from ollama_asgi.affinity import Conversation, ConversationAffinity
 from ollama_asgi.backend import Backend
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.inference import ModelLifecycle
-from ollama_asgi.protocol import canonical_model
+from ollama_asgi.model_names import canonical_model
 
 __all__ = ["Backend", "Placement"]
 

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 from ollama_asgi.auth import Principal, model_allowed
 from ollama_asgi.errors import GatewayError
-from ollama_asgi.protocol import ParsedRequest, is_cloud_model
+from ollama_asgi.model_names import is_cloud_model
+from ollama_asgi.protocol import ParsedRequest
 from ollama_asgi.ratelimit import MemoryRateLimiter, rate_limit_headers
 from ollama_asgi.routing import Kind, Route
 from ollama_asgi.settings import Settings

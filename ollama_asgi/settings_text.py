@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from ollama_asgi.durations import DURATION, parse_duration
 from ollama_asgi.errors import ConfigError
-from ollama_asgi.protocol import OPTION_KINDS, RUNNER_OPTIONS
+from ollama_asgi.options import OPTION_KINDS, RUNNER_OPTIONS
 
 __all__ = [
     "read_as",

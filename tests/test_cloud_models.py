@@ -16,7 +16,8 @@ import pytest
 
 from ollama_asgi import OllamaGateway, Settings
 from ollama_asgi.auth import Principal, user_principal
-from ollama_asgi.protocol import canonical_model, check_model_name, is_cloud_model, parse_request
+from ollama_asgi.model_names import canonical_model, check_model_name, is_cloud_model
+from ollama_asgi.protocol import parse_request
 from ollama_asgi.routing import match_route
 from ollama_asgi.testing import EmulatorServer
 from ollama_asgi.testing.models import EmulatedModel

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from ollama_asgi.errors import GatewayError
-from ollama_asgi.protocol import canonical_model, parse_keep_alive, parse_request
+from ollama_asgi.protocol import parse_request
 from ollama_asgi.routing import match_route
 
 CHAT = match_route("/api/chat")
@@ -85,34 +85,6 @@ def test_real_model_names_are_accepted(name: str) -> None:
 
 def test_show_accepts_name_as_well_as_model() -> None:
     assert parse(b'{"name":"llama3.2"}', match_route("/api/show")).model == "llama3.2"
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [
-        (3600, 3600.0),
-        (1.5, 1.5),
-        ("10m", 600.0),
-        ("-1", None),
-        ("-1m", -60.0),
-        (0, 0.0),
-        ("0", 0.0),
-        ("+5m", 300.0),
-        (" 5m", None),
-    ],
-)
-def test_keep_alive_is_read_like_ollama(value: object, seconds: float | None) -> None:
-    if seconds is None:
-        with pytest.raises(GatewayError):
-            parse_keep_alive(value)
-    else:
-        assert parse_keep_alive(value) == seconds
-
-
-def test_canonical_model_adds_latest_and_lowercases() -> None:
-    assert canonical_model("Llama3.2") == "llama3.2:latest"
-    assert canonical_model("llama3.2:3b") == "llama3.2:3b"
-    assert canonical_model("localhost:5000/ns/m") == "localhost:5000/ns/m:latest"
 
 
 def test_null_options_are_dropped_as_ollama_skips_them() -> None:

@@ -956,7 +956,7 @@ def rendezvous_home(model: str, backends: Sequence[str] = SHARED_BACKENDS) -> st
     """The backend the gateway's placement ranks first for ``model`` (equal weights)."""
     import math
 
-    from ollama_asgi.protocol import canonical_model
+    from ollama_asgi.model_names import canonical_model
 
     key = canonical_model(model).encode()
 
