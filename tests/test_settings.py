@@ -232,7 +232,8 @@ def mypy_on_calls(tmp_path_factory: pytest.TempPathFactory) -> str:
     # Only Settings and the types it declares are followed: the rest of the package is not checked here.
     (work / "mypy.ini").write_text(
         "[mypy]\nstrict = True\n[mypy-ollama_asgi.*]\nfollow_imports = skip\n"
-        "[mypy-ollama_asgi.settings,ollama_asgi.settings_types,ollama_asgi.specs]\nfollow_imports = normal\n"
+        "[mypy-ollama_asgi.settings,ollama_asgi.settings_types,ollama_asgi.settings_text,ollama_asgi.specs]\n"
+        "follow_imports = normal\n"
     )
     stdout, stderr, _ = api.run(
         ["--config-file", str(work / "mypy.ini"), "--cache-dir", str(work / "cache"), str(work / "calls.py")]
