@@ -17,9 +17,10 @@ from ollama_asgi.admission import Admission
 from ollama_asgi.auth import Principal
 from ollama_asgi.durations import parse_duration
 from ollama_asgi.errors import ConfigError, GatewayError
-from ollama_asgi.inference import ModelLifecycle, Prepared
+from ollama_asgi.inference import ModelLifecycle
 from ollama_asgi.intake import Progress, Request
 from ollama_asgi.model_names import canonical_model
+from ollama_asgi.plan import Prepared
 from ollama_asgi.policy import Policy
 from ollama_asgi.relay import stream_headers
 from ollama_asgi.routing import EMBED_ROUTES, Route

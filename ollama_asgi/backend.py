@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ollama_asgi.catalog import BackendModels
-from ollama_asgi.prewarm import TrafficModel
 from ollama_asgi.settings import Settings
 from ollama_asgi.specs import BackendSpec
+from ollama_asgi.traffic import TrafficModel
 from ollama_asgi.upstream import Upstream
 from ollama_asgi.vram import BackendMemory
 

@@ -16,8 +16,8 @@ import orjson
 
 from ollama_asgi.anthropic_answers import MessagesStream, whole_message
 from ollama_asgi.errors import GatewayError, stream_error_line
-from ollama_asgi.inference import Prepared
 from ollama_asgi.openai_answers import ChatStream, CompletionStream, embeddings_response, whole_response
+from ollama_asgi.plan import Prepared
 from ollama_asgi.relay import RelayResult, in_own_task, stream_headers
 from ollama_asgi.responses_answers import ResponsesStream
 from ollama_asgi.responses_answers import whole_response as whole_responses_response

@@ -1,151 +1,165 @@
-"""Predictive pre-warming: load the model a client usually asks for next before it asks.
+"""Pre-warming: load the model a client usually asks for next before it asks, and never at a request's cost.
 
-Traffic to local LLMs is patterned per client: a pipeline embeds, then chats; a team's assistant
-switches between the same two models all day. Interleaved on one backend, several such clients
-make a sequence whose transitions mean nothing (A from one client, then C from another), so the
-gateway learns transitions per principal, from each one's own sequence. A principal's own
-transitions predict once they are evidence enough; until then (a new client, a rare model) the
-transitions of all tracked principals pooled together do, under the same evidence rule. Memory is
-bounded: the last ``window`` transitions of each of the ``max_principals`` most recent principals.
-
-A prediction is only a hint: the lifecycle pre-warms it with free memory and an idle loader only,
-never evicting a loaded model, and gives way to any real request that needs either.
+The traffic model (``traffic``) predicts; a prediction is only a guess, so it is loaded with free
+memory and an idle loader only, never evicting a loaded model, and it gives way to any real
+request that needs either: a request's load cancels the pre-warms holding the loader and unloads
+unused pre-warmed models where it needs their place. The predictions also choose what a request's
+load evicts: the idle model the principals need furthest ahead, as Bélády would.
 """
 
 from __future__ import annotations
 
-import time
-from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass, field
+import asyncio
+import logging
+from collections.abc import Callable
 
-__all__ = ["Prediction", "TrafficModel"]
+from ollama_asgi.backend import Backend
+from ollama_asgi.catalog import BackendModels, ModelInfo
+from ollama_asgi.errors import GatewayError
+from ollama_asgi.lifecycle import Loader, LoadState
+from ollama_asgi.settings import Settings
+from ollama_asgi.vram import VramGuard
 
+__all__ = ["Prewarmer"]
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    model: str
-    confidence: float
-    evidence: int  # transitions from the current model the prediction rests on
-
-
-@dataclass(slots=True)
-class _Principal:
-    """One principal's recent model-to-model transitions, oldest first."""
-
-    last: str | None = None
-    transitions: deque[tuple[str, str]] = field(default_factory=deque)
-    counts: dict[str, Counter[str]] = field(default_factory=dict)
-    seen: float = 0.0  # monotonic time of its last request
-    gap: float = 0.0  # its usual time between requests (moving average)
+logger = logging.getLogger("ollama_asgi.lifecycle")
 
 
-@dataclass(slots=True)
-class TrafficModel:
-    """Model-to-model transitions of each principal on one backend, and their pool."""
+class Prewarmer:
+    """Pre-warms the predicted models through the lifecycle's loader, within its VRAM guard's room."""
 
-    window: int = 100  # transitions kept per principal
-    threshold: float = 0.5
-    min_observations: int = 2
-    max_principals: int = 1024  # least recently seen ones are forgotten first
-    _principals: OrderedDict[str, _Principal] = field(default_factory=OrderedDict)
-    _pooled: dict[str, Counter[str]] = field(default_factory=dict)
-    issued: int = 0
-    hits: int = 0  # a request found its model loaded because it had been pre-warmed
-    misses: int = 0  # a request found its model cold
-    warmed: set[str] = field(default_factory=set)  # pre-warmed and not asked for since
-    recent: deque[tuple[str, bool]] = field(default_factory=lambda: deque(maxlen=100))  # (model, cold)
+    def __init__(
+        self, settings: Settings, loader: Loader, guard: VramGuard, *, default_num_ctx: Callable[[ModelInfo], int]
+    ) -> None:
+        self.settings = settings
+        self.loader = loader
+        self.guard = guard
+        self._default_num_ctx = default_num_ctx  # for a model no request has sized yet
+        self.tasks: set[asyncio.Task[None]] = set()  # pre-warms under way
+        # Requests for a model let through and not yet finished (admission's swap gate, when on): a
+        # model they wait for is needed now, whatever the predictions say.
+        self.wanted: Callable[[str, str], bool] = lambda backend, model: False
 
-    def observe(self, model: str, *, cold: bool, principal: str = "", now: float | None = None) -> None:
-        """Record one request of ``principal`` for ``model`` (``cold``: it had to be loaded first)."""
-        now = time.monotonic() if now is None else now
-        clients = self._principals
-        client = clients.get(principal)
-        if client is None:
-            client = clients[principal] = _Principal()
-            if len(clients) > self.max_principals:
-                _, gone = clients.popitem(last=False)
-                for old in gone.transitions:
-                    _uncount(self._pooled, old)
-        else:
-            clients.move_to_end(principal)
-        if client.last is not None and client.last != model:
-            step = (client.last, model)
-            client.transitions.append(step)
-            client.counts.setdefault(client.last, Counter())[model] += 1
-            self._pooled.setdefault(client.last, Counter())[model] += 1
-            if len(client.transitions) > self.window:
-                old = client.transitions.popleft()
-                _uncount(client.counts, old)
-                _uncount(self._pooled, old)
-        if client.seen:
-            since = now - client.seen
-            client.gap = since if not client.gap else 0.7 * client.gap + 0.3 * since
-        client.last, client.seen = model, now
-        self.recent.append((model, cold))
-        if cold:
-            self.misses += 1
-            self.warmed.discard(model)
-        elif model in self.warmed:
-            self.hits += 1
-            self.warmed.discard(model)
+    def maybe_prewarm(self, owner: Backend, current: str, principal: str) -> None:
+        """After a request for ``current`` started or ended: pre-warm what ``principal`` asks for next."""
+        traffic = owner.traffic
+        prediction = traffic.predict(current, principal)
+        if prediction is None or prediction.model == current:
+            return
+        target = prediction.model
+        models, backend = owner.models, owner.name
+        if models.loaded_with(target) is not None or any(b == backend for b, _ in self.loader.loading):
+            return  # loaded already, or the loader is busy: a guess never queues beside real loads
+        info = models.info.get(target)
+        if info is not None and self.no_room(models, info, owner.num_ctx.get(target, 0)):
+            return
+        traffic.issued += 1
+        traffic.warmed.add(target)
+        task = asyncio.ensure_future(self.warm(owner, target))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
-    def predict(self, current: str, principal: str = "") -> Prediction | None:
-        """The model ``principal`` most likely asks for after ``current``, if confident enough.
+    async def warm(self, owner: Backend, model: str) -> None:
+        """Load ``model`` on ``owner`` as a pre-warm: giving way to requests, never evicting."""
+        models, traffic = owner.models, owner.traffic
+        try:
+            info = await models.model_info(model)
+            num_ctx = owner.num_ctx.get(info.name) or self._default_num_ctx(info)
+            await self.loader.ensure_loaded(models, info, num_ctx, wait_limit=self.settings.load_timeout, patient=False)
+            logger.info("pre-warmed %s on %s", model, models.backend.name)
+        except GatewayError as exc:
+            traffic.warmed.discard(model)
+            logger.info("pre-warming %s skipped: %s", model, exc.message)
 
-        The principal's own transitions decide once there are ``min_observations`` of them, even to
-        say "unsure"; the pool speaks only for a principal with too few of its own.
-        """
-        client = self._principals.get(principal)
-        own = client.counts.get(current) if client is not None else None
-        if own is not None and own.total() >= self.min_observations:
-            return self._confident(own)
-        pooled = self._pooled.get(current)
-        if pooled is not None and pooled.total() >= self.min_observations:
-            return self._confident(pooled)
+    def no_room(self, models: BackendModels, info: ModelInfo, num_ctx: int) -> str | None:
+        """Why loading ``info`` now would need an eviction (a pre-warm never evicts), or None."""
+        guard = self.guard
+        others = sum(1 for name in models.loaded if name != info.name)
+        if guard.max_loaded and others >= guard.max_loaded:
+            return f"Ollama's limit of {guard.max_loaded} loaded models is reached"
+        if guard.active:
+            need, free = guard.expected_size(models, info, num_ctx), guard.free_bytes(models)
+            if free < need:
+                return f"{need} bytes needed, {max(free, 0)} free"
         return None
 
-    def _confident(self, counts: Counter[str]) -> Prediction | None:
-        total = counts.total()
-        model, count = counts.most_common(1)[0]
-        confidence = count / total
-        return Prediction(model, confidence, total) if confidence >= self.threshold else None
+    def refuse(self, models: BackendModels, info: ModelInfo, num_ctx: int) -> None:
+        """Before a pre-warm's load: give up where it would evict, or where a request waits for the loader."""
+        backend = models.backend.name
+        waiting = any(b == backend and m != info.name and s.patient for (b, m), s in self.loader.loading.items())
+        why = "a request waits for the loader" if waiting else self.no_room(models, info, num_ctx)
+        if why is not None:
+            # ``models_busy``: a request that joined this pre-warm loads with a turn of its own.
+            raise GatewayError(503, f"pre-warming '{info.name}' gave way: {why}", reason="models_busy")
 
-    def next_uses(
-        self, now: float | None = None, *, steps: int = 3, idle_gaps: float = 10.0, quiet_after: float = 60.0
-    ) -> dict[str, float]:
-        """Seconds until each model is next expected, from the predicted sequences of the principals
-        active now, ``steps`` requests ahead; a model nobody is expected to ask for is absent. What
-        to evict first when a request needs room. A principal is active until it has been quiet for
-        ``idle_gaps`` of its usual gaps and at least ``quiet_after`` seconds (a burst's gaps are short)."""
-        now = time.monotonic() if now is None else now
-        soonest: dict[str, float] = {}
-        for principal, client in reversed(self._principals.items()):
-            if client.last is None or not client.gap:
-                continue
-            if now - client.seen > max(idle_gaps * client.gap, quiet_after):
-                continue
-            model = client.last
-            for step in range(1, steps + 1):
-                prediction = self.predict(model, principal)
-                if prediction is None:
-                    break
-                model = prediction.model
-                at = max(0.0, client.seen + step * client.gap - now)
-                if at < soonest.get(model, float("inf")):
-                    soonest[model] = at
-        return soonest
+    async def evict_furthest(self, owner: Backend | None, models: BackendModels, info: ModelInfo, num_ctx: int) -> None:
+        """Make a request's room as Bélády would: the idle model the principals' predicted sequences
+        need furthest ahead (or not at all) goes first. Where the predictions cannot tell the idle
+        models apart, the VRAM guard chooses as it always does. ``owner``: the backend in service
+        whose catalog ``models`` is (None: removed meanwhile, nothing to predict from)."""
+        backend = models.backend.name
+        uses: dict[str, float] | None = None
+        while owner is not None and self.no_room(models, info, num_ctx) is not None:
+            idle = [
+                m
+                for m in models.loaded
+                if m != info.name and not models.in_flight.get(m) and (backend, m) not in self.loader.loading
+            ]
+            if len(idle) < 2:
+                return
+            if uses is None:
+                uses = owner.traffic.next_uses()
+                uses.update((m, 0.0) for m in idle if self.wanted(backend, m))
+            never = float("inf")
+            idle.sort(key=lambda m: (-uses.get(m, never), _last_used(models, m)))
+            if uses.get(idle[0], never) == uses.get(idle[-1], never):
+                return
+            victim = idle[0]
+            logger.info("evicting %s from %s: the predicted requests need it last", victim, backend)
+            await self.loader.unload(models, victim)
+            self.guard.evictions += 1
 
-    @property
-    def principals(self) -> int:
-        """Principals tracked now (at most ``max_principals``)."""
-        return len(self._principals)
+    async def give_way(self, owner: Backend, info: ModelInfo, num_ctx: int) -> None:
+        """Before a request's load: stop pre-warms holding the loader, and unload unused pre-warmed
+        models where the request's model needs their place, so it never waits or evicts for a guess."""
+        models = owner.models
+        if self.loader.ready(models, info, num_ctx):
+            return
+        backend = owner.name
+        loading = self.loader.loading
+        for (b, m), state in list(loading.items()):
+            # Only the pre-warm itself waits on it: no request joined it.
+            if b == backend and m != info.name and not state.patient and state.waiters <= 1:
+                self._cancel_load((b, m), state)
+        if (backend, info.name) in loading:
+            return  # the request joins a load under way, which made its room already
+        warmed = owner.traffic.warmed
+        while self.no_room(models, info, num_ctx):
+            unused = [m for m in models.loaded if m in warmed and not models.in_flight.get(m)]
+            if not unused:
+                return  # what is left to evict is the VRAM guard's choice, as without pre-warming
+            warmed.discard(unused[0])
+            logger.info("unloading pre-warmed %s on %s: a request needs its place", unused[0], backend)
+            await self.loader.unload(models, unused[0])
+
+    def _cancel_load(self, key: tuple[str, str], state: LoadState) -> None:
+        task = state.task
+        if task is None or task.done():
+            return
+        logger.info("pre-warming %s on %s gave way to a request's load", key[1], key[0])
+        task.cancel()
+        loading = self.loader.loading
+
+        def settle(_: object) -> None:  # a task cancelled before it ran cleans nothing up itself
+            if loading.get(key) is state:
+                del loading[key]
+            if not state.future.done():
+                state.future.set_exception(GatewayError(503, "pre-warming gave way", reason="models_busy"))
+                state.future.exception()
+
+        task.add_done_callback(settle)
 
 
-def _uncount(counts: dict[str, Counter[str]], step: tuple[str, str]) -> None:
-    before, after = step
-    following = counts[before]
-    following[after] -= 1
-    if following[after] <= 0:
-        del following[after]
-        if not following:
-            del counts[before]
+def _last_used(models: BackendModels, name: str) -> float:
+    usage = models.usage.get(name)
+    return usage.last_used if usage is not None else 0.0

@@ -349,7 +349,7 @@ class Gateway:
         """Load ``model`` the way the gateway's pre-warming does (its loader, guard and warm prompt)."""
         lifecycle = self.lifecycle
         backend = lifecycle.backends[0]
-        future = asyncio.run_coroutine_threadsafe(lifecycle._prewarm(backend, model), self.thread.loop)
+        future = asyncio.run_coroutine_threadsafe(lifecycle.prewarmer.warm(backend, model), self.thread.loop)
         future.result(timeout)
 
     def stop(self) -> None:

@@ -314,7 +314,7 @@ def _replay(server: ServerThread, trace: list[str], think: float) -> None:
             lambda: (
                 not lifecycle.models["backend-0"].in_flight
                 and not lifecycle.loader.loading
-                and not lifecycle._prewarming
+                and not lifecycle.prewarmer.tasks
             ),
             timeout=10,
         )
