@@ -38,7 +38,9 @@ __all__ = ["ModelLifecycle"]
 
 
 class ModelLifecycle:
-    """The backends' models: the single-flight loader, the VRAM guard and pre-warming."""
+    """The backends in service and their models: each request planned (``planner``), its model loaded
+    once (``loader``, within the ``guard``'s room) and counted in flight; predicted ones pre-warmed
+    (``prewarmer``)."""
 
     def __init__(
         self,
