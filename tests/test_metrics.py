@@ -443,7 +443,7 @@ def test_the_dashboard_and_alerts_use_only_metrics_the_gateway_exports(
     assert {"ollama_asgi_queue_depth", "ollama_asgi_backend_up", "ollama_asgi_redis_up"} <= used
     # GPU readings exist only where NVML sees a GPU; they must at least be declared by the gateway.
     gpu_only = {n for n in used if n.startswith(("ollama_asgi_vram_", "ollama_asgi_gpu_"))}
-    source = (Path(__file__).resolve().parent.parent / "ollama_asgi" / "metrics.py").read_text()
+    source = (Path(__file__).resolve().parent.parent / "ollama_asgi" / "live_metrics.py").read_text()
     assert all(n.removeprefix("ollama_asgi_") in source or n.split("_bytes")[0][12:] in source for n in gpu_only)
     assert used - gpu_only <= exported, f"not exported: {sorted(used - gpu_only - exported)}"
 
