@@ -30,11 +30,12 @@ from ollama_asgi.state.redis import RedisState
 
 async def main(url, prefix, parallel, seconds):
     admission = Admission(parallel=parallel, embed_parallel=None, max_queue=4096, shared=RedisState(url, prefix=prefix))
+    b0 = admission.slots_for("b0")
     done = 0
     async def one(stop, count):
         nonlocal done
         while time.monotonic() < stop:
-            lease = await admission.admit("b0", kind="generate", principal="u", wait_limit=60)
+            lease = await admission.admit(b0, kind="generate", principal="u", wait_limit=60)
             await asyncio.sleep(0)
             lease.release()
             if count:

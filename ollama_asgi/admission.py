@@ -1,12 +1,12 @@
 """Admission control: the one entry point a request passes on its way to a backend's slots.
 
 Everything a request needs before it reaches Ollama (parse, auth, policy, placement) happens before
-it queues; then ``Admission.admit`` finds it a slot of its model's runner (``slots``), waiting in
-the fair queue when none is free and refused with a truthful ``Retry-After`` (``retry_after``) when
-the queue is full or its deadline passes. On a backend that holds fewer models than are wanted, the
-request first waits for its model's turn (``turns``); with shared state, the grant also takes a
-lease in the store (``shared_admission``). While it waits, its client may ask where it stands
-(``describe``).
+it queues; then ``Admission.admit`` finds it a slot of its model's runner in the slots its backend
+holds (``slots.BackendSlots``), waiting in the fair queue when none is free and refused with a
+truthful ``Retry-After`` (``retry_after``) when the queue is full or its deadline passes. On a
+backend that holds fewer models than are wanted, the request first waits for its model's turn
+(``turns``); with shared state, the grant also takes a lease in the store (``shared_admission``).
+While it waits, its client may ask where it stands (``describe``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -51,11 +51,11 @@ class _ResidentLease(Lease):
 
 
 class Admission:
-    """All pools of all backends, the per-backend queue bound, and the one entry point ``admit``.
+    """The admission policy over backends' slots: the per-backend queue bound and the one entry point ``admit``.
 
-    A pool per (backend, model, kind): ``parallel`` (or the backend's own) is each model's runner's
-    share, as ``OLLAMA_NUM_PARALLEL`` is; ``backend_parallel``, when set, caps a backend's pools
-    together.
+    It keeps no backend's slots: each call is handed the ``BackendSlots`` its backend holds (a pool
+    per model and kind of work there), so a removed backend's pools, queue and turns go with it.
+    ``parallel`` and ``backend_parallel`` are what ``slots_for`` gives a backend that names none.
     """
 
     def __init__(
@@ -66,17 +66,12 @@ class Admission:
         max_queue: int,
         shared: SharedSlots | None = None,
         fail_open: bool = True,
-        capacities: dict[str, int] | None = None,
         backend_parallel: int | None = None,
     ) -> None:
         self.parallel = parallel
-        self.capacities = capacities or {}  # per-backend `parallel` overrides
         self.embed_parallel = embed_parallel
         self.backend_parallel = backend_parallel
         self.max_queue = max_queue
-        # Keyed by ``PoolKey``; looked up by plain ``(backend, model, kind)`` tuples, which equal them.
-        self.pools: dict[tuple[str, str, str], Pool] = {}
-        self.backends: dict[str, BackendSlots] = {}
         self.shared = shared
         self._shared_admission = (  # grants take a lease in the shared store too
             None
@@ -84,8 +79,8 @@ class Admission:
             else SharedAdmission(shared, max_queue=max_queue, fail_open=fail_open, backend_parallel=backend_parallel)
         )
         self.closing: Callable[[], GatewayError] | None = None  # set once the gateway stops taking work
-        # Swap-aware gates per backend (see ``configure_turns``); empty: no request pays for them.
-        self.turns: dict[str, ModelTurns] = {}
+        # Swap-aware gates (``configure_turns``), one in each backend's slots, made on first use; none
+        # configured: no request pays for them.
         self._turn_limit = 0
         self._turn_delay = 0.0
         self.grouped = False  # requests take their model's turn before a slot (``configure_turns``)
@@ -93,56 +88,58 @@ class Admission:
         # Requests waiting now, by request id: what their client may ask of ``describe``.
         self._queued_requests: dict[str, tuple[str, Callable[[], dict[str, object]]]] = {}
 
+    def slots_for(self, name: str, parallel: int | None = None) -> BackendSlots:
+        """Fresh slots for a backend named ``name``: ``parallel`` per model's runner (this admission's
+        when None), capped together at ``backend_parallel``."""
+        return BackendSlots(name, parallel or self.parallel, self.backend_parallel)
+
     def configure_turns(self, limit: int, max_delay: float) -> None:
         """Group each backend's queue by model when it holds at most ``limit`` models (see ``ModelTurns``)."""
         self._turn_limit = limit
         self._turn_delay = max_delay
         self.grouped = True
 
-    def gate(self, backend: str) -> ModelTurns | None:
+    def gate(self, slots: BackendSlots) -> ModelTurns | None:
+        """The backend's model-turns gate, made on first use; None unless the queue is grouped by model."""
         if not self._turn_limit:
             return None
-        gate = self.turns.get(backend)
+        gate = slots.turns
         if gate is None:
-            gate = self.turns[backend] = ModelTurns(
+            gate = slots.turns = ModelTurns(
                 self._turn_limit,
                 self._turn_delay,
-                self.capacities.get(backend, self.parallel),
-                lambda ahead, loads: self.backend_wait(backend, ahead) + loads * self.load_seconds(backend),
+                slots.parallel,
+                lambda ahead, loads: self.backend_wait(slots, ahead) + loads * self.load_seconds(slots.name),
             )
         return gate
 
-    def backend_wait(self, backend: str, ahead: int) -> float:
-        """Seconds until a request with ``ahead`` in front of it gets a slot on ``backend``, whatever its
+    @staticmethod
+    def backend_wait(slots: BackendSlots, ahead: int) -> float:
+        """Seconds until a request with ``ahead`` in front of it gets a slot on the backend, whatever its
         model: the slowest service time seen there over one model's slots (a grouped queue runs one
         model's requests at a time)."""
-        service = max((p.service_time() for p in self._pools_of(backend)), default=0.0)
-        return (ahead + 1) * service / self.capacities.get(backend, self.parallel)
+        service = max((p.service_time() for p in slots.pools.values()), default=0.0)
+        return (ahead + 1) * service / slots.parallel
 
-    def _pools_of(self, backend: str) -> list[Pool]:
-        slots = self.backends.get(backend)
-        return slots.pools if slots is not None else []
-
-    def has_room(self, backend: str, model: str = "") -> bool:
-        """A request for ``model`` would find a slot free on ``backend`` (without a model: under its cap)."""
-        slots = self.backends.get(backend)
-        if not model:
-            return slots is None or slots.in_flight < slots.capacity
-        pool = self.pools.get((backend, model, "generate"))
+    @staticmethod
+    def has_room(slots: BackendSlots, model: str = "") -> bool:
+        """A request for ``model`` would find a slot free on the backend (without a model: under its cap)."""
+        pool = slots.pools.get((model, "generate")) if model else None
         if pool is None:
-            return slots is None or slots.in_flight < slots.capacity
+            return slots.in_flight < slots.capacity
         return pool.has_room()
 
-    def may_prewarm(self, backend: str, model: str) -> bool:
+    @staticmethod
+    def may_prewarm(slots: BackendSlots, model: str) -> bool:
         """A pre-warm of ``model`` takes no group's place: its model runs there, or a place is free."""
-        gate = self.turns.get(backend)
+        gate = slots.turns
         return gate is None or model in gate.resident or (len(gate.resident) < gate.limit and not gate.waiting)
 
     async def enter_turn(
-        self, backend: str, model: str, wait_limit: float, request_id: str = "", principal: str = ""
+        self, slots: BackendSlots, model: str, wait_limit: float, request_id: str = "", principal: str = ""
     ) -> Turn | None:
-        """The model's turn on ``backend``, waited for when another model's group runs there now."""
-        gate = self.gate(backend)
+        """The model's turn on the backend, waited for when another model's group runs there now."""
+        gate = self.gate(slots)
         if gate is None:
             return None
         if self.closing is not None:
@@ -150,12 +147,12 @@ class Admission:
         turn = gate.try_enter(model, request_id)
         if turn is not None:
             return turn
-        if self.queued(backend) >= self.max_queue:
-            pool = self.pool(backend, "generate", model)
+        if self.queued(slots) >= self.max_queue:
+            pool = self.pool(slots, "generate", model)
             raise GatewayError(
                 503,
                 f"the gateway's queue for this backend is full ({self.max_queue} waiting); try again later",
-                retry_after(pool.refusal_wait(self.queued(backend))),
+                retry_after(pool.refusal_wait(self.queued(slots))),
                 reason="queue_full",
             )
         describe: tuple[str, Callable[[], dict[str, object]]] | None = None
@@ -163,7 +160,7 @@ class Admission:
         def queued(turn: Turn) -> None:
             nonlocal describe
             if request_id:
-                describe = (principal, partial(self._describe_turn, gate, turn, backend))
+                describe = (principal, partial(self._describe_turn, gate, turn, slots.name))
                 self._queued_requests[request_id] = describe
 
         try:
@@ -214,70 +211,60 @@ class Admission:
             return None
         return {"request_id": request_id, **entry[1]()}
 
-    def forget(self, backend: str) -> list[Pool]:
-        """A removed backend's pools, slot caps and turns dropped; returns the pools, whose requests finish."""
-        self.capacities.pop(backend, None)
-        self.turns.pop(backend, None)
-        self.backends.pop(backend, None)
-        keys = [key for key in self.pools if key[0] == backend]
-        return [self.pools.pop(key) for key in keys]
-
-    def close(self, error: Callable[[], GatewayError]) -> int:
-        """Refuse new requests and fail every queued one with ``error()``; slots in use stay until released."""
+    def close(self, error: Callable[[], GatewayError], backends: Iterable[BackendSlots]) -> int:
+        """Refuse new requests and fail every one queued on ``backends`` with ``error()``; slots in use
+        stay until released."""
         self.closing = error
         if self._shared_admission is not None:
             self._shared_admission.closing = error
-        failed = sum(gate.fail_waiters(error) for gate in self.turns.values())
-        return failed + sum(pool.fail_waiters(error) for pool in self.pools.values())
+        failed = 0
+        for slots in backends:
+            if slots.turns is not None:
+                failed += slots.turns.fail_waiters(error)
+            failed += sum(pool.fail_waiters(error) for pool in list(slots.pools.values()))
+        return failed
 
     async def aclose(self) -> None:
         """Wait for shared-lease releases still on their way to the store."""
         if self._shared_admission is not None:
             await self._shared_admission.aclose()
 
-    def pool(self, backend: str, kind: str, model: str = "") -> Pool:
-        """The slots ``model``'s requests of ``kind`` take on ``backend`` (``model`` canonical)."""
+    def pool(self, slots: BackendSlots, kind: str, model: str = "") -> Pool:
+        """The slots ``model``'s requests of ``kind`` take on the backend (``model`` canonical)."""
         if kind != "generate" and (kind != "embed" or self.embed_parallel is None):
             kind = "generate"  # embeddings run on their model's runner, in its slots
-        pool = self.pools.get((backend, model, kind))
+        pool = slots.pools.get((model, kind))
         if pool is None:
-            pool = self._new_pool(PoolKey(backend, model, kind))
+            capacity = self.embed_parallel or slots.parallel if kind == "embed" else slots.parallel
+            pool = Pool(PoolKey(slots.name, model, kind), capacity, slots)  # joins ``slots.pools``
+            pool.shared = self.shared is not None
         return pool
 
-    def _new_pool(self, key: PoolKey) -> Pool:
-        slots = self.backends.get(key.backend)
-        if slots is None:
-            slots = self.backends[key.backend] = BackendSlots(self.backend_parallel)
-        parallel = self.capacities.get(key.backend, self.parallel)
-        capacity = self.embed_parallel or parallel if key.kind == "embed" else parallel
-        pool = self.pools[key] = Pool(key, capacity, slots)
-        pool.shared = self.shared is not None
-        return pool
-
-    def queued(self, backend: str) -> int:
-        gate = self.turns.get(backend)
+    @staticmethod
+    def queued(slots: BackendSlots) -> int:
+        gate = slots.turns
         waiting = gate.waiting if gate is not None else 0
-        return waiting + sum(p.waiting for p in self._pools_of(backend))
+        return waiting + sum(p.waiting for p in slots.pools.values())
 
-    def try_admit(self, backend: str, kind: str, model: str = "") -> Lease | None:
+    def try_admit(self, slots: BackendSlots, kind: str, model: str = "") -> Lease | None:
         """A free slot at once, when nobody waits for it; None sends the caller through ``admit``.
 
         Most requests find a slot free: this takes it without a coroutine or a clock read more.
         """
         if self.closing is not None or self.shared is not None:
             return None
-        pool = self.pools.get((backend, model, kind)) or self.pool(backend, kind, model)
+        pool = slots.pools.get((model, kind)) or self.pool(slots, kind, model)
         granted_at = pool.grant_now()
         return None if granted_at is None else Lease(pool, granted_at, 0.0)
 
-    def try_admit_turn(self, backend: str, kind: str, model: str) -> Lease | None:
+    def try_admit_turn(self, slots: BackendSlots, kind: str, model: str) -> Lease | None:
         """``try_admit`` where the queue is grouped by model (``grouped``): ``model``'s turn and a slot, at once."""
         if self.closing is not None or self.shared is not None:
             return None
-        pool = self.pools.get((backend, model, kind)) or self.pool(backend, kind, model)
+        pool = slots.pools.get((model, kind)) or self.pool(slots, kind, model)
         if pool.waiting or not pool.has_room():
             return None
-        gate = self.turns.get(backend) or self.gate(backend)
+        gate = slots.turns or self.gate(slots)
         assert gate is not None
         seq = gate.enter_now(model)
         if not seq:
@@ -288,7 +275,7 @@ class Admission:
 
     async def admit(
         self,
-        backend: str,
+        slots: BackendSlots,
         *,
         kind: str,
         principal: str,
@@ -307,21 +294,21 @@ class Admission:
         """
         if self.closing is not None:
             raise self.closing()
-        pool = self.pool(backend, kind, model)
+        pool = self.pool(slots, kind, model)
         requester = (principal, client)
         if self._shared_admission is not None:
-            ahead = self.queued(backend)
+            ahead = self.queued(slots)
             if self._full(pool, ahead, requester):
                 raise self._queue_full(pool, ahead, requester)
             refuse = partial(self._queue_full, pool, ahead, requester)
             return await self._shared_admission.admit(
-                pool, backend, principal, weight, priority, wait_limit, requester, refuse
+                pool, slots.name, principal, weight, priority, wait_limit, requester, refuse
             )
         now = time.monotonic()
         granted_at = pool.grant_now()
         if granted_at is not None:
             return Lease(pool, granted_at, 0.0)
-        ahead = self.queued(backend)
+        ahead = self.queued(slots)
         if self._full(pool, ahead, requester):
             raise self._queue_full(pool, ahead, requester)
         waiter = Waiter(principal, weight, priority, now + wait_limit, asyncio.get_running_loop().create_future())
@@ -331,7 +318,7 @@ class Admission:
         if request_id:
             describe = self._queued_requests[request_id] = (
                 principal,
-                partial(self._describe_slot, pool, waiter, backend),
+                partial(self._describe_slot, pool, waiter, slots.name),
             )
         try:
             async with asyncio.timeout(wait_limit):
@@ -377,16 +364,22 @@ class Admission:
         )
 
 
-def hold_prewarms(admission: Admission, before_load: BeforeLoad) -> BeforeLoad:
+def hold_prewarms(
+    admission: Admission, slots_of: Callable[[str], BackendSlots | None], before_load: BeforeLoad
+) -> BeforeLoad:
     """``before_load`` that refuses a pre-warm (a guess) which would take a waiting group's place.
 
-    Refused with ``models_busy``, as the VRAM guard refuses a pre-warm, so a request that joined it
-    loads with a turn of its own.
+    ``slots_of`` finds a backend's slots by its name. Refused with ``models_busy``, as the VRAM guard
+    refuses a pre-warm, so a request that joined it loads with a turn of its own.
     """
 
     async def before(models: BackendModels, info: ModelInfo, num_ctx: int, *, patient: bool) -> None:
-        if not patient and not admission.may_prewarm(models.backend.name, info.name):
-            raise GatewayError(503, f"pre-warming '{info.name}' would take another model's turn", reason="models_busy")
+        if not patient:
+            slots = slots_of(models.backend.name)
+            if slots is not None and not admission.may_prewarm(slots, info.name):
+                raise GatewayError(
+                    503, f"pre-warming '{info.name}' would take another model's turn", reason="models_busy"
+                )
         await before_load(models, info, num_ctx, patient=patient)
 
     return before

@@ -15,6 +15,7 @@ from functools import partial
 
 from ollama_asgi.admission import Admission
 from ollama_asgi.auth import Principal
+from ollama_asgi.backend import Backend
 from ollama_asgi.durations import parse_duration
 from ollama_asgi.errors import ConfigError, GatewayError
 from ollama_asgi.inference import ModelLifecycle
@@ -27,7 +28,6 @@ from ollama_asgi.routing import EMBED_ROUTES, Route
 from ollama_asgi.settings import Settings
 from ollama_asgi.slots import PRIORITIES, Lease
 from ollama_asgi.types import Send
-from ollama_asgi.upstream import Upstream
 
 __all__ = ["Admit"]
 
@@ -45,7 +45,7 @@ class Admit:
         self.lifecycle = lifecycle
         self.policy = policy
 
-    def take_slot_now(self, request: Request, backend: Upstream) -> tuple[Lease | None, Prepared | None]:
+    def take_slot_now(self, request: Request, backend: Backend) -> tuple[Lease | None, Prepared | None]:
         """The common case without a coroutine: no rate limit to ask, the model's facts known, its
         runner loaded, a slot free. ``(None, prepared)`` sends the request through ``before_upstream``
         (with what was already prepared, so nothing is counted twice)."""
@@ -57,7 +57,7 @@ class Admit:
         parsed = request.parsed
         lifecycle = self.lifecycle
         if lifecycle is not None and parsed is not None and parsed.model is not None and not parsed.cloud:
-            prepared = lifecycle.prepare_now(request.route, parsed, principal, backend)
+            prepared = lifecycle.prepare_now(request.route, parsed, principal, backend.upstream)
             if prepared is None:
                 return None, None
             if self._must_load(prepared):
@@ -66,9 +66,9 @@ class Admit:
             if name in _ADMISSION_HEADERS:
                 return None, prepared  # read and checked by _admit
         if self.admission.grouped and prepared is not None:
-            return self.admission.try_admit_turn(backend.name, _pool_kind(request.route), prepared.info.name), prepared
+            return self.admission.try_admit_turn(backend.slots, _pool_kind(request.route), prepared.info.name), prepared
         return self.admission.try_admit(
-            backend.name, _pool_kind(request.route), _slot_model(request, prepared)
+            backend.slots, _pool_kind(request.route), _slot_model(request, prepared)
         ), prepared
 
     def _must_load(self, prepared: Prepared | None) -> bool:
@@ -81,7 +81,7 @@ class Admit:
         )
 
     async def before_upstream(
-        self, request: Request, backend: Upstream, send: Send, progress: Progress, prepared: Prepared | None
+        self, request: Request, backend: Backend, send: Send, progress: Progress, prepared: Prepared | None
     ) -> tuple[Lease, Prepared | None]:
         """Rate limit, size the context, load the model and take a slot: everything before Ollama."""
         principal = request.principal
@@ -98,14 +98,14 @@ class Admit:
             and parsed.model is not None
             and not parsed.cloud  # nothing to load, and num_ctx does not apply on ollama.com
         ):
-            prepared = self.lifecycle.prepare_now(request.route, parsed, principal, backend)
+            prepared = self.lifecycle.prepare_now(request.route, parsed, principal, backend.upstream)
             if prepared is None:
-                prepared = await self.lifecycle.prepare(request.route, parsed, principal, backend)
+                prepared = await self.lifecycle.prepare(request.route, parsed, principal, backend.upstream)
         return await self._admit(backend, request, send, progress, prepared), prepared
 
     async def _load_then_admit(
         self,
-        backend: Upstream,
+        backend: Backend,
         prepared: Prepared | None,
         kind: str,
         principal: Principal,
@@ -120,7 +120,7 @@ class Admit:
         turn = None
         if prepared is not None and self.admission.grouped:
             turn = await self.admission.enter_turn(
-                backend.name, prepared.info.name, wait_limit, request_id, principal.id
+                backend.slots, prepared.info.name, wait_limit, request_id, principal.id
             )
         try:
             # The model is loaded (once, whoever else waits for it) before the request takes a slot, so
@@ -131,7 +131,7 @@ class Admit:
                 with self.admission.listed(request_id, principal.id, loading):
                     await self.lifecycle.ensure_loaded(prepared, wait_limit=self.settings.load_wait_timeout)
             lease = await self.admission.admit(
-                backend.name,
+                backend.slots,
                 kind=kind,
                 client=client,
                 principal=principal.id,
@@ -178,7 +178,7 @@ class Admit:
         }
 
     async def _admit(
-        self, backend: Upstream, request: Request, send: Send, progress: Progress, prepared: Prepared | None
+        self, backend: Backend, request: Request, send: Send, progress: Progress, prepared: Prepared | None
     ) -> Lease:
         principal = request.principal
         assert principal is not None
@@ -195,9 +195,9 @@ class Admit:
                     raise GatewayError(400, "X-Request-Priority must be 'interactive' or 'batch'")
         if not self._must_load(prepared):
             if self.admission.grouped and prepared is not None:
-                lease = self.admission.try_admit_turn(backend.name, kind, prepared.info.name)
+                lease = self.admission.try_admit_turn(backend.slots, kind, prepared.info.name)
             else:
-                lease = self.admission.try_admit(backend.name, kind, _slot_model(request, prepared))
+                lease = self.admission.try_admit(backend.slots, kind, _slot_model(request, prepared))
             if lease is not None:
                 return lease
         peer = request.scope.get("client")

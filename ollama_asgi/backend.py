@@ -1,7 +1,8 @@
 """One Ollama server as the gateway knows it: the unit that backend state belongs to.
 
 A ``Backend`` owns everything kept about one server: its configuration (``BackendSpec``), its HTTP
-client, its health and circuit breaker, its model catalog, where its free memory is known from
+client, its health and circuit breaker, its slots (``BackendSlots``: a pool and fair queue per
+model's runner, and its model turns), its model catalog, where its free memory is known from
 (``BackendMemory``, whose domain and load lock it shares with the backends on the same GPUs of this
 host), and the traffic model that pre-warms its next model. It is created when the backend is
 configured or added and dropped when it is removed, so nothing of a removed backend lingers.
@@ -11,11 +12,12 @@ configured or added and dropped when it is removed, so nothing of a removed back
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Literal
 
 from ollama_asgi.catalog import BackendModels
 from ollama_asgi.settings import Settings
+from ollama_asgi.slots import BackendSlots
 from ollama_asgi.specs import BackendSpec
 from ollama_asgi.traffic import TrafficModel
 from ollama_asgi.upstream import Upstream
@@ -28,12 +30,17 @@ BreakerState = Literal["closed", "open", "half-open"]
 
 @dataclass(slots=True, eq=False)
 class Backend:
-    """One upstream with its health, breaker, model catalog, memory and traffic."""
+    """One upstream with its health, breaker, slots, model catalog, memory and traffic.
+
+    ``parallel`` (each model's runner's slots; the spec's, else 1) and ``backend_parallel`` (their
+    cap together) size its ``slots``.
+    """
 
     spec: BackendSpec
     upstream: Upstream
     traffic: TrafficModel = field(default_factory=TrafficModel)  # its principals' model sequences
     budget: int | None = None  # memory its models may use: its own ``vram_budget``, else the gateway's
+    slots: BackendSlots = field(init=False)  # its pools, their fair queues and its model turns
     models: BackendModels = field(init=False)  # what is known of its models: facts, loaded, in flight
     memory: BackendMemory = field(init=False)  # its free memory: its budget, or GPU readings (``use_memory``)
     num_ctx: dict[str, int] = field(default_factory=dict)  # model -> context last chosen here, for pre-warms
@@ -45,8 +52,11 @@ class Backend:
     last_error: str | None = None
     last_ok: float = 0.0
     opens: int = 0  # times the breaker opened, for metrics
+    parallel: InitVar[int | None] = None
+    backend_parallel: InitVar[int | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, parallel: int | None, backend_parallel: int | None) -> None:
+        self.slots = BackendSlots(self.spec.name, parallel or self.spec.parallel or 1, backend_parallel)
         self.models = BackendModels(self.upstream)
         self.memory = BackendMemory(self.models, self.budget)
 
@@ -56,7 +66,14 @@ class Backend:
             spec.url, connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout, name=spec.name
         )
         traffic = TrafficModel(threshold=settings.prewarm_threshold)
-        return cls(spec, upstream, traffic, spec.vram_budget or settings.vram_budget)
+        return cls(
+            spec,
+            upstream,
+            traffic,
+            spec.vram_budget or settings.vram_budget,
+            parallel=spec.parallel or settings.parallel,
+            backend_parallel=settings.backend_parallel,
+        )
 
     @property
     def name(self) -> str:

@@ -163,9 +163,9 @@ class Exchange:
                 await self.policy.check_rate(principal)
         elif request.route.kind is Kind.INFERENCE and principal is not None:
             try:
-                lease, prepared = self._admit.take_slot_now(request, backend)
+                lease, prepared = self._admit.take_slot_now(request, chosen)
                 if lease is None:
-                    lease, prepared = await self._admit.before_upstream(request, backend, send, progress, prepared)
+                    lease, prepared = await self._admit.before_upstream(request, chosen, send, progress, prepared)
             except UpstreamError as exc:
                 self.placement.record_failure(chosen, str(exc))
                 raise Retryable(self._upstream_failure(backend, exc)) from exc

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import math
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import TYPE_CHECKING
 
 import orjson
@@ -41,6 +42,7 @@ from ollama_asgi.telemetry import RequestRecord, Telemetry
 from ollama_asgi.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from ollama_asgi.slots import BackendSlots
     from ollama_asgi.state.redis import RedisRateLimiter, RedisState
 
 __all__ = ["OllamaGateway"]
@@ -85,17 +87,18 @@ class OllamaGateway:
             max_queue=self.settings.max_queue,
             shared=self.shared_state,
             fail_open=self.settings.redis_fail_open,
-            capacities={spec.name: spec.parallel for spec in self.settings.backends if spec.parallel},
             backend_parallel=self.settings.backend_parallel,
         )
         if self.settings.swap_grouping and self.settings.max_loaded_models and self.lifecycle is not None:
             self.admission.configure_turns(self.settings.max_loaded_models, self.settings.swap_max_delay)
             self.admission.load_seconds = self.lifecycle.switch_seconds
             loader = self.lifecycle.loader
+            slots_of = partial(_slots_of, backends)
             if loader.before_load is not None:
-                loader.before_load = hold_prewarms(self.admission, loader.before_load)
-            turns = self.admission.turns
-            self.lifecycle.wanted = lambda b, m: bool((gate := turns.get(b)) is not None and gate.resident.get(m))
+                loader.before_load = hold_prewarms(self.admission, slots_of, loader.before_load)
+            self.lifecycle.wanted = lambda b, m: bool(
+                (slots := slots_of(b)) is not None and (gate := slots.turns) is not None and gate.resident.get(m)
+            )
         conversations = None
         if self.settings.conversation_affinity:
             conversations = ConversationAffinity(self.settings.conversation_wait)
@@ -114,7 +117,6 @@ class OllamaGateway:
             self.settings,
             backends,
             placement=self.placement,
-            admission=self.admission,
             lifecycle=self.lifecycle,
             shared=self.shared_state,
         )
@@ -142,6 +144,7 @@ class OllamaGateway:
         self._drain = Drain(
             self.settings,
             admission=self.admission,
+            backends=backends,
             lifecycle=self.lifecycle,
             relaying=self._exchange.relaying,
             retry_after=self._retry_after,
@@ -294,3 +297,8 @@ class OllamaGateway:
             await self._endpoints.health(scope, send, shutting_down=self._drain.begun)
         else:  # status and metrics: the telemetry module checks who may see them
             await self.telemetry.endpoint(route.name, scope, send, record, self._authorize)
+
+
+def _slots_of(backends: list[Backend], name: str) -> BackendSlots | None:
+    """The slots of the backend named ``name`` in service now (the registry changes the list in place)."""
+    return next((backend.slots for backend in backends if backend.name == name), None)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ollama_asgi.admission import Admission
-from ollama_asgi.backend import BackendView
+from ollama_asgi.backend import Backend, BackendView
 from ollama_asgi.health import BackendState, BackendWatch
 from ollama_asgi.inference import ModelLifecycle
 from ollama_asgi.registry import BackendRegistry
@@ -128,7 +128,7 @@ def snapshot(parts: GatewayParts, health: BackendWatch) -> Snapshot:
     """Read ``parts`` now; safe from another thread (the metrics port's), since it only reads."""
     admission = parts.admission
     views = parts.registry.views()
-    queues = _queues(admission, [view.name for view in views])
+    queues = _queues(list(parts.registry.backends))
     states = {state.name: state for state in health.current()}
     backends = [
         BackendSnapshot(v.name, v.available, v.breaker, v.draining, v.breaker_opens, states.get(v.name)) for v in views
@@ -145,28 +145,29 @@ def snapshot(parts: GatewayParts, health: BackendWatch) -> Snapshot:
     )
 
 
-def _queues(admission: Admission, in_service: Iterable[str]) -> list[QueueSnapshot]:
+def _queues(backends: Iterable[Backend]) -> list[QueueSnapshot]:
     """One entry per pool (a backend's runner of one model, for one kind of work); a backend that
     has seen no request yet reads as empty, with its configured slots."""
     queues = []
-    for (backend, model, kind), pool in list(admission.pools.items()):
-        queues.append(
-            QueueSnapshot(
-                backend,
-                model,
-                kind,
-                waiting=pool.waiting,
-                in_flight=pool.in_flight,
-                capacity=pool.capacity,
-                service_time=pool.service_time(),
-                refill_gaps=tuple(pool.refill_gaps),
+    for backend in backends:
+        slots = backend.slots
+        pools = list(slots.pools.values())
+        for pool in pools:
+            key = pool.key
+            queues.append(
+                QueueSnapshot(
+                    slots.name,
+                    key.model,
+                    key.kind,
+                    waiting=pool.waiting,
+                    in_flight=pool.in_flight,
+                    capacity=pool.capacity,
+                    service_time=pool.service_time(),
+                    refill_gaps=tuple(pool.refill_gaps),
+                )
             )
-        )
-    seen = {queue.backend for queue in queues}
-    for name in in_service:
-        if name not in seen:
-            capacity = admission.capacities.get(name, admission.parallel)
-            queues.append(QueueSnapshot(name, "", "generate", 0, 0, capacity, 0.0, ()))
+        if not pools:
+            queues.append(QueueSnapshot(slots.name, "", "generate", 0, 0, slots.parallel, 0.0, ()))
     queues.sort(key=lambda queue: (queue.backend, queue.pool, queue.model))
     return queues
 

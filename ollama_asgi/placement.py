@@ -128,13 +128,13 @@ class Placement:
         """Seconds a request for ``model`` would wait for a slot on ``backend`` (0: one is free)."""
         if self.admission is None:
             return 0.0
-        pool = self.admission.pool(backend.name, "generate", model)
+        pool = self.admission.pool(backend.slots, "generate", model)
         if pool.has_room():
             return 0.0
         return pool.expected_wait(pool.waiting)
 
     def has_room(self, backend: Backend, model: str) -> bool:
-        return self.admission is None or self.admission.has_room(backend.name, model)
+        return self.admission is None or self.admission.has_room(backend.slots, model)
 
     def loaded_on(self, backend: Backend, model: str) -> bool:
         """Loaded there, or being loaded there (a cold burst follows its first request)."""

@@ -2,8 +2,9 @@
 
 The registry holds the one list of ``Backend`` objects that placement chooses from and the
 lifecycle polls, and it alone changes it. Removing a backend takes it out of every part that keeps
-something of it (placement's spills, the lifecycle's catalog and poller, the admission's pools)
-and closes its HTTP client once the requests still on it have finished. With Redis, every change
+something of it (placement's spills, the lifecycle's catalog and poller; its slots, queues and
+model turns are its own and go with it) and closes its HTTP client once the requests still on it
+have finished. With Redis, every change
 is published as one versioned document, and each worker applies what the others published, so
 all workers and replicas agree on the list.
 """
@@ -16,13 +17,11 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from ollama_asgi.admission import Admission
 from ollama_asgi.backend import Backend, BackendView
 from ollama_asgi.errors import ConfigError, GatewayError
 from ollama_asgi.inference import ModelLifecycle
 from ollama_asgi.placement import Placement
 from ollama_asgi.settings import Settings
-from ollama_asgi.slots import Pool
 from ollama_asgi.state import StateUnavailable
 from ollama_asgi.upstream import Upstream
 
@@ -49,7 +48,6 @@ class BackendRegistry:
         backends: list[Backend],
         *,
         placement: Placement,
-        admission: Admission,
         lifecycle: ModelLifecycle | None,
         shared: RedisState | None = None,
     ) -> None:
@@ -57,7 +55,6 @@ class BackendRegistry:
         self.backends = backends
         self.upstreams: list[Upstream] = [b.upstream for b in backends]
         self._placement = placement
-        self._admission = admission
         self._lifecycle = lifecycle
         self._shared = shared
         self._version = 0
@@ -87,8 +84,6 @@ class BackendRegistry:
         backend = Backend.from_spec(spec, self.settings)
         self.backends.append(backend)
         self.upstreams.append(backend.upstream)
-        if spec.parallel:
-            self._admission.capacities[spec.name] = spec.parallel
         if self._lifecycle is not None:
             self._lifecycle.add_backend(backend)
         logger.warning("backend %s added (%s)", spec.name, spec.url)
@@ -114,9 +109,8 @@ class BackendRegistry:
         self._placement.forget(name)
         if self._lifecycle is not None:
             self._lifecycle.remove_backend(name)
-        pools = self._admission.forget(name)
         try:
-            task = asyncio.get_running_loop().create_task(self._close_when_idle(backend, pools))
+            task = asyncio.get_running_loop().create_task(self._close_when_idle(backend))
         except RuntimeError:  # no loop: nothing can be in flight on it either
             pass
         else:
@@ -133,10 +127,10 @@ class BackendRegistry:
         logger.warning("backend %s %s", name, "draining" if draining else "back in service")
         return backend
 
-    async def _close_when_idle(self, backend: Backend, pools: list[Pool]) -> None:
+    async def _close_when_idle(self, backend: Backend) -> None:
         deadline = time.monotonic() + max(self.settings.drain_timeout, self.settings.read_timeout)
         while time.monotonic() < deadline:
-            if not (backend.upstream.relaying or any(pool.in_flight for pool in pools)):
+            if not (backend.upstream.relaying or backend.slots.in_flight):
                 break
             await asyncio.sleep(_CLOSE_CHECK)
         await backend.aclose()

@@ -2,7 +2,7 @@
 
 A shutdown refuses new and queued requests with 503 and Retry-After, so clients retry elsewhere at
 once, and gives those in flight ``drain_timeout`` before their upstream connections are closed.
-It reads the admission, the model loader and the set of answers being relayed, and changes
+It reads the admission, the backends' slots, the model loader and the set of answers being relayed, and changes
 nothing else: closing the gateway's parts is the gateway's, which built them.
 """
 
@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from ollama_asgi.admission import Admission
+from ollama_asgi.backend import Backend
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.inference import ModelLifecycle
 from ollama_asgi.settings import Settings
@@ -32,12 +33,14 @@ class Drain:
         settings: Settings,
         *,
         admission: Admission,
+        backends: list[Backend],
         lifecycle: ModelLifecycle | None,
         relaying: set[UpstreamResponse],
         retry_after: bytes,
     ) -> None:
         self.settings = settings
         self.admission = admission
+        self.backends = backends  # the registry's list, changed in place
         self.lifecycle = lifecycle
         self.begun = False  # new and queued requests get 503
         self._relaying = relaying  # the upstream answers being relayed, ended at the drain timeout
@@ -49,8 +52,9 @@ class Drain:
         if self.begun:
             return
         self.begun = True
-        refused = self.admission.close(self.error)
-        in_flight = sum(pool.in_flight for pool in self.admission.pools.values())
+        backends = [backend.slots for backend in self.backends]
+        refused = self.admission.close(self.error, backends)
+        in_flight = sum(slots.in_flight for slots in backends)
         logger.warning(
             "shutting down: %d queued request(s) refused, %d in flight get up to %gs to finish",
             refused,

@@ -31,7 +31,7 @@ from ollama_asgi.errors import GatewayError
 from ollama_asgi.retry_after import KeptPlaces
 
 if TYPE_CHECKING:
-    from ollama_asgi.turns import Turn
+    from ollama_asgi.turns import ModelTurns, Turn
 
 __all__ = ["BackendSlots", "granted", "Lease", "Pool", "PoolKey", "PRIORITIES", "Waiter"]
 
@@ -72,8 +72,8 @@ class _ServiceClock:
 class PoolKey(NamedTuple):
     """Whose slots a pool holds: a backend's runner of one model, for one kind of work.
 
-    A tuple, so the hot path looks a pool up by a plain ``(backend, model, kind)`` without building
-    one; typed fields, so nothing splits a joined name apart again.
+    Typed fields, so nothing splits a joined name apart again; ``name`` names the pool in the
+    shared store and in logs.
     """
 
     backend: str
@@ -87,25 +87,30 @@ class PoolKey(NamedTuple):
 
 
 class BackendSlots:
-    """A backend's cap across all its pools (``backend_parallel``) and the pools it spans.
+    """One backend's slots: its pools by (model, kind), their cap together (``backend_parallel``)
+    and the gate of its model turns. Its ``Backend`` holds it, so its pools go with the backend.
 
     A slot freed under the cap goes to the pool whose next waiter comes first (priority, then
     arrival), so the fair order within each pool holds and no model's queue is passed over.
     """
 
-    __slots__ = ("capacity", "in_flight", "pools")
+    __slots__ = ("capacity", "in_flight", "name", "parallel", "pools", "turns")
 
-    def __init__(self, capacity: int | None) -> None:
+    def __init__(self, name: str = "", parallel: int = 1, capacity: int | None = None) -> None:
+        self.name = name
+        self.parallel = parallel  # each model's runner's slots, as OLLAMA_NUM_PARALLEL
         self.capacity = capacity if capacity is not None else 1 << 62  # none: no cap beyond each pool's
         self.in_flight = 0
-        self.pools: list[Pool] = []
+        # Keyed by (model, kind), so the hot path finds a pool with one lookup of a plain tuple.
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self.turns: ModelTurns | None = None  # made on first use where the queue is grouped by model
 
     def dispatch(self) -> None:
         """Hand slots freed under the cap to waiters of the backend's pools, in arrival order."""
         while self.in_flight < self.capacity:
             best: Pool | None = None
             best_rank = (0, 0.0)
-            for pool in self.pools:
+            for pool in self.pools.values():
                 if pool.waiting and pool.in_flight < pool.capacity:
                     head = pool.peek()
                     if head is not None and (best is None or (head.priority, head.enqueued) < best_rank):
@@ -125,8 +130,8 @@ class Pool:
         self.key = name if isinstance(name, PoolKey) else PoolKey(name, "", "generate")
         self.name = self.key.name if isinstance(name, PoolKey) else name
         self.capacity = capacity
-        self.backend = backend if backend is not None else BackendSlots(None)
-        self.backend.pools.append(self)
+        self.backend = backend if backend is not None else BackendSlots(self.key.backend)
+        self.backend.pools[self.key.model, self.key.kind] = self
         self.in_flight = 0
         self.waiting = 0
         self.clock = _ServiceClock()

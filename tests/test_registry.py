@@ -62,8 +62,8 @@ def test_a_removed_backend_is_forgotten_by_every_part_and_its_client_closed(
     lifecycle = gateway.lifecycle
     assert lifecycle is not None
     assert "b" not in lifecycle.models and removed not in lifecycle.backends
-    assert "b" not in gateway.admission.capacities and "b" not in gateway.admission.backends
-    assert not [key for key in gateway.admission.pools if key[0] == "b"]
+    status = httpx.get(server.url + "/llm/_gateway/status", headers=ADMIN).json()
+    assert status["queues"] and all(queue["backend"] == "a" for queue in status["queues"])
     assert removed.upstream not in gateway.backends
     seen = len(two[1].emulator.requests)
     time.sleep(0.5)  # five /api/ps polling intervals
@@ -112,6 +112,33 @@ def test_a_removed_backend_takes_its_memory_load_lock_and_traffic_model_along() 
     lifecycle = gateway.lifecycle
     assert lifecycle is not None and [b.name for b in lifecycle.backends] == ["a"]
     assert list(lifecycle.guard.memories()) == [lifecycle.backends[0].memory]
+
+
+def test_a_removed_backend_takes_its_slots_queues_and_model_turns_along() -> None:
+    settings = Settings.from_mapping(
+        {
+            "upstreams": [
+                {"url": "http://10.0.0.1:11434", "name": "a"},
+                {"url": "http://10.0.0.2:11434", "name": "b", "parallel": 2},
+            ],
+            "max_loaded_models": 1,
+        }
+    )
+    gateway = OllamaGateway(settings)
+    removed = gateway.registry.by_name("b")
+    assert removed is not None and gateway.admission.grouped
+    lease = gateway.admission.try_admit_turn(removed.slots, "generate", "llama3.2:latest")
+    assert lease is not None
+    lease.release()
+    pool = removed.slots.pools["llama3.2:latest", "generate"]
+    assert pool.capacity == 2 and removed.slots.turns is not None
+    # What a side table keyed by the backend's name would keep alive after the removal.
+    kept = [weakref.ref(pool), weakref.ref(removed.slots.turns)]
+    del lease, pool
+    gateway.registry.remove("b")  # no event loop: nothing is in flight, its client is not waited for
+    del removed
+    gc.collect()
+    assert [ref() for ref in kept] == [None, None]
 
 
 def test_a_backends_view_reports_its_pre_warms_and_the_memory_of_its_loaded_models() -> None:

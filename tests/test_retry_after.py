@@ -42,20 +42,21 @@ def test_an_answer_that_queued_tells_its_wait_and_the_requests_ahead_of_it() -> 
 
 async def test_retry_after_follows_the_measured_service_time() -> None:
     admission = Admission(parallel=1, embed_parallel=None, max_queue=3)
+    b0 = admission.slots_for("b0")
     for _ in range(3):
-        lease = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+        lease = await admission.admit(b0, kind="generate", principal="u", wait_limit=1)
         await asyncio.sleep(0.3)
         lease.release()
-    pool = admission.pool("b0", "generate")
+    pool = admission.pool(b0, "generate")
     assert pool.service_time() == pytest.approx(0.3, abs=0.1)
-    held = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+    held = await admission.admit(b0, kind="generate", principal="u", wait_limit=1)
     waiters = [
-        asyncio.ensure_future(admission.admit("b0", kind="generate", principal="u", wait_limit=5)) for _ in range(3)
+        asyncio.ensure_future(admission.admit(b0, kind="generate", principal="u", wait_limit=5)) for _ in range(3)
     ]
     await asyncio.sleep(0)
     for client in ("a", "b", "c", "d"):
         with pytest.raises(GatewayError) as info:
-            await admission.admit("b0", kind="generate", principal="u", wait_limit=5, client=client)
+            await admission.admit(b0, kind="generate", principal="u", wait_limit=5, client=client)
     # 3 refused before it plus itself, a place freeing every 0.3 s on one slot: 1.2 s, rounded up to 2.
     assert dict(info.value.headers)[b"retry-after"] == b"2"
     held.release()
@@ -105,20 +106,21 @@ async def test_a_refused_client_that_comes_back_when_told_finds_its_place_kept(
 ) -> None:
     clock = _frozen_clock(monkeypatch)
     admission = Admission(parallel=1, embed_parallel=None, max_queue=1)
-    admission.pool("b0", "generate").clock.record(0.5)
-    held = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
-    queued = asyncio.ensure_future(admission.admit("b0", kind="generate", principal="u", wait_limit=60))
+    b0 = admission.slots_for("b0")
+    admission.pool(b0, "generate").clock.record(0.5)
+    held = await admission.admit(b0, kind="generate", principal="u", wait_limit=1)
+    queued = asyncio.ensure_future(admission.admit(b0, kind="generate", principal="u", wait_limit=60))
     await asyncio.sleep(0)
 
     async def ask(client: str) -> GatewayError | Lease:
         try:
             return await asyncio.wait_for(
-                admission.admit("b0", kind="generate", principal="u", wait_limit=60, client=client), 0.05
+                admission.admit(b0, kind="generate", principal="u", wait_limit=60, client=client), 0.05
             )
         except GatewayError as refused:
             return refused
         except TimeoutError:  # queued: it waits for its slot
-            return Lease(admission.pool("b0", "generate"), 0.0, 0.0)
+            return Lease(admission.pool(b0, "generate"), 0.0, 0.0)
 
     first = await ask("10.0.0.1")
     assert isinstance(first, GatewayError) and dict(first.headers)[b"retry-after"] == b"1"
@@ -133,17 +135,18 @@ async def test_a_place_kept_for_a_client_due_back_is_not_given_to_a_newcomer(
 ) -> None:
     clock = _frozen_clock(monkeypatch)
     admission = Admission(parallel=1, embed_parallel=None, max_queue=3)
-    pool = admission.pool("b0", "generate")
+    b0 = admission.slots_for("b0")
+    pool = admission.pool(b0, "generate")
     pool.clock.record(0.5)
-    held = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+    held = await admission.admit(b0, kind="generate", principal="u", wait_limit=1)
     queued = [
-        asyncio.ensure_future(admission.admit("b0", kind="generate", principal="u", wait_limit=60)) for _ in range(2)
+        asyncio.ensure_future(admission.admit(b0, kind="generate", principal="u", wait_limit=60)) for _ in range(2)
     ]
     await asyncio.sleep(0)
     pool.refusal_wait(3, ("u", "10.0.0.1"))  # refused while the queue was full: due back in 1 s
     clock.now += 1.0  # one place is free, and kept for it
     with pytest.raises(GatewayError, match="queue for this backend is full"):
-        await admission.admit("b0", kind="generate", principal="u", wait_limit=5, client="10.0.0.2")
+        await admission.admit(b0, kind="generate", principal="u", wait_limit=5, client="10.0.0.2")
     for task in queued:
         task.cancel()
     held.release()
@@ -152,37 +155,39 @@ async def test_a_place_kept_for_a_client_due_back_is_not_given_to_a_newcomer(
 async def test_places_kept_for_clients_not_back_yet_never_leave_a_slot_idle(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = _frozen_clock(monkeypatch)
     admission = Admission(parallel=1, embed_parallel=None, max_queue=2)
-    pool = admission.pool("b0", "generate")
+    b0 = admission.slots_for("b0")
+    pool = admission.pool(b0, "generate")
     pool.clock.record(0.5)
-    held = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+    held = await admission.admit(b0, kind="generate", principal="u", wait_limit=1)
     for host in ("10.0.0.1", "10.0.0.2"):
         pool.refusal_wait(2, ("u", host))  # both due back in 1 s
     clock.now += 1.0  # neither is back: the queue is empty, so a newcomer may wait for the slot
     waiting = asyncio.ensure_future(
-        admission.admit("b0", kind="generate", principal="u", wait_limit=60, client="10.0.0.3")
+        admission.admit(b0, kind="generate", principal="u", wait_limit=60, client="10.0.0.3")
     )
     await asyncio.sleep(0)
-    assert admission.queued("b0") == 1
+    assert admission.queued(b0) == 1
     held.release()
     (await waiting).release()
 
 
 async def test_refusals_from_a_full_queue_advertise_a_growing_wait() -> None:
     admission = Admission(parallel=1, embed_parallel=None, max_queue=1)
-    held = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
+    b0 = admission.slots_for("b0")
+    held = await admission.admit(b0, kind="generate", principal="u", wait_limit=1)
     await asyncio.sleep(0.2)
     held.release()
-    held = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
-    queued = asyncio.ensure_future(admission.admit("b0", kind="generate", principal="u", wait_limit=5))
+    held = await admission.admit(b0, kind="generate", principal="u", wait_limit=1)
+    queued = asyncio.ensure_future(admission.admit(b0, kind="generate", principal="u", wait_limit=5))
     await asyncio.sleep(0)
     advised = []
     for client in range(12):
         with pytest.raises(GatewayError) as info:
-            await admission.admit("b0", kind="generate", principal="u", wait_limit=5, client=f"10.0.0.{client}")
+            await admission.admit(b0, kind="generate", principal="u", wait_limit=5, client=f"10.0.0.{client}")
         advised.append(int(dict(info.value.headers)[b"retry-after"]))
     # About 0.2 s per answer on one slot: the first refused gets the next place to free (about
     # 0.2 s, shown as 1 s); the twelfth the one after the 11 refused before it (about 2.4 s).
-    service = admission.pool("b0", "generate").service_time()
+    service = admission.pool(b0, "generate").service_time()
     assert advised[0] == math.ceil(service) == 1
     assert advised[-1] == math.ceil(12 * service) >= 3
     assert advised == sorted(advised)

@@ -14,11 +14,12 @@ from ollama_asgi.slots import PoolKey
 
 async def test_a_flood_from_one_principal_does_not_starve_another() -> None:
     admission = Admission(parallel=1, embed_parallel=None, max_queue=1000)
+    b0 = admission.slots_for("b0")
     order: list[str] = []
-    held = await admission.admit("b0", kind="generate", principal="flood", wait_limit=1)
+    held = await admission.admit(b0, kind="generate", principal="flood", wait_limit=1)
 
     async def job(principal: str) -> None:
-        lease = await admission.admit("b0", kind="generate", principal=principal, wait_limit=10)
+        lease = await admission.admit(b0, kind="generate", principal=principal, wait_limit=10)
         order.append(principal)
         await asyncio.sleep(0)
         lease.release()
@@ -35,11 +36,12 @@ async def test_a_flood_from_one_principal_does_not_starve_another() -> None:
 
 async def test_weights_share_capacity_proportionally() -> None:
     admission = Admission(parallel=1, embed_parallel=None, max_queue=1000)
+    b0 = admission.slots_for("b0")
     order: list[str] = []
-    held = await admission.admit("b0", kind="generate", principal="x", wait_limit=1)
+    held = await admission.admit(b0, kind="generate", principal="x", wait_limit=1)
 
     async def job(principal: str, weight: float) -> None:
-        lease = await admission.admit("b0", kind="generate", principal=principal, weight=weight, wait_limit=10)
+        lease = await admission.admit(b0, kind="generate", principal=principal, weight=weight, wait_limit=10)
         order.append(principal)
         await asyncio.sleep(0)
         lease.release()
@@ -55,11 +57,12 @@ async def test_weights_share_capacity_proportionally() -> None:
 
 async def test_interactive_work_is_served_before_batch() -> None:
     admission = Admission(parallel=1, embed_parallel=None, max_queue=100)
+    b0 = admission.slots_for("b0")
     order: list[str] = []
-    held = await admission.admit("b0", kind="generate", principal="x", wait_limit=1)
+    held = await admission.admit(b0, kind="generate", principal="x", wait_limit=1)
 
     async def job(name: str, priority: int) -> None:
-        lease = await admission.admit("b0", kind="generate", principal=name, priority=priority, wait_limit=10)
+        lease = await admission.admit(b0, kind="generate", principal=name, priority=priority, wait_limit=10)
         order.append(name)
         lease.release()
 
@@ -74,11 +77,12 @@ async def test_interactive_work_is_served_before_batch() -> None:
 
 async def test_a_freed_slot_is_refilled_without_delay() -> None:
     admission = Admission(parallel=1, embed_parallel=None, max_queue=10)
-    held = await admission.admit("b0", kind="generate", principal="u", wait_limit=1)
-    task = asyncio.ensure_future(admission.admit("b0", kind="generate", principal="v", wait_limit=5))
+    b0 = admission.slots_for("b0")
+    held = await admission.admit(b0, kind="generate", principal="u", wait_limit=1)
+    task = asyncio.ensure_future(admission.admit(b0, kind="generate", principal="v", wait_limit=5))
     await asyncio.sleep(0)
     held.release()
-    pool = admission.pool("b0", "generate")
+    pool = admission.pool(b0, "generate")
     assert pool.in_flight == 1 and pool.waiting == 0  # granted inside release(), before any await
     (await task).release()
     assert len(pool.refill_gaps) == 1
@@ -86,27 +90,29 @@ async def test_a_freed_slot_is_refilled_without_delay() -> None:
 
 async def test_the_backend_cap_bounds_all_its_models_together() -> None:
     admission = Admission(parallel=2, embed_parallel=None, max_queue=10, backend_parallel=3)
+    b0 = admission.slots_for("b0")
     leases = [
-        await admission.admit("b0", kind="generate", principal="u", wait_limit=1, model=model)
+        await admission.admit(b0, kind="generate", principal="u", wait_limit=1, model=model)
         for model in ("a", "a", "b")
     ]
     with pytest.raises(GatewayError, match="no slot became free"):
-        await admission.admit("b0", kind="generate", principal="u", wait_limit=0.05, model="b")
-    assert admission.try_admit("b0", "generate", "c") is None
+        await admission.admit(b0, kind="generate", principal="u", wait_limit=0.05, model="b")
+    assert admission.try_admit(b0, "generate", "c") is None
     leases[0].release()
-    (await admission.admit("b0", kind="generate", principal="u", wait_limit=0.05, model="b")).release()
+    (await admission.admit(b0, kind="generate", principal="u", wait_limit=0.05, model="b")).release()
     for lease in leases[1:]:
         lease.release()
 
 
 async def test_a_slot_freed_under_the_cap_goes_to_the_model_waiting_longest() -> None:
     admission = Admission(parallel=2, embed_parallel=None, max_queue=10, backend_parallel=2)
-    a1 = await admission.admit("b0", kind="generate", principal="u", wait_limit=1, model="a")
-    a2 = await admission.admit("b0", kind="generate", principal="u", wait_limit=1, model="a")
+    b0 = admission.slots_for("b0")
+    a1 = await admission.admit(b0, kind="generate", principal="u", wait_limit=1, model="a")
+    a2 = await admission.admit(b0, kind="generate", principal="u", wait_limit=1, model="a")
     order: list[str] = []
 
     async def wait(model: str) -> None:
-        lease = await admission.admit("b0", kind="generate", principal="u", wait_limit=5, model=model)
+        lease = await admission.admit(b0, kind="generate", principal="u", wait_limit=5, model=model)
         order.append(model)
         lease.release()
 
@@ -122,9 +128,9 @@ async def test_a_slot_freed_under_the_cap_goes_to_the_model_waiting_longest() ->
 
 def test_pool_keys_keep_their_parts_apart_whatever_the_names_hold() -> None:
     admission = Admission(parallel=1, embed_parallel=2, max_queue=1)
-    embed = admission.pool("a", "embed")
-    odd = admission.pool("a#embed", "generate")
+    embed = admission.pool(admission.slots_for("a"), "embed")
+    odd = admission.pool(admission.slots_for("a#embed"), "generate")
     assert embed is not odd
     assert embed.key == PoolKey("a", "", "embed") and odd.key == PoolKey("a#embed", "", "generate")
-    assert len({pool.name for pool in admission.pools.values()}) == 2
+    assert embed.name != odd.name
     assert (embed.capacity, odd.capacity) == (2, 1)

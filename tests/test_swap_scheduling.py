@@ -13,7 +13,7 @@ import pytest
 
 from ollama_asgi.admission import Admission
 from ollama_asgi.errors import GatewayError
-from ollama_asgi.slots import Lease
+from ollama_asgi.slots import BackendSlots, Lease
 from ollama_asgi.testing import EmulatorServer
 from tests.conftest import ADMIN, API_KEY, AUTH
 from tests.support.rawhttp import RawResponse, request
@@ -26,22 +26,26 @@ def _admission(limit: int = 1, max_delay: float = 60.0, parallel: int = 1) -> Ad
     return admission
 
 
-async def _take(admission: Admission, model: str, principal: str = "u", request_id: str = "") -> Lease:
+async def _take(
+    admission: Admission, b0: BackendSlots, model: str, principal: str = "u", request_id: str = ""
+) -> Lease:
     """What the gateway does for a request: the model's turn, then a slot."""
-    turn = await admission.enter_turn("b0", model, 30, request_id, principal)
-    lease = await admission.admit("b0", kind="generate", principal=principal, wait_limit=30, request_id=request_id)
+    turn = await admission.enter_turn(b0, model, 30, request_id, principal)
+    lease = await admission.admit(b0, kind="generate", principal=principal, wait_limit=30, request_id=request_id)
     if turn is not None:
         lease.take_turn(turn)
     return lease
 
 
-async def _served_order(admission: Admission, models: list[str]) -> list[str]:
-    """Queue ``models`` at once (in that order) and return the order they were served in."""
+async def _served_order(admission: Admission, models: list[str], b0: BackendSlots | None = None) -> list[str]:
+    """Queue ``models`` at once (in that order) on ``b0`` (a backend of its own by default) and return
+    the order they were served in."""
+    slots = b0 or admission.slots_for("b0")
     order: list[str] = []
     arrived = asyncio.Event()  # the first request runs until every other one has queued
 
     async def one(model: str) -> None:
-        lease = await _take(admission, model)
+        lease = await _take(admission, slots, model)
         order.append(model)
         await arrived.wait()
         lease.release()
@@ -61,9 +65,10 @@ async def test_a_b_a_c_is_served_a_a_b_c() -> None:
 
 async def test_an_alternating_queue_switches_model_once() -> None:
     admission = _admission()
-    order = await _served_order(admission, ["A", "B"] * 20)
+    b0 = admission.slots_for("b0")
+    order = await _served_order(admission, ["A", "B"] * 20, b0)
     assert order == ["A"] * 20 + ["B"] * 20
-    assert admission.turns["b0"].switches == 1
+    assert b0.turns is not None and b0.turns.switches == 1
 
 
 async def test_groups_go_in_the_order_of_their_oldest_request() -> None:
@@ -79,12 +84,13 @@ async def test_two_places_hold_two_groups_at_once() -> None:
 
 async def test_without_grouping_nothing_is_held_back() -> None:
     admission = Admission(parallel=1, embed_parallel=None, max_queue=1000)
-    assert await _served_order(admission, ["A", "B", "A", "C"]) == ["A", "B", "A", "C"]
-    assert not admission.turns
+    b0 = admission.slots_for("b0")
+    assert await _served_order(admission, ["A", "B", "A", "C"], b0) == ["A", "B", "A", "C"]
+    assert b0.turns is None
 
 
-async def _arrive(admission: Admission, model: str, arrivals: list[asyncio.Future[Lease]]) -> None:
-    arrivals.append(asyncio.ensure_future(_take(admission, model)))
+async def _arrive(admission: Admission, b0: BackendSlots, model: str, arrivals: list[asyncio.Future[Lease]]) -> None:
+    arrivals.append(asyncio.ensure_future(_take(admission, b0, model)))
     await asyncio.sleep(0)
     await asyncio.sleep(0)
 
@@ -92,15 +98,16 @@ async def _arrive(admission: Admission, model: str, arrivals: list[asyncio.Futur
 async def _bounded_run(max_delay: float) -> list[str]:
     """A1 runs; B2 and A3 arrive; A1 ends; A4 arrives; then everything is served in turn."""
     admission = _admission(max_delay=max_delay)
+    b0 = admission.slots_for("b0")
     arrivals: list[asyncio.Future[Lease]] = []
     order: list[str] = []
-    first = await _take(admission, "A")
+    first = await _take(admission, b0, "A")
     order.append("A1")
-    await _arrive(admission, "B", arrivals)
-    await _arrive(admission, "A", arrivals)
+    await _arrive(admission, b0, "B", arrivals)
+    await _arrive(admission, b0, "A", arrivals)
     first.release()
     await asyncio.sleep(0)
-    await _arrive(admission, "A", arrivals)
+    await _arrive(admission, b0, "A", arrivals)
     names = ["B2", "A3", "A4"]
     pending = dict(zip(arrivals, names, strict=True))
     while pending:
@@ -121,37 +128,40 @@ async def test_a_request_passed_over_beyond_the_bound_closes_the_group_to_newcom
 
 async def test_a_waiter_gone_before_its_turn_leaves_no_trace() -> None:
     admission = _admission()
-    held = await _take(admission, "A")
-    waiting = asyncio.ensure_future(_take(admission, "B"))
+    b0 = admission.slots_for("b0")
+    held = await _take(admission, b0, "A")
+    waiting = asyncio.ensure_future(_take(admission, b0, "B"))
     await asyncio.sleep(0)
-    gate = admission.turns["b0"]
-    assert gate.waiting == 1 and admission.queued("b0") == 1
+    gate = b0.turns
+    assert gate is not None and gate.waiting == 1 and admission.queued(b0) == 1
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert gate.waiting == 0
     held.release()
     assert gate.resident == {"A": 0}
-    assert (await _served_order(admission, ["C"])) == ["C"]
+    assert (await _served_order(admission, ["C"], b0)) == ["C"]
     assert list(gate.resident) == ["C"]
 
 
 async def test_a_turn_that_never_comes_is_a_503_with_retry_after() -> None:
     admission = _admission()
-    held = await _take(admission, "A")
+    b0 = admission.slots_for("b0")
+    held = await _take(admission, b0, "A")
     with pytest.raises(GatewayError) as info:
-        await admission.enter_turn("b0", "B", 0.01)
+        await admission.enter_turn(b0, "B", 0.01)
     assert info.value.status == 503 and int(dict(info.value.headers)[b"retry-after"]) >= 1
-    assert admission.turns["b0"].waiting == 0
+    assert b0.turns is not None and b0.turns.waiting == 0
     held.release()
 
 
 async def test_closing_fails_requests_waiting_for_their_turn() -> None:
     admission = _admission()
-    held = await _take(admission, "A")
-    waiting = asyncio.ensure_future(admission.enter_turn("b0", "B", 30))
+    b0 = admission.slots_for("b0")
+    held = await _take(admission, b0, "A")
+    waiting = asyncio.ensure_future(admission.enter_turn(b0, "B", 30))
     await asyncio.sleep(0)
-    assert admission.close(lambda: GatewayError(503, "stopping")) == 1
+    assert admission.close(lambda: GatewayError(503, "stopping"), [b0]) == 1
     with pytest.raises(GatewayError):
         await waiting
     held.release()
@@ -160,24 +170,27 @@ async def test_closing_fails_requests_waiting_for_their_turn() -> None:
 async def test_the_fast_path_takes_a_turn_where_grouping_is_on() -> None:
     assert not Admission(parallel=1, embed_parallel=None, max_queue=10).grouped
     grouped = _admission()
+    b0 = grouped.slots_for("b0")
     assert grouped.grouped
-    first = grouped.try_admit_turn("b0", "generate", "A")
-    assert first is not None and grouped.turns["b0"].resident == {"A": 1}
-    assert grouped.try_admit_turn("b0", "generate", "B") is None  # the slot is taken, and B is not A
+    first = grouped.try_admit_turn(b0, "generate", "A")
+    assert first is not None and b0.turns is not None and b0.turns.resident == {"A": 1}
+    assert grouped.try_admit_turn(b0, "generate", "B") is None  # the slot is taken, and B is not A
     first.release()
-    second = grouped.try_admit_turn("b0", "generate", "B")  # A has nothing left in flight: B takes its place
-    assert second is not None and list(grouped.turns["b0"].resident) == ["B"]
+    second = grouped.try_admit_turn(b0, "generate", "B")  # A has nothing left in flight: B takes its place
+    assert second is not None and b0.turns is not None and list(b0.turns.resident) == ["B"]
     second.release()
 
 
 async def test_a_pre_warm_never_takes_a_waiting_groups_place() -> None:
     admission = _admission()
-    held = await _take(admission, "A")
-    assert admission.may_prewarm("b0", "A")
-    assert not admission.may_prewarm("b0", "B")
+    b0 = admission.slots_for("b0")
+    held = await _take(admission, b0, "A")
+    assert admission.may_prewarm(b0, "A")
+    assert not admission.may_prewarm(b0, "B")
     held.release()
-    assert not admission.may_prewarm("b0", "B")  # A stays loaded while no other model waits...
-    assert _admission(limit=2).may_prewarm("b0", "B")  # ...but a free place may be warmed
+    assert not admission.may_prewarm(b0, "B")  # A stays loaded while no other model waits...
+    two = _admission(limit=2)
+    assert two.may_prewarm(two.slots_for("b0"), "B")  # ...but a free place may be warmed
 
 
 # -- what a waiting client is told ------------------------------------------------------------------
@@ -185,12 +198,13 @@ async def test_a_pre_warm_never_takes_a_waiting_groups_place() -> None:
 
 async def test_position_in_the_fair_queue_follows_the_order_it_serves() -> None:
     admission = Admission(parallel=1, embed_parallel=None, max_queue=100)
-    held = await admission.admit("b0", kind="generate", principal="x", wait_limit=5)
+    b0 = admission.slots_for("b0")
+    held = await admission.admit(b0, kind="generate", principal="x", wait_limit=5)
     names = [("u", "u1"), ("u", "u2"), ("u", "u3"), ("v", "v1"), ("w", "w1")]
     tasks = {}
     for principal, rid in names:
         tasks[rid] = asyncio.ensure_future(
-            admission.admit("b0", kind="generate", principal=principal, wait_limit=5, request_id=rid)
+            admission.admit(b0, kind="generate", principal=principal, wait_limit=5, request_id=rid)
         )
         await asyncio.sleep(0)
     told = {rid: admission.describe(rid) for _, rid in names}
@@ -210,8 +224,9 @@ async def test_position_in_the_fair_queue_follows_the_order_it_serves() -> None:
 
 async def test_a_request_is_described_only_while_it_waits_and_only_to_its_principal() -> None:
     admission = _admission()
-    held = await _take(admission, "A")
-    waiting = asyncio.ensure_future(_take(admission, "B", principal="u", request_id="r-1"))
+    b0 = admission.slots_for("b0")
+    held = await _take(admission, b0, "A")
+    waiting = asyncio.ensure_future(_take(admission, b0, "B", principal="u", request_id="r-1"))
     await asyncio.sleep(0)
     told = admission.describe("r-1", "u")
     assert told is not None and told["state"] == "waiting_for_model" and told["position"] == 1
@@ -225,7 +240,8 @@ async def test_a_request_is_described_only_while_it_waits_and_only_to_its_princi
 
 async def test_an_answer_that_never_queued_says_it_waited_nothing() -> None:
     admission = _admission()
-    lease = await _take(admission, "A")
+    b0 = admission.slots_for("b0")
+    lease = await _take(admission, b0, "A")
     assert lease.queued_for == 0.0 and lease.position == 0
     lease.release()
 

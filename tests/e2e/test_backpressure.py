@@ -194,4 +194,5 @@ async def test_slots_return_to_zero_when_idle(host_factory: Callable[..., Server
             await asyncio.gather(
                 *(client.post("/api/embed", json={"model": "nomic-embed-text", "input": "x"}) for _ in range(10))
             )
-    assert all(pool.in_flight == 0 and pool.waiting == 0 for pool in gateway.admission.pools.values())
+    pools = [pool for backend in gateway.registry.backends for pool in backend.slots.pools.values()]
+    assert all(pool.in_flight == 0 and pool.waiting == 0 for pool in pools)

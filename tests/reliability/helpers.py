@@ -35,8 +35,9 @@ def gateway_of(server: ServerThread) -> OllamaGateway:
 def leaks(gateway: OllamaGateway) -> list[str]:
     """Everything a request may hold that is still held: slots, queue places, loads, model counters."""
     found = [
-        f"pool {name}: in_flight={pool.in_flight} waiting={pool.waiting}"
-        for name, pool in gateway.admission.pools.items()
+        f"pool {pool.key}: in_flight={pool.in_flight} waiting={pool.waiting}"
+        for backend in gateway.registry.backends
+        for pool in backend.slots.pools.values()
         if pool.in_flight or pool.waiting
     ]
     if gateway.lifecycle is not None:
@@ -52,7 +53,7 @@ def leaks(gateway: OllamaGateway) -> list[str]:
 
 def queued_at(gateway: OllamaGateway) -> int:
     """Requests waiting for a slot, over all pools."""
-    return sum(pool.waiting for pool in gateway.admission.pools.values())
+    return sum(pool.waiting for backend in gateway.registry.backends for pool in backend.slots.pools.values())
 
 
 async def assert_idle(gateway: OllamaGateway, within: float = 5.0) -> None:

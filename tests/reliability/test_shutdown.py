@@ -191,7 +191,7 @@ async def test_begin_shutdown_refuses_new_and_queued_work_and_lets_in_flight_fin
     gateway = gateway_of(server)
     async with httpx.AsyncClient(base_url=server.url + "/llm", headers=AUTH, timeout=30) as client:
         running = asyncio.ensure_future(read_ndjson(client, "/api/chat", _chat("in flight", 30)))
-        await until(lambda: emulator.emulator.in_progress >= 1 and gateway.admission.pools != {})
+        await until(lambda: emulator.emulator.in_progress >= 1 and gateway.registry.backends[0].slots.pools != {})
         queued = asyncio.ensure_future(client.post("/api/chat", json=_chat("queued", 3)))
         await until(lambda: queued_at(gateway) == 1)
         assert server.loop is not None

@@ -10,6 +10,7 @@ import pytest
 
 from ollama_asgi.admission import Admission
 from ollama_asgi.ratelimit import MemoryRateLimiter
+from ollama_asgi.slots import BackendSlots
 from ollama_asgi.state.redis import RedisRateLimiter, RedisState
 from tests.support.redis_server import RedisServer
 
@@ -45,9 +46,9 @@ async def test_workers_sharing_redis_never_exceed_the_backend_slots(redis_server
     workers = _workers(redis_server.url, 3)
     active = peak = done = 0
 
-    async def job(admission: Admission) -> None:
+    async def job(admission: Admission, b0: BackendSlots) -> None:
         nonlocal active, peak, done
-        lease = await admission.admit("b0", kind="generate", principal="u", wait_limit=20)
+        lease = await admission.admit(b0, kind="generate", principal="u", wait_limit=20)
         active += 1
         peak = max(peak, active)
         await asyncio.sleep(0.01)
@@ -55,7 +56,8 @@ async def test_workers_sharing_redis_never_exceed_the_backend_slots(redis_server
         lease.release()
         done += 1
 
-    await asyncio.gather(*(job(workers[i % 3]) for i in range(60)))
+    slots = [worker.slots_for("b0") for worker in workers]
+    await asyncio.gather(*(job(workers[i % 3], slots[i % 3]) for i in range(60)))
     assert done == 60
     assert peak == 2
     await _close(workers)
@@ -63,12 +65,14 @@ async def test_workers_sharing_redis_never_exceed_the_backend_slots(redis_server
 
 async def test_slots_of_a_crashed_worker_come_back_by_lease_expiry(redis_server: RedisServer) -> None:
     crashed, survivor = _workers(redis_server.url, 2, parallel=1, lease_ttl=1.0)
-    await crashed.admit("b0", kind="generate", principal="u", wait_limit=1)
+    crashed_b0 = crashed.slots_for("b0")
+    survivor_b0 = survivor.slots_for("b0")
+    await crashed.admit(crashed_b0, kind="generate", principal="u", wait_limit=1)
     for task in crashed.shared._tasks:  # type: ignore[union-attr]
         task.cancel()  # the worker dies: no heartbeat, no release
     loop = asyncio.get_running_loop()
     started = loop.time()
-    lease = await survivor.admit("b0", kind="generate", principal="u", wait_limit=5)
+    lease = await survivor.admit(survivor_b0, kind="generate", principal="u", wait_limit=5)
     waited = loop.time() - started
     assert 0.5 < waited < 3.0
     lease.release()
@@ -77,12 +81,14 @@ async def test_slots_of_a_crashed_worker_come_back_by_lease_expiry(redis_server:
 
 async def test_held_leases_are_renewed_beyond_their_ttl(redis_server: RedisServer) -> None:
     holder, other = _workers(redis_server.url, 2, parallel=1, lease_ttl=1.0)
-    lease = await holder.admit("b0", kind="generate", principal="u", wait_limit=1)
+    holder_b0 = holder.slots_for("b0")
+    other_b0 = other.slots_for("b0")
+    lease = await holder.admit(holder_b0, kind="generate", principal="u", wait_limit=1)
     await asyncio.sleep(2.0)  # twice the lease time; the heartbeat keeps it
     with pytest.raises(Exception, match="no slot became free"):
-        await other.admit("b0", kind="generate", principal="u", wait_limit=0.3)
+        await other.admit(other_b0, kind="generate", principal="u", wait_limit=0.3)
     lease.release()
-    (await other.admit("b0", kind="generate", principal="u", wait_limit=2)).release()
+    (await other.admit(other_b0, kind="generate", principal="u", wait_limit=2)).release()
     await _close([holder, other])
 
 
@@ -91,14 +97,16 @@ async def test_queue_bound_holds_across_workers(redis_server: RedisServer) -> No
         Admission(parallel=1, embed_parallel=None, max_queue=2, shared=RedisState(redis_server.url, prefix="q"))
         for _ in range(2)
     )
-    held = await a.admit("b0", kind="generate", principal="u", wait_limit=1)
+    a_b0 = a.slots_for("b0")
+    b_b0 = b.slots_for("b0")
+    held = await a.admit(a_b0, kind="generate", principal="u", wait_limit=1)
     waiting = [
-        asyncio.ensure_future(a.admit("b0", kind="generate", principal="u", wait_limit=5)),
-        asyncio.ensure_future(b.admit("b0", kind="generate", principal="u", wait_limit=5)),
+        asyncio.ensure_future(a.admit(a_b0, kind="generate", principal="u", wait_limit=5)),
+        asyncio.ensure_future(b.admit(b_b0, kind="generate", principal="u", wait_limit=5)),
     ]
     await asyncio.sleep(0.2)
     with pytest.raises(Exception, match="queue for this backend is full"):
-        await b.admit("b0", kind="generate", principal="u", wait_limit=5)
+        await b.admit(b_b0, kind="generate", principal="u", wait_limit=5)
     held.release()
     for next_done in asyncio.as_completed(waiting):  # each releases its slot so the other can go
         (await next_done).release()
@@ -107,9 +115,10 @@ async def test_queue_bound_holds_across_workers(redis_server: RedisServer) -> No
 
 async def test_redis_going_away_fails_open_and_recovers(redis_server: RedisServer) -> None:
     (worker,) = _workers(redis_server.url, 1, parallel=1)
-    (await worker.admit("b0", kind="generate", principal="u", wait_limit=1)).release()
+    worker_b0 = worker.slots_for("b0")
+    (await worker.admit(worker_b0, kind="generate", principal="u", wait_limit=1)).release()
     redis_server.kill()
-    lease = await worker.admit("b0", kind="generate", principal="u", wait_limit=2)  # served on local limits
+    lease = await worker.admit(worker_b0, kind="generate", principal="u", wait_limit=2)  # served on local limits
     assert not worker.shared.healthy  # type: ignore[union-attr]
     lease.release()
     redis_server.start()
@@ -118,15 +127,16 @@ async def test_redis_going_away_fails_open_and_recovers(redis_server: RedisServe
             break
         await asyncio.sleep(0.05)
     assert worker.shared.healthy  # type: ignore[union-attr]
-    (await worker.admit("b0", kind="generate", principal="u", wait_limit=2)).release()
+    (await worker.admit(worker_b0, kind="generate", principal="u", wait_limit=2)).release()
     await _close([worker])
 
 
 async def test_redis_going_away_fails_closed_when_asked(redis_server: RedisServer) -> None:
     (worker,) = _workers(redis_server.url, 1, parallel=1, fail_open=False)
+    worker_b0 = worker.slots_for("b0")
     redis_server.kill()
     with pytest.raises(Exception, match="shared state is unavailable") as info:
-        await worker.admit("b0", kind="generate", principal="u", wait_limit=2)
+        await worker.admit(worker_b0, kind="generate", principal="u", wait_limit=2)
     assert info.value.status == 503  # type: ignore[attr-defined]
     await _close([worker])
 
@@ -150,9 +160,9 @@ async def test_a_healthy_redis_under_512_concurrent_requests_is_never_taken_for_
     workers = _workers(redis_server.url, 2, parallel=4, max_queue=1024)
     active = peak = 0
 
-    async def job(admission: Admission) -> None:
+    async def job(admission: Admission, b0: BackendSlots) -> None:
         nonlocal active, peak
-        lease = await admission.admit("b0", kind="generate", principal="u", wait_limit=60, model="m")
+        lease = await admission.admit(b0, kind="generate", principal="u", wait_limit=60, model="m")
         active += 1
         peak = max(peak, active)
         await asyncio.sleep(0.001)
@@ -160,7 +170,8 @@ async def test_a_healthy_redis_under_512_concurrent_requests_is_never_taken_for_
         lease.release()
 
     with caplog.at_level(logging.WARNING, logger="ollama_asgi.state"):
-        await asyncio.gather(*(job(workers[i % 2]) for i in range(512)))
+        slots = [worker.slots_for("b0") for worker in workers]
+        await asyncio.gather(*(job(workers[i % 2], slots[i % 2]) for i in range(512)))
     assert [r.getMessage() for r in caplog.records] == []
     assert all(worker.shared.healthy for worker in workers)  # type: ignore[union-attr]
     assert peak <= 4  # the shared limit held throughout: no worker fell back to its local one
@@ -169,11 +180,12 @@ async def test_a_healthy_redis_under_512_concurrent_requests_is_never_taken_for_
 
 async def test_a_request_that_finds_a_slot_costs_the_store_one_script_in_and_one_out(redis_server: RedisServer) -> None:
     (worker,) = _workers(redis_server.url, 1, parallel=2)
-    (await worker.admit("b0", kind="generate", principal="u", wait_limit=1)).release()  # scripts loaded
+    worker_b0 = worker.slots_for("b0")
+    (await worker.admit(worker_b0, kind="generate", principal="u", wait_limit=1)).release()  # scripts loaded
     await worker.aclose()
     before = _calls(redis_server.url)
     for _ in range(10):
-        (await worker.admit("b0", kind="generate", principal="u", wait_limit=1)).release()
+        (await worker.admit(worker_b0, kind="generate", principal="u", wait_limit=1)).release()
         await worker.aclose()  # the release, sent in the background, has reached the store
     after = _calls(redis_server.url)
     assert after.get("evalsha", 0) - before.get("evalsha", 0) == 20
