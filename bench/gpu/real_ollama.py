@@ -1197,6 +1197,7 @@ def run_affinity_pass(
             messages.append({"role": "assistant", "content": row.pop("answer")})
             row.update(
                 pass_label=label,
+                seed=seed,
                 conversation=c,
                 turn=n + 1,
                 target=base,
@@ -1218,13 +1219,13 @@ def run_affinity_pass(
 
 def affinity_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in rows if r["status"] == 200 and r["ttft_s"] is not None]
-    by_turn = {(r["conversation"], r["turn"]): r for r in ok}
+    by_turn = {(r["seed"], r["conversation"], r["turn"]): r for r in ok}  # a pass's own conversations
     later = [r for r in ok if r["turn"] >= 2]
     moved = sum(
         1
         for r in later
-        if (r["conversation"], r["turn"] - 1) in by_turn
-        and by_turn[(r["conversation"], r["turn"] - 1)]["backend"] != r["backend"]
+        if (before := by_turn.get((r["seed"], r["conversation"], r["turn"] - 1))) is not None
+        and before["backend"] != r["backend"]
     )
     return {
         "turns": len(rows),
