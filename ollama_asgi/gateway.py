@@ -162,13 +162,9 @@ class OllamaGateway:
             await self.aclose()
 
     def begin_shutdown(self) -> None:
-        """Stop taking work: the first step of a graceful shutdown (``ollama-asgi serve`` calls it on SIGTERM).
-
-        New requests and those still queued for a slot are answered 503 with Retry-After, so clients
-        retry elsewhere at once; requests in flight run on for up to ``drain_timeout``, after which
-        their upstream connections are closed and their streams end with an error line. Health
-        answers 503 from now on. Call ``aclose()`` once the server has no connections left.
-        """
+        """Stop taking work, the first step of a graceful shutdown (``ollama-asgi serve`` calls it on
+        SIGTERM): new and queued requests get 503 with Retry-After, requests in flight run on for up
+        to ``drain_timeout`` (``shutdown.Drain``). Call ``aclose()`` once no connections are left."""
         self._drain.begin()
 
     @property
@@ -194,10 +190,8 @@ class OllamaGateway:
         """One request through its stages, in order, each a call into the module that owns it: route,
         authenticate, policy, read and parse (intake), then the exchange with a backend (exchange:
         place, plan, load, admit, relay, record), noted once at the end (telemetry). A stage passes
-        the request on or raises the ``GatewayError`` answered here.
-
-        Written out here rather than in a helper coroutine: one frame less on every request.
-        """
+        the request on or raises the ``GatewayError`` answered here. Written out, not in a helper
+        coroutine: one frame less on every request."""
         if scope["type"] != "http":
             await self._not_http(scope, receive, send)
             return
