@@ -12,6 +12,9 @@ free connection of a bounded pool: a busy pool is a wait, never a reason to fall
 When Redis cannot be reached the store reports itself unhealthy and raises ``StateUnavailable``;
 the gateway then serves on its local limits (fail-open, the default) or answers 503 (fail-closed),
 and a background probe reconnects as soon as Redis answers again.
+
+The module is long because the Lua scripts each operation runs in Redis are written out here,
+beside the Python that calls them: a script and its caller change together.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ what differs by nature from one call to the next (timestamps, durations, random 
 that may differ is a named entry of :data:`DIFFERENCES`; a check lists the entries it allows, and
 each entry's normaliser is applied to both answers, so an allowance never hides more than it says.
 :func:`render` writes the table and the checks as ``docs/conformance.md``.
+
+The module is long because :data:`DIFFERENCES` is one table, each entry with its normaliser and the
+reason it is allowed; kept in one place, it is also what the document lists.
 """
 
 from __future__ import annotations

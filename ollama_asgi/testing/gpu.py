@@ -24,6 +24,9 @@ tests and the benchmark's dry run use on machines without a GPU.
 The CPU emulator's modelled load time is ``load_base_seconds + size / load_bytes_per_second``;
 :func:`fit_load_profile` fits those two numbers to measured loads, and ``LOAD_PROFILE_H100`` /
 ``LOAD_PROFILE_H100_COLD`` hold the values measured on an H100 (see BENCHMARKS.md, "GPU").
+
+One concern, one module, long: the device (CUDA or simulated), its allocations and the staged
+copies are the whole of what a GPU adds to the emulator, and they share their bookkeeping.
 """
 
 from __future__ import annotations
