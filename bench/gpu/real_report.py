@@ -3,7 +3,7 @@
     python bench/gpu/real_report.py RESULTS_DIR... --out docs/gpu/real
 
 Reads ``loads.json``, ``churn.json``, ``coldstart.json``, ``overload.json``, ``prefix.json``,
-``shared.json`` and ``env.txt`` from each directory given (later directories win for a phase), writes one CSV per
+``shared.json``, ``affinity.json`` and ``env.txt`` from each directory given (later directories win for a phase), writes one CSV per
 phase, ``real-*.png``, and prints the Markdown tables used in BENCHMARKS.md.
 """
 
@@ -23,7 +23,7 @@ GIB = 1 << 30
 def load(dirs: Sequence[Path]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for d in dirs:
-        for name in ("loads", "churn", "coldstart", "overload", "prefix", "shared"):
+        for name in ("loads", "churn", "coldstart", "overload", "prefix", "shared", "affinity"):
             path = d / f"{name}.json"
             if path.exists():
                 found[name] = json.loads(path.read_text())
@@ -290,6 +290,92 @@ def report_prefix(data: dict[str, Any], out: Path) -> list[str]:
     return lines
 
 
+AFFINITY_SETTINGS = {
+    "direct": "direct, round-robin",
+    "off": "gateway, conversation_affinity off",
+    "on": "gateway, conversation_affinity on",
+}
+
+
+def affinity_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every turn of every pass, with whether it went to another server than its conversation's last turn."""
+    rows = []
+    for run in data["runs"]:
+        last: dict[int, str] = {}
+        for r in sorted(run["rows"], key=lambda r: (r["conversation"], r["turn"])):
+            moved = r["turn"] > 1 and last.get(r["conversation"]) not in (None, r["backend"])
+            last[r["conversation"]] = r["backend"]
+            rows.append(
+                {
+                    "pass": run["pass"],
+                    "setting": run["label"],
+                    "conversation": r["conversation"],
+                    "turn": r["turn"],
+                    "server": r["backend"],
+                    "moved": moved,
+                    "status": r["status"],
+                    "ttft_s": r["ttft_s"],
+                    "total_s": r["total_s"],
+                    "prompt_eval_count": r["prompt_eval_count"],
+                    "prompt_eval_s": r["prompt_eval_s"],
+                }
+            )
+    return rows
+
+
+def report_affinity(data: dict[str, Any], out: Path) -> list[str]:
+    import statistics
+
+    rows = affinity_rows(data)
+    write_csv(out / "real-affinity.csv", rows)
+    lines = [
+        f"Model {data['model']}, {data['conversations']} conversations x {data['turns']} turns, "
+        f"system prompt {data['system_words']} tokens, questions {data['user_words']} tokens.",
+        "",
+        "| setting | turns moved | TTFT p50 | TTFT p95 | prompt eval p50 | prompt eval, all turns |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for setting, name in AFFINITY_SETTINGS.items():
+        later = [r for r in rows if r["setting"] == setting and r["turn"] > 1 and r["status"] == 200]
+        if not later:
+            continue
+        ttft = sorted(r["ttft_s"] for r in later)
+        p95 = ttft[min(len(ttft) - 1, round(0.95 * (len(ttft) - 1)))]
+        evals = [r["prompt_eval_s"] for r in later]
+        lines.append(
+            f"| {name} | {sum(r['moved'] for r in later)} of {len(later)} | {ms(statistics.median(ttft))} "
+            f"| {ms(p95)} | {ms(statistics.median(evals))} | {sum(evals):.1f} s |"
+        )
+    return lines
+
+
+def plot_affinity(data: dict[str, Any], out: Path) -> None:
+    import statistics
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = affinity_rows(data)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for setting, name in AFFINITY_SETTINGS.items():
+        mine = [r for r in rows if r["setting"] == setting and r["status"] == 200]
+        turns = sorted({r["turn"] for r in mine})
+        if turns:
+            medians = [statistics.median(r["ttft_s"] for r in mine if r["turn"] == t) * 1000 for t in turns]
+            ax.plot(turns, medians, marker="o", label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("turn of the conversation")
+    ax.set_ylabel("time to first token, median (ms)")
+    ax.set_title(f"{data['model']} on two servers sharing one GPU: conversations' turns")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "real-affinity.png", dpi=110)
+    plt.close(fig)
+
+
 def report_shared(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
     """Two servers on one card: every pass of every run given, one row each, in the order run."""
     steps = [{"repeat": i + 1, **s} for i, data in enumerate(runs) for run in data["runs"] for s in run["steps"]]
@@ -337,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("churn", lambda d: report_churn(d, args.out), lambda d: plot_churn(d, args.out)),
         ("overload", lambda d: report_overload(d, args.out), lambda d: plot_overload(d, args.out)),
         ("prefix", lambda d: report_prefix(d, args.out), None),
+        ("affinity", lambda d: report_affinity(d, args.out), lambda d: plot_affinity(d, args.out)),
     ):
         if name not in found:
             continue
