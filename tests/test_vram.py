@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -31,8 +32,24 @@ class FakeGpu:
         return [DeviceMemory(0, self.total, self.context + sum(self.models.values()))]
 
 
+_OPENED: list[Upstream] = []  # the clients the helpers make, closed after each test
+
+
+@pytest.fixture(autouse=True)
+async def _close_upstreams() -> AsyncIterator[None]:
+    yield
+    while _OPENED:
+        await _OPENED.pop().aclose()
+
+
+def _upstream(name: str = "") -> Upstream:
+    upstream = Upstream("http://127.0.0.1:9", connect_timeout=1, read_timeout=1, name=name)
+    _OPENED.append(upstream)
+    return upstream
+
+
 def _models(gpu: FakeGpu, loaded: dict[str, int]) -> BackendModels:
-    models = BackendModels(Upstream("http://127.0.0.1:9", connect_timeout=1, read_timeout=1))
+    models = BackendModels(_upstream())
     for name, size in loaded.items():
         models.loaded[name] = Loaded(name, 4096, size, size, time.time() + 600)
         gpu.models[name] = size
@@ -211,7 +228,7 @@ def test_memory_held_with_nothing_loaded_counts_as_reserved() -> None:
 
 
 def _backend(gpu: FakeGpu, name: str, loaded: dict[str, int]) -> BackendModels:
-    models = BackendModels(Upstream("http://127.0.0.1:9", connect_timeout=1, read_timeout=1, name=name))
+    models = BackendModels(_upstream(name))
     for model, size in loaded.items():
         models.loaded[model] = Loaded(model, 4096, size, size, time.time() + 600)
         gpu.models[f"{name}/{model}"] = size

@@ -192,7 +192,9 @@ class RedisState:
                 self.url,
                 max_connections=self.max_connections,
                 timeout=self.pool_timeout,
-                socket_connect_timeout=0.5,
+                # A loaded host opening a burst of connections may take over half a second to connect
+                # to a healthy Redis; only a host that does not answer at all should read as down.
+                socket_connect_timeout=2.0,
                 socket_timeout=1.0,
                 health_check_interval=5,
             )
