@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.retry_after import retry_after
 from ollama_asgi.shared_admission import SharedAdmission
-from ollama_asgi.slots import BackendSlots, Lease, Pool, PoolKey, Waiter, granted
+from ollama_asgi.slots import BackendSlots, Lease, Pool, PoolKey, Waiter
 from ollama_asgi.state import SharedSlots
 from ollama_asgi.turns import ModelTurns, Turn
 
@@ -321,24 +321,7 @@ class Admission:
                 partial(self._describe_slot, pool, waiter, slots.name),
             )
         try:
-            async with asyncio.timeout(wait_limit):
-                await waiter.future
-        except TimeoutError:
-            if not granted(waiter):
-                pool.remove(waiter)
-                raise GatewayError(
-                    503,
-                    f"no slot became free within {wait_limit:g}s; the backend is at capacity",
-                    retry_after(pool.refusal_wait(pool.waiting, requester)),
-                    reason="deadline",
-                ) from None
-        except asyncio.CancelledError:
-            if granted(waiter):
-                pool.release(waiter.granted_at, record=False)
-            else:
-                pool.remove(waiter)
-                waiter.future.cancel()
-            raise
+            await pool.await_grant(waiter, wait_limit, requester, lambda: pool.release(waiter.granted_at, record=False))
         finally:
             if describe is not None and self._queued_requests.get(request_id) is describe:
                 del self._queued_requests[request_id]

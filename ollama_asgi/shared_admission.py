@@ -20,7 +20,7 @@ from functools import partial
 
 from ollama_asgi.errors import GatewayError
 from ollama_asgi.retry_after import retry_after
-from ollama_asgi.slots import Lease, Pool, Waiter, granted
+from ollama_asgi.slots import Lease, Pool, Waiter
 from ollama_asgi.state import QueuePlace, SharedSlots, StateUnavailable
 
 __all__ = ["SharedAdmission"]
@@ -118,24 +118,12 @@ class SharedAdmission:
             pool.enqueue(waiter)
             if pool.dispatcher is None or pool.dispatcher.done():
                 pool.dispatcher = asyncio.ensure_future(self._dispatch(pool))
-            async with asyncio.timeout(wait_limit):
-                await waiter.future
-        except TimeoutError:
-            if not granted(waiter):
-                pool.remove(waiter)
-                raise GatewayError(
-                    503,
-                    f"no slot became free within {wait_limit:g}s; the backend is at capacity",
-                    retry_after(pool.refusal_wait(pool.waiting, requester)),
-                    reason="deadline",
-                ) from None
-        except asyncio.CancelledError:
-            if granted(waiter):
-                Lease(pool, waiter.granted_at, 0.0, waiter.holder, self.release).release(ok=False)
-            else:
-                pool.remove(waiter)
-                waiter.future.cancel()
-            raise
+            await pool.await_grant(
+                waiter,
+                wait_limit,
+                requester,
+                lambda: Lease(pool, waiter.granted_at, 0.0, waiter.holder, self.release).release(ok=False),
+            )
         finally:
             if waiter.place:  # not given up with a grant: leave the queue now
                 try:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote
 
 from ollama_asgi.errors import GatewayError
-from ollama_asgi.retry_after import KeptPlaces
+from ollama_asgi.retry_after import KeptPlaces, retry_after
 
 if TYPE_CHECKING:
     from ollama_asgi.turns import ModelTurns, Turn
@@ -192,6 +192,32 @@ class Pool:
             self.waiting -= 1
             if not queue:
                 del queues[waiter.principal]
+
+    async def await_grant(
+        self, waiter: Waiter, wait_limit: float, requester: tuple[str, str], give_back: Callable[[], None]
+    ) -> None:
+        """Wait for ``waiter``'s slot, queued here, within ``wait_limit``: past it, a 503 with the
+        Retry-After a refused requester is told. Cancelled, it leaves the queue, or, had the slot
+        come meanwhile, gives it back (``give_back``: locally, or to the shared store)."""
+        try:
+            async with asyncio.timeout(wait_limit):
+                await waiter.future
+        except TimeoutError:
+            if not granted(waiter):
+                self.remove(waiter)
+                raise GatewayError(
+                    503,
+                    f"no slot became free within {wait_limit:g}s; the backend is at capacity",
+                    retry_after(self.refusal_wait(self.waiting, requester)),
+                    reason="deadline",
+                ) from None
+        except asyncio.CancelledError:
+            if granted(waiter):
+                give_back()
+            else:
+                self.remove(waiter)
+                waiter.future.cancel()
+            raise
 
     def put_back(self, waiter: Waiter) -> None:
         """Return a waiter just taken by ``pop_next`` to the front of its queue (no slot after all)."""
